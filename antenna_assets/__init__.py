@@ -1,0 +1,1 @@
+"""antenna_assets: a lambda architecture for mobile-network usage data on Dagster."""

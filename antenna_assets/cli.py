@@ -1,0 +1,70 @@
+"""`antenna`: the product's command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from antenna_assets.settings import Settings, SettingsError
+from antenna_assets.stack.errors import StackError
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from antenna_assets.stack.env import export_lines
+    from antenna_assets.stack.kafka import KafkaBroker
+    from antenna_assets.stack.postgres import EmbeddedPostgres
+
+    settings = Settings.from_env()
+    services = [EmbeddedPostgres(settings), KafkaBroker(settings)]
+    if args.action == "up":
+        for service in services:
+            print(service.up(), flush=True)
+        print('point a shell at it with: eval "$(antenna stack env)"')
+    elif args.action == "down":
+        for service in reversed(services):
+            print(service.down(), flush=True)
+    elif args.action == "status":
+        healthy = True
+        for service in services:
+            ok, line = service.status()
+            healthy &= ok
+            print(line)
+        return 0 if healthy else 1
+    elif args.action == "env":
+        print(export_lines(settings))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="antenna", description="Antenna usage lambda pipeline on Dagster.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    stack = commands.add_parser("stack", help="the local stack: Kafka broker and PostgreSQL")
+    stack.add_argument("action", choices=["up", "down", "status", "env"])
+    stack.set_defaults(handler=_stack)
+    for register in _command_modules():
+        register(commands)
+    return parser
+
+
+def _command_modules():
+    """Each layer adds its own sub-commands; imported lazily so `antenna stack` stays fast."""
+    from antenna_assets.commands import registered_commands
+
+    return registered_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (StackError, SettingsError) as exc:
+        print(f"antenna: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("antenna: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

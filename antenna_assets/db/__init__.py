@@ -1,0 +1,1 @@
+"""The serving database: schema and idempotent writes."""

@@ -1,0 +1,95 @@
+"""The serving schema (contract section 4) plus the product's bookkeeping tables.
+
+Every statement is `IF NOT EXISTS`, run in one transaction under an advisory lock, so the
+migration is idempotent and two processes migrating at once cannot collide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIGRATION_LOCK_ID = 7_286_001
+
+
+@dataclass(frozen=True)
+class AggregateTable:
+    """A serving table of byte totals: one row per `key` and window start `date`."""
+
+    name: str
+    key: str
+    value: str
+
+    @property
+    def columns(self) -> tuple[str, str, str]:
+        return (self.key, "date", self.value)
+
+
+# Speed layer: 5-minute event-time windows.
+BYTES_AGG_ANTENNA = AggregateTable("bytes_agg_antenna", "antenna_id", "sum_antenna_bytes")
+BYTES_AGG_USER = AggregateTable("bytes_agg_user", "id", "sum_user_bytes")
+BYTES_AGG_APP = AggregateTable("bytes_agg_app", "app", "sum_app_bytes")
+STREAMING_TABLES = (BYTES_AGG_ANTENNA, BYTES_AGG_USER, BYTES_AGG_APP)
+
+# Batch layer: one UTC hour.
+BYTES_AGG_ANTENNA_1H = AggregateTable("bytes_agg_antenna_1h", "antenna_id", "sum_antenna_bytes")
+BYTES_AGG_USER_1H = AggregateTable("bytes_agg_user_1h", "email", "sum_user_bytes")
+BYTES_AGG_APP_1H = AggregateTable("bytes_agg_app_1h", "app", "sum_app_bytes")
+BATCH_TABLES = (BYTES_AGG_ANTENNA_1H, BYTES_AGG_USER_1H, BYTES_AGG_APP_1H)
+
+
+def _aggregate_ddl(table: AggregateTable) -> str:
+    return (f"CREATE TABLE IF NOT EXISTS {table.name} ({table.key} TEXT NOT NULL, date TIMESTAMP NOT NULL, "
+            f"{table.value} BIGINT NOT NULL, PRIMARY KEY ({table.key}, date))")
+
+
+DDL = [
+    # The operators' live table. Provisioning inserts missing users and never overwrites an edit.
+    """CREATE TABLE IF NOT EXISTS user_metadata (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        email TEXT NOT NULL,
+        quota BIGINT NOT NULL CHECK (quota >= 0))""",
+    # Snapshot of user_metadata in force for each hour: the batch layer joins hour H with it.
+    """CREATE TABLE IF NOT EXISTS user_metadata_hourly (
+        date TIMESTAMP NOT NULL,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        email TEXT NOT NULL,
+        quota BIGINT NOT NULL,
+        PRIMARY KEY (date, id))""",
+    *(_aggregate_ddl(t) for t in (*STREAMING_TABLES, *BATCH_TABLES)),
+    """CREATE TABLE IF NOT EXISTS users_over_quota_1h (
+        email TEXT NOT NULL,
+        date TIMESTAMP NOT NULL,
+        quota BIGINT NOT NULL,
+        sum_user_bytes BIGINT NOT NULL,
+        PRIMARY KEY (email, date))""",
+    # Micro-batches already applied to the speed tables: a replayed batch id is skipped.
+    """CREATE TABLE IF NOT EXISTS streaming_batches (
+        query TEXT NOT NULL,
+        batch_id BIGINT NOT NULL,
+        applied_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+        good_messages BIGINT NOT NULL,
+        bad_messages BIGINT NOT NULL,
+        max_event_time TIMESTAMP,
+        PRIMARY KEY (query, batch_id))""",
+    # Messages that failed validation, with where they came from; the key makes replays idempotent.
+    """CREATE TABLE IF NOT EXISTS dead_letter (
+        topic TEXT NOT NULL,
+        kafka_partition INT NOT NULL,
+        kafka_offset BIGINT NOT NULL,
+        raw_value TEXT,
+        reason TEXT NOT NULL,
+        kafka_timestamp TIMESTAMP,
+        ingest_time TIMESTAMP NOT NULL,
+        PRIMARY KEY (topic, kafka_partition, kafka_offset))""",
+]
+
+
+def migrate(conn) -> None:
+    """Create every table that does not exist yet; running it again changes nothing."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
+        for statement in DDL:
+            cur.execute(statement)
+    conn.commit()

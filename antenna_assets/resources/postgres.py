@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from antenna_assets.db.schema import migrate
+from antenna_assets.settings import Settings
+
+
+class PostgresResource(ConfigurableResource):
+    """The serving database. Empty `url` means ANTENNA_POSTGRES_URL, else the embedded server."""
+
+    url: str = Field(default="", description="postgresql:// URL; empty: from the environment")
+
+    @property
+    def effective_url(self) -> str:
+        return self.url or Settings.from_env().postgres_url
+
+    @contextmanager
+    def connect(self) -> Iterator["psycopg2.extensions.connection"]:  # noqa: F821
+        """A connection whose work commits on success and rolls back on error."""
+        import psycopg2
+
+        conn = psycopg2.connect(self.effective_url, connect_timeout=10, options="-c timezone=UTC")
+        try:
+            yield conn
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            conn.close()
+
+    def migrate(self) -> None:
+        with self.connect() as conn:
+            migrate(conn)

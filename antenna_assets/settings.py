@@ -1,0 +1,104 @@
+"""Every tunable of the product, read from environment variables with the contract's defaults.
+
+One table of variables, documented in the README. Code asks `Settings.from_env()` rather than
+reading `os.environ` itself, so a default lives in exactly one place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+SPARK_VERSION = "4.2.0"  # must equal the pinned pyspark: the Kafka connector jars are fetched for it
+KAFKA_VERSION = "4.1.1"
+DEVICES_TOPIC = "devices"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the product cannot use; the message says which and why."""
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+
+
+def _env_str(name: str, default: str) -> str:
+    raw = os.environ.get(name)
+    return default if raw is None or raw == "" else raw
+
+
+def default_stack_dir() -> Path:
+    return Path(_env_str("ANTENNA_STACK_DIR", str(Path.cwd() / ".stack"))).resolve()
+
+
+@dataclass(frozen=True)
+class Settings:
+    stack_dir: Path = field(default_factory=default_stack_dir)
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    topic: str = DEVICES_TOPIC
+    topic_partitions: int = 3
+    postgres_port: int = 15432
+    postgres_url: str = ""
+    external_postgres: bool = False
+    dagster_db: str = "dagster"
+    lake_root: str = ""
+    checkpoint_root: str = ""
+    spark_master: str = "local[*]"
+    spark_shuffle_partitions: int = 4
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        stack_dir = default_stack_dir()
+        kafka_port = _env_int("ANTENNA_KAFKA_PORT", 19092)
+        postgres_port = _env_int("ANTENNA_POSTGRES_PORT", 15432)
+        external_url = os.environ.get("ANTENNA_POSTGRES_URL", "")
+        postgres_url = external_url or f"postgresql://postgres:antenna@127.0.0.1:{postgres_port}/antenna"
+        lake_root = _env_str("ANTENNA_LAKE_ROOT", str(stack_dir / "lake"))
+        settings = cls(
+            stack_dir=stack_dir,
+            kafka_port=kafka_port,
+            kafka_controller_port=_env_int("ANTENNA_KAFKA_CONTROLLER_PORT", kafka_port + 1),
+            kafka_bootstrap=_env_str("ANTENNA_KAFKA_BOOTSTRAP", f"127.0.0.1:{kafka_port}"),
+            topic=_env_str("ANTENNA_TOPIC", DEVICES_TOPIC),
+            topic_partitions=_env_int("ANTENNA_TOPIC_PARTITIONS", 3),
+            postgres_port=postgres_port,
+            postgres_url=postgres_url,
+            external_postgres=bool(external_url),
+            dagster_db=_env_str("ANTENNA_DAGSTER_DB", "dagster"),
+            lake_root=lake_root.rstrip("/"),
+            checkpoint_root=_env_str("ANTENNA_CHECKPOINT_ROOT", lake_root.rstrip("/") + "/_checkpoints"),
+            spark_master=_env_str("ANTENNA_SPARK_MASTER", "local[*]"),
+            spark_shuffle_partitions=_env_int("ANTENNA_SPARK_SHUFFLE_PARTITIONS", 4),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.topic_partitions < 1:
+            raise SettingsError(f"ANTENNA_TOPIC_PARTITIONS must be >= 1, got {self.topic_partitions}")
+        parsed = urlparse(self.postgres_url)
+        if parsed.scheme not in ("postgresql", "postgres") or not parsed.hostname:
+            raise SettingsError(
+                f"ANTENNA_POSTGRES_URL must look like postgresql://user:password@host:port/db, got {self.postgres_url!r}"
+            )
+        if not (self.spark_master.startswith("local") or self.spark_master.startswith("spark://")
+                or self.spark_master in ("yarn",) or self.spark_master.startswith("k8s://")):
+            raise SettingsError(f"ANTENNA_SPARK_MASTER={self.spark_master!r}: expected local[*], spark://host:port, yarn or k8s://")
+
+    def postgres_url_for(self, database: str) -> str:
+        """The same server as `postgres_url`, another database on it."""
+        return urlparse(self.postgres_url)._replace(path=f"/{database}").geturl()
+
+    @property
+    def jars_dir(self) -> Path:
+        return self.stack_dir / "jars"

@@ -1,0 +1,94 @@
+"""Fetch and cache the Java artifacts: the Kafka broker and Spark's Kafka connector.
+
+Maven resolves them (with transitive dependencies) from the configured repository into
+`<stack>/jars/<set>/`. A marker file records the coordinates, so a second call is free and a
+version bump refetches.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from antenna_assets.settings import KAFKA_VERSION, SPARK_VERSION
+from antenna_assets.stack.errors import StackError
+
+KAFKA_ARTIFACTS = (
+    f"org.apache.kafka:kafka_2.13:{KAFKA_VERSION}",
+    f"org.apache.kafka:kafka-tools:{KAFKA_VERSION}",
+    "org.apache.logging.log4j:log4j-slf4j-impl:2.24.3",
+)
+# Only what pyspark does not already ship; the version is pinned to the pyspark version.
+SPARK_KAFKA_ARTIFACTS = (f"org.apache.spark:spark-sql-kafka-0-10_2.13:{SPARK_VERSION}",)
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>antenna</groupId><artifactId>jars</artifactId><version>1</version>
+  <dependencies>{deps}</dependencies>
+</project>
+"""
+
+
+def _pom(coordinates: tuple[str, ...]) -> str:
+    deps = "".join(
+        f"<dependency><groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version></dependency>"
+        for g, a, v in (c.split(":") for c in coordinates)
+    )
+    return _POM.format(deps=deps)
+
+
+def _pyspark_jar_names() -> set[str]:
+    import pyspark
+
+    jars = Path(pyspark.__file__).parent / "jars"
+    return {_artifact_name(p.name) for p in jars.glob("*.jar")}
+
+
+def _artifact_name(jar_file: str) -> str:
+    """`kafka-clients-3.9.2.jar` -> `kafka-clients`."""
+    stem = jar_file[: -len(".jar")]
+    parts = stem.split("-")
+    while parts and parts[-1][:1].isdigit():
+        parts.pop()
+    return "-".join(parts) or stem
+
+
+def fetch(name: str, coordinates: tuple[str, ...], jars_dir: Path, skip_provided_by_pyspark: bool = False) -> list[Path]:
+    """Resolve `coordinates` into `jars_dir/name` once; return the jar paths."""
+    target = jars_dir / name
+    marker = target / ".coordinates"
+    wanted = "\n".join(coordinates)
+    if marker.exists() and marker.read_text() == wanted:
+        return sorted(target.glob("*.jar"))
+    if shutil.which("mvn") is None:
+        raise StackError("Maven (mvn) is not installed: it fetches the Kafka and Spark jars. Install it (apt-get install maven).")
+    with tempfile.TemporaryDirectory() as build:
+        (Path(build) / "pom.xml").write_text(_pom(coordinates))
+        staging = Path(build) / "out"
+        proc = subprocess.run(
+            ["mvn", "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
+            cwd=build, capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            detail = next((line for line in proc.stdout.splitlines() if "ERROR" in line), proc.stderr.strip()[:300])
+            raise StackError(f"could not download the {name} jars ({', '.join(coordinates)}): {detail}. "
+                             "Check the network and the Maven settings, then retry.")
+        provided = _pyspark_jar_names() if skip_provided_by_pyspark else set()
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        for jar in staging.glob("*.jar"):
+            if _artifact_name(jar.name) not in provided:
+                shutil.copy2(jar, target / jar.name)
+    marker.write_text(wanted)
+    return sorted(target.glob("*.jar"))
+
+
+def kafka_jars(jars_dir: Path) -> list[Path]:
+    return fetch("kafka", KAFKA_ARTIFACTS, jars_dir)
+
+
+def spark_jars(jars_dir: Path) -> list[Path]:
+    return fetch("spark", SPARK_KAFKA_ARTIFACTS, jars_dir, skip_provided_by_pyspark=True)

