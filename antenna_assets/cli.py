@@ -35,12 +35,22 @@ def _stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jars(args: argparse.Namespace) -> int:
+    from antenna_assets.stack import jars
+
+    settings = Settings.from_env()
+    for name, fetch in (("kafka", jars.kafka_jars), ("spark", jars.spark_jars)):
+        print(f"{name}: {len(fetch(settings.jars_dir))} jars in {settings.jars_dir / name}", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="antenna", description="Antenna usage lambda pipeline on Dagster.")
     commands = parser.add_subparsers(dest="command", required=True)
     stack = commands.add_parser("stack", help="the local stack: Kafka broker and PostgreSQL")
     stack.add_argument("action", choices=["up", "down", "status", "env"])
     stack.set_defaults(handler=_stack)
+    commands.add_parser("jars", help="fetch and cache the Kafka broker and Spark connector jars").set_defaults(handler=_jars)
     for register in _command_modules():
         register(commands)
     return parser

@@ -1,0 +1,36 @@
+# The two commands of the quickstart: `make demo` and `make test`. Each sets up what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-8)
+
+.PHONY: venv jars demo test stack-up stack-down bench clean
+
+$(STAMP): setup.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+jars: venv
+	$(BIN)/antenna jars
+
+stack-up: jars
+	$(BIN)/antenna stack up
+
+stack-down:
+	-$(BIN)/antenna stack down
+
+demo: jars
+	$(BIN)/antenna demo
+
+test: jars
+	$(BIN)/python -m pytest antenna_assets_tests $(PYTEST_ARGS)
+
+bench: jars
+	$(BIN)/python -m bench.run_all
+
+clean: stack-down
+	rm -rf .stack

@@ -1,0 +1,28 @@
+"""The hourly partitions every table asset shares (UTC: no daylight-saving holes or doubles)."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+
+from dagster import HourlyPartitionsDefinition
+
+PARTITIONS_START = os.environ.get("ANTENNA_PARTITIONS_START", "2026-01-01-00:00")
+
+hourly_partitions = HourlyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC")
+
+
+def partition_hour(partition_key: str) -> datetime:
+    """`2026-11-28-13:00` -> 2026-11-28 13:00 UTC (naive, as stored in TIMESTAMP columns)."""
+    return datetime.strptime(partition_key, "%Y-%m-%d-%H:%M")
+
+
+def hours_in_window(start: datetime, end: datetime) -> list[datetime]:
+    """The UTC hour starts in [start, end), naive UTC."""
+    start = start.astimezone(timezone.utc).replace(tzinfo=None) if start.tzinfo else start
+    end = end.astimezone(timezone.utc).replace(tzinfo=None) if end.tzinfo else end
+    hours, hour = [], start
+    while hour < end:
+        hours.append(hour)
+        hour += timedelta(hours=1)
+    return hours

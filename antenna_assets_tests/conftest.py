@@ -1,0 +1,71 @@
+"""Shared fixtures: one real stack (Kafka + PostgreSQL) and one Spark session per test run.
+
+The test stack lives apart from the demo's (its own folder and ports) so both can run at once.
+It is started if it is not already up, and stopped at the end if this run started it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("ANTENNA_STACK_DIR", str(REPO / ".stack" / "test"))
+os.environ.setdefault("ANTENNA_KAFKA_PORT", "29092")
+os.environ.setdefault("ANTENNA_POSTGRES_PORT", "25432")
+os.environ.setdefault("ANTENNA_SPARK_MASTER", "local[2]")
+os.environ.setdefault("ANTENNA_SPARK_SHUFFLE_PARTITIONS", "2")
+os.environ.setdefault("ANTENNA_LAKE_ROOT", str(Path(os.environ["ANTENNA_STACK_DIR"]) / "lake"))
+
+from antenna_assets.settings import Settings  # noqa: E402
+from antenna_assets.stack.env import apply_stack_environment  # noqa: E402
+from antenna_assets.stack.kafka import KafkaBroker  # noqa: E402
+from antenna_assets.stack.postgres import EmbeddedPostgres  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    settings = Settings.from_env()
+    services = [EmbeddedPostgres(settings), KafkaBroker(settings)]
+    started = [s for s in services if not s.status()[0]]
+    for service in services:
+        service.up()
+    apply_stack_environment(settings)
+    yield settings
+    if os.environ.get("ANTENNA_KEEP_STACK") != "1":
+        for service in reversed(started):
+            service.down()
+
+
+@pytest.fixture(scope="session")
+def spark(settings):
+    from antenna_assets.spark_session import build_spark_session
+
+    session = build_spark_session(settings, app_name="antenna_assets_tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(settings):
+    from antenna_assets.resources import PostgresResource
+
+    resource = PostgresResource(url=settings.postgres_url)
+    resource.migrate()
+    return resource
+
+
+@pytest.fixture
+def topic(settings) -> str:
+    """A fresh topic per test, so tests never see each other's messages."""
+    from dataclasses import replace
+
+    from antenna_assets.stack.kafka import ensure_topic
+
+    name = f"devices-test-{uuid.uuid4().hex[:10]}"
+    ensure_topic(replace(settings, topic=name))
+    return name
