@@ -71,6 +71,7 @@ DDL = [
         applied_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
         good_messages BIGINT NOT NULL,
         bad_messages BIGINT NOT NULL,
+        late_messages BIGINT NOT NULL,
         max_event_time TIMESTAMP,
         PRIMARY KEY (query, batch_id))""",
     # Messages that failed validation, with where they came from; the key makes replays idempotent.

@@ -1,0 +1,1 @@
+"""The speed layer: one Spark Structured Streaming query over the Kafka topic `devices`."""

@@ -1,0 +1,46 @@
+"""Settings of the speed layer, as Dagster config (also built directly by `antenna stream`)."""
+
+import re
+from datetime import timedelta
+from typing import Literal
+
+from dagster import Config
+from pydantic import Field, field_validator
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day)s?\s*$")
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'5 minutes' -> timedelta(minutes=5); the same spelling Spark accepts for windows and triggers."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration like '30 seconds', '5 minutes' or '1 hour'")
+    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+class SpeedLayerConfig(Config):
+    window: str = Field(default="5 minutes", description="event-time window of the speed tables")
+    watermark: str = Field(default="1 minute", description="how late an event may be and still count in its window")
+    trigger: Literal["processing_time", "available_now"] = Field(
+        default="processing_time", description="processing_time: run forever; available_now: drain the topic, then stop")
+    trigger_interval: str = Field(default="2 seconds", description="micro-batch interval of the processing_time trigger")
+    max_offsets_per_trigger: int = Field(default=1_000_000, ge=0, description="messages per micro-batch at most; 0: no limit")
+    starting_offsets: str = Field(default="earliest", description="where a query without checkpoint starts: earliest or latest")
+    fail_on_data_loss: bool = Field(default=True, description="fail if Kafka deleted messages the query had not read")
+    metadata_refresh_seconds: float = Field(default=30.0, ge=0, description="re-read user_metadata at most this often; 0: every batch")
+    progress_interval_seconds: float = Field(default=60.0, gt=0, description="how often progress is reported")
+    query_name: str = Field(default="speed_layer", description="names the checkpoint folder and the ledger rows")
+
+    @field_validator("window", "watermark", "trigger_interval")
+    @classmethod
+    def _is_duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @field_validator("starting_offsets")
+    @classmethod
+    def _is_offsets(cls, value: str) -> str:
+        if value not in ("earliest", "latest") and not value.lstrip().startswith("{"):
+            raise ValueError("starting_offsets must be earliest, latest or Spark's JSON offsets")
+        return value

@@ -1,0 +1,234 @@
+"""The speed layer's micro-batch: parse once, then land, count and total from the same rows.
+
+One query reads Kafka; each micro-batch (`foreachBatch`) parses the JSON once, keeps the result
+in memory, and from it
+  1. writes the valid events to the lake, into a `batch=<id>` partition under their UTC
+     year/month/day/hour; a replay of the batch overwrites exactly that partition;
+  2. adds the batch's partial 5-minute sums to the speed tables, stores its dead letters and
+     records the batch id, all in one PostgreSQL transaction; a replayed id is skipped.
+So a crash at any point replays the batch with the same offsets and adds nothing twice, and a
+window's running total is visible as soon as the batch commits (seconds), not when it closes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from contextlib import closing
+from datetime import datetime
+from typing import Callable
+
+import psycopg2
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQuery
+
+from antenna_assets.db.ledger import MicroBatchResult, apply_micro_batch, is_applied, max_event_time
+from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
+from antenna_assets.db.user_metadata import read_live
+from antenna_assets.streaming.config import SpeedLayerConfig, parse_duration
+from antenna_assets.transforms.aggregates import (MAX_EVENT_TIME, MESSAGES, bytes_per_antenna, bytes_per_app,
+                                                  bytes_per_user)
+from antenna_assets.transforms.devices import (LAKE_PARTITION_COLUMNS, parse_device_messages, rejected_messages,
+                                               valid_events, with_lake_partitions)
+
+BATCH_PARTITION = "batch"
+_PER_TABLE = ((BYTES_AGG_ANTENNA, bytes_per_antenna), (BYTES_AGG_USER, bytes_per_user), (BYTES_AGG_APP, bytes_per_app))
+
+
+@dataclass(frozen=True)
+class SpeedLayerTargets:
+    """Where the speed layer reads and writes."""
+
+    kafka_bootstrap: str
+    topic: str
+    landing_path: str
+    checkpoint_path: str
+    postgres_url: str
+
+
+@dataclass
+class SpeedLayerStats:
+    """Counters since the query started (this process only), for progress reports."""
+
+    batches: int = 0
+    skipped_batches: int = 0
+    good_messages: int = 0
+    bad_messages: int = 0
+    late_messages: int = 0
+    unknown_user_messages: int = 0
+    max_event_time: datetime | None = None
+
+
+class SpeedLayer:
+    def __init__(self, spark: SparkSession, config: SpeedLayerConfig, targets: SpeedLayerTargets):
+        self.spark = spark
+        self.config = config
+        self.targets = targets
+        self.window = parse_duration(config.window)
+        self.watermark_delay = parse_duration(config.watermark)
+        self.stats = SpeedLayerStats()
+        self._user_metadata: DataFrame | None = None
+        self._user_metadata_read_at = float("-inf")
+
+    def _connect(self):
+        return psycopg2.connect(self.targets.postgres_url, connect_timeout=10, options="-c timezone=UTC")
+
+    def kafka_stream(self) -> DataFrame:
+        reader = (self.spark.readStream.format("kafka")
+                  .option("kafka.bootstrap.servers", self.targets.kafka_bootstrap)
+                  .option("subscribe", self.targets.topic)
+                  .option("startingOffsets", self.config.starting_offsets)
+                  .option("failOnDataLoss", str(self.config.fail_on_data_loss).lower())
+                  .option("kafka.max.partition.fetch.bytes", str(8 * 1024 * 1024)))
+        if self.config.max_offsets_per_trigger:
+            reader = reader.option("maxOffsetsPerTrigger", str(self.config.max_offsets_per_trigger))
+        return reader.load()
+
+    def start(self) -> StreamingQuery:
+        writer = (self.kafka_stream().writeStream
+                  .queryName(self.config.query_name)
+                  .option("checkpointLocation", self.targets.checkpoint_path)
+                  .foreachBatch(self.process_batch))
+        if self.config.trigger == "available_now":
+            writer = writer.trigger(availableNow=True)
+        else:
+            writer = writer.trigger(processingTime=self.config.trigger_interval)
+        return writer.start()
+
+    def user_metadata(self) -> DataFrame:
+        """user_metadata (id, email) as of at most `metadata_refresh_seconds` ago: operators' edits
+        are seen without a restart."""
+        now = time.monotonic()
+        if self._user_metadata is None or now - self._user_metadata_read_at >= self.config.metadata_refresh_seconds:
+            with closing(self._connect()) as conn:
+                rows = [(user_id, email) for user_id, _, email, _ in read_live(conn)]
+            self._user_metadata = self.spark.createDataFrame(rows, "id string, email string")
+            self._user_metadata_read_at = now
+        return self._user_metadata
+
+    def process_batch(self, kafka_rows: DataFrame, batch_id: int) -> None:
+        query = self.config.query_name
+        with closing(self._connect()) as conn:
+            already_applied = is_applied(conn, query, batch_id)
+            latest = max_event_time(conn, query)
+        if already_applied:
+            self.stats.skipped_batches += 1
+            return
+        # Spark's rule: the watermark a batch uses comes from the batches before it, so a replay sees the same.
+        watermark = latest - self.watermark_delay if latest is not None else None
+
+        parsed = parse_device_messages(kafka_rows).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            events = valid_events(parsed)
+            self._land(events, batch_id)
+            totals = self._window_totals(events)
+            dead_letters = rejected_messages(parsed).collect()
+        finally:
+            parsed.unpersist()
+
+        ingest_time = datetime.utcnow()
+        result = self._micro_batch_result(batch_id, totals, watermark,
+                                          [(*row, ingest_time) for row in dead_letters])
+        with closing(self._connect()) as conn:
+            applied = apply_micro_batch(conn, result)
+        self._count(result, applied)
+
+    def _land(self, events: DataFrame, batch_id: int) -> None:
+        enriched = events.join(F.broadcast(self.user_metadata()), "id", "left")
+        (with_lake_partitions(enriched)
+         .withColumn(BATCH_PARTITION, F.lit(batch_id))
+         .write.mode("overwrite")
+         .option("partitionOverwriteMode", "dynamic")
+         .partitionBy(*LAKE_PARTITION_COLUMNS, BATCH_PARTITION)
+         .parquet(self.targets.landing_path))
+
+    def _window_totals(self, events: DataFrame) -> list:
+        """The batch's partial sums for the three tables in one Spark job: (table, key, date, bytes, messages, max)."""
+        parts = [aggregate(events, self.config.window)
+                 .select(F.lit(table.name).alias("table"), F.col(table.key).alias("key"), "date",
+                         F.col(table.value).alias("bytes"), MESSAGES, MAX_EVENT_TIME)
+                 for table, aggregate in _PER_TABLE]
+        unknown = (events.join(F.broadcast(self.user_metadata()), "id", "left_anti")
+                   .select(F.lit("unknown_users").alias("table"), F.lit(None).cast("string").alias("key"),
+                           F.lit(None).cast("timestamp").alias("date"), F.lit(0).cast("long").alias("bytes"),
+                           F.count(F.lit(1)).alias(MESSAGES), F.lit(None).cast("timestamp").alias(MAX_EVENT_TIME)))
+        combined = parts[0]
+        for part in (*parts[1:], unknown):
+            combined = combined.unionByName(part)
+        return combined.collect()
+
+    def _micro_batch_result(self, batch_id: int, totals: list, watermark: datetime | None,
+                            dead_letters: list) -> MicroBatchResult:
+        increments = {table: [] for table, _ in _PER_TABLE}
+        by_name = {table.name: table for table in increments}
+        good = late = unknown = 0
+        latest = None
+        for row in totals:
+            if row.table == "unknown_users":
+                unknown = row.messages
+                continue
+            table = by_name[row.table]
+            if table is BYTES_AGG_APP:  # every valid event is in exactly one app row
+                good += row.messages
+                latest = row.max_event_time if latest is None else max(latest, row.max_event_time)
+            if watermark is not None and row.date + self.window <= watermark:
+                if table is BYTES_AGG_APP:
+                    late += row.messages
+                continue
+            increments[table].append((row.key, row.date, row.bytes))
+        self.stats.unknown_user_messages += unknown
+        return MicroBatchResult(query=self.config.query_name, batch_id=batch_id, increments=increments,
+                                dead_letters=dead_letters, good_messages=good, bad_messages=len(dead_letters),
+                                late_messages=late, max_event_time=latest)
+
+    def _count(self, result: MicroBatchResult, applied: bool) -> None:
+        if not applied:
+            self.stats.skipped_batches += 1
+            return
+        self.stats.batches += 1
+        self.stats.good_messages += result.good_messages
+        self.stats.bad_messages += result.bad_messages
+        self.stats.late_messages += result.late_messages
+        if result.max_event_time is not None:
+            self.stats.max_event_time = max(filter(None, (self.stats.max_event_time, result.max_event_time)))
+
+
+def kafka_lag(query: StreamingQuery) -> int | None:
+    """Messages in Kafka not yet processed, from the last progress report."""
+    progress = query.lastProgress
+    if not progress:
+        return None
+    lag = 0
+    for source in progress.get("sources", []):
+        end, latest = source.get("endOffset"), source.get("latestOffset")
+        if not isinstance(end, dict) or not isinstance(latest, dict):
+            return None
+        for topic, partitions in latest.items():
+            for partition, offset in partitions.items():
+                lag += max(0, int(offset) - int(end.get(topic, {}).get(partition, 0)))
+    return lag
+
+
+def run_until_stopped(layer: SpeedLayer, on_progress: Callable[[StreamingQuery, SpeedLayer], None] | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> StreamingQuery:
+    """Start the query and wait for it: until the topic is drained (available_now), `should_stop()`,
+    or an error, which is raised. Progress is reported every `progress_interval_seconds`."""
+    from pyspark.errors import StreamingQueryException
+
+    query = layer.start()
+    try:
+        while not query.awaitTermination(layer.config.progress_interval_seconds):
+            if on_progress is not None:
+                on_progress(query, layer)
+            if should_stop is not None and should_stop():
+                break
+    except StreamingQueryException as exc:
+        raise RuntimeError(f"speed layer query {layer.config.query_name!r} failed: {exc}") from exc
+    finally:
+        if query.isActive:
+            query.stop()
+    if on_progress is not None:
+        on_progress(query, layer)
+    return query

@@ -1,0 +1,1 @@
+"""Pure Spark transformations (DataFrame in, DataFrame out), shared by the speed and batch layers."""
