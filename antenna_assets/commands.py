@@ -2,4 +2,6 @@
 
 
 def registered_commands():
-    return []
+    from antenna_assets.simulator.cli import register as register_simulate
+
+    return [register_simulate]
