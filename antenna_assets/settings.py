@@ -55,6 +55,11 @@ class Settings:
     checkpoint_root: str = ""
     spark_master: str = "local[*]"
     spark_shuffle_partitions: int = 4
+    # Lake on Google Cloud Storage: only read when a root is gs://, or when an emulator is set.
+    gcs_project: str = ""
+    gcs_endpoint: str = ""  # http://127.0.0.1:N of a GCS API emulator; empty: the real service
+    gcs_emulator_port: int = 14443
+    gcs_credentials_file: str = ""
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -79,6 +84,10 @@ class Settings:
             checkpoint_root=_env_str("ANTENNA_CHECKPOINT_ROOT", lake_root.rstrip("/") + "/_checkpoints"),
             spark_master=_env_str("ANTENNA_SPARK_MASTER", "local[*]"),
             spark_shuffle_partitions=_env_int("ANTENNA_SPARK_SHUFFLE_PARTITIONS", 4),
+            gcs_project=_env_str("ANTENNA_GCS_PROJECT", ""),
+            gcs_endpoint=_env_str("ANTENNA_GCS_ENDPOINT", "").rstrip("/"),
+            gcs_emulator_port=_env_int("ANTENNA_GCS_EMULATOR_PORT", 14443),
+            gcs_credentials_file=_env_str("GOOGLE_APPLICATION_CREDENTIALS", ""),
         )
         settings.validate()
         return settings

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import sys
 
+from antenna_assets import lake_gcs
 from antenna_assets.settings import Settings
 from antenna_assets.stack import jars
 
 
 def spark_conf(settings: Settings, app_name: str = "antenna_assets", extra: dict[str, str] | None = None) -> dict[str, str]:
     jar_paths = [str(p) for p in jars.spark_jars(settings.jars_dir)]
+    if lake_gcs.uses_gcs(settings):
+        jar_paths += [str(p) for p in jars.gcs_jars(settings.jars_dir)]
     utc = "-Duser.timezone=UTC"
     conf = {
         "spark.master": settings.spark_master,
@@ -27,6 +30,7 @@ def spark_conf(settings: Settings, app_name: str = "antenna_assets", extra: dict
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
     }
+    conf.update(lake_gcs.spark_conf(settings))
     conf.update(extra or {})
     return conf
 

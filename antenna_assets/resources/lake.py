@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from antenna_assets import lake_gcs
 from antenna_assets.settings import Settings
 
 
@@ -13,6 +16,7 @@ class LakeResource(ConfigurableResource):
 
     root: str = Field(default="", description="lake root; empty: from the environment")
     checkpoints: str = Field(default="", description="streaming checkpoint root; empty: <root>/_checkpoints")
+    project: str = Field(default="", description="GCP project of a gs:// lake; empty: ANTENNA_GCS_PROJECT")
 
     @property
     def effective_root(self) -> str:
@@ -34,6 +38,34 @@ class LakeResource(ConfigurableResource):
 
     def checkpoint_path(self, query: str) -> str:
         return f"{self.effective_checkpoints}/{query}"
+
+    def _settings(self) -> Settings:
+        settings = Settings.from_env()
+        return replace(settings, gcs_project=self.project) if self.project else settings
+
+    def _roots(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.effective_root, self.effective_checkpoints)))
+
+    def validate(self) -> None:
+        """Call at start-up, before Spark: a gs:// root must have its bucket and working credentials
+        (raises `GcsLakeError` with a one-line reason); a local root is created."""
+        settings = self._settings()
+        for root in self._roots():
+            if lake_gcs.is_gcs(root):
+                lake_gcs.validate_gcs_root(settings, root)
+            else:
+                Path(root).mkdir(parents=True, exist_ok=True)
+
+    def spark_conf(self) -> dict[str, str]:
+        """`spark.hadoop.fs.gs.*` this lake needs (empty for a local lake). The connector jar itself
+        must be on the classpath when the session starts: `spark_session.spark_conf` adds it."""
+        return lake_gcs.spark_conf(self._settings(), self._roots())
+
+    def list_files(self, path: str) -> list[str]:
+        """Every file under `path` (a folder of this lake), as full paths or gs:// URLs, sorted."""
+        if lake_gcs.is_gcs(path):
+            return lake_gcs.list_gcs_files(self._settings(), path)
+        return sorted(str(p) for p in Path(path).rglob("*") if p.is_file())
 
 
 def hour_partition_dir(hour: datetime) -> str:

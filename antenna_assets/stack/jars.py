@@ -1,4 +1,4 @@
-"""Fetch and cache the Java artifacts: the Kafka broker and Spark's Kafka connector.
+"""Fetch and cache the Java artifacts: the Kafka broker, Spark's Kafka connector, the GCS connector.
 
 Maven resolves them (with transitive dependencies) from the configured repository into
 `<stack>/jars/<set>/`. A marker file records the coordinates, so a second call is free and a
@@ -22,6 +22,11 @@ KAFKA_ARTIFACTS = (
 )
 # Only what pyspark does not already ship; the version is pinned to the pyspark version.
 SPARK_KAFKA_ARTIFACTS = (f"org.apache.spark:spark-sql-kafka-0-10_2.13:{SPARK_VERSION}",)
+# Hadoop's GCS connector, shaded. 4.0.x is the line that runs on pyspark 4.2's Hadoop 3.5 client:
+# 3.1.x fails reading Parquet (NoSuchMethodError VectoredReadUtils.validateRangeRequest), and the
+# releases after 4.0.4 publish no shaded jar.
+GCS_CONNECTOR_VERSION = "4.0.4"
+GCS_CONNECTOR_ARTIFACTS = (f"com.google.cloud.bigdataoss:gcs-connector:{GCS_CONNECTOR_VERSION}:shaded",)
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -31,12 +36,19 @@ _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
 """
 
 
+def _dependency(coordinate: str) -> str:
+    """`group:artifact:version`, or `group:artifact:version:classifier` for a self-contained (shaded) jar."""
+    g, a, v, *classifier = coordinate.split(":")
+    xml = f"<groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version>"
+    if classifier:
+        # A shaded jar bundles its dependencies: resolving them again would only add conflicts.
+        xml += (f"<classifier>{classifier[0]}</classifier>"
+                "<exclusions><exclusion><groupId>*</groupId><artifactId>*</artifactId></exclusion></exclusions>")
+    return f"<dependency>{xml}</dependency>"
+
+
 def _pom(coordinates: tuple[str, ...]) -> str:
-    deps = "".join(
-        f"<dependency><groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version></dependency>"
-        for g, a, v in (c.split(":") for c in coordinates)
-    )
-    return _POM.format(deps=deps)
+    return _POM.format(deps="".join(_dependency(c) for c in coordinates))
 
 
 def _pyspark_jar_names() -> set[str]:
@@ -92,3 +104,7 @@ def kafka_jars(jars_dir: Path) -> list[Path]:
 
 def spark_jars(jars_dir: Path) -> list[Path]:
     return fetch("spark", SPARK_KAFKA_ARTIFACTS, jars_dir, skip_provided_by_pyspark=True)
+
+
+def gcs_jars(jars_dir: Path) -> list[Path]:
+    return fetch("gcs", GCS_CONNECTOR_ARTIFACTS, jars_dir)

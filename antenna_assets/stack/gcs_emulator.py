@@ -1,0 +1,118 @@
+"""A Google Cloud Storage API emulator (fake-gcs-server) for tests and local runs.
+
+The server is built from its Go module with the machine's Go on first use and cached in
+`<stack>/bin`; no source or binary of it is kept in this repository. It serves the JSON API over
+plain HTTP on 127.0.0.1 and keeps objects under `<stack>/gcs/data`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+from antenna_assets.lake_gcs import gcs_client
+from antenna_assets.settings import Settings
+from antenna_assets.stack.errors import StackError
+from antenna_assets.stack.process import pid_alive, port_open, read_pid, stop_pid, tail, wait_until
+
+FAKE_GCS_SERVER_MODULE = "github.com/fsouza/fake-gcs-server"
+FAKE_GCS_SERVER_VERSION = "v1.56.1"  # its go.mod needs Go >= 1.26
+DEFAULT_PROJECT = "antenna-local"
+
+
+class GcsEmulator:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.port = settings.gcs_emulator_port
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.binary = settings.stack_dir / "bin" / "fake-gcs-server"
+        self.home = settings.stack_dir / "gcs"
+        self.data_dir = self.home / "data"
+        self.pid_file = self.home / "fake-gcs-server.pid"
+        self.log_file = self.home / "fake-gcs-server.log"
+
+    def install(self) -> Path:
+        """`go install` the pinned version unless that binary is already cached."""
+        marker = self.binary.with_name("fake-gcs-server.version")
+        if self.binary.exists() and marker.exists() and marker.read_text() == FAKE_GCS_SERVER_VERSION:
+            return self.binary
+        go = shutil.which("go")
+        if go is None:
+            raise StackError("Go is not installed: the GCS emulator (fake-gcs-server) is built with it. "
+                             "Install Go 1.26+ and retry.")
+        self.binary.parent.mkdir(parents=True, exist_ok=True)
+        # GOTOOLCHAIN=local: fail with the version message rather than fetch another Go toolchain.
+        env = {**os.environ, "GOBIN": str(self.binary.parent), "GOTOOLCHAIN": "local"}
+        proc = subprocess.run([go, "install", f"{FAKE_GCS_SERVER_MODULE}@{FAKE_GCS_SERVER_VERSION}"],
+                              env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise StackError(f"building fake-gcs-server {FAKE_GCS_SERVER_VERSION} with {go} failed: "
+                             f"{proc.stderr.strip()[-400:]}")
+        marker.write_text(FAKE_GCS_SERVER_VERSION)
+        return self.binary
+
+    def pid(self) -> int | None:
+        pid = read_pid(self.pid_file)
+        return pid if pid_alive(pid) else None
+
+    def healthy(self, timeout: float = 2.0) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/storage/v1/b", timeout=timeout) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def up(self) -> str:
+        if self.pid() is not None:
+            if wait_until(self.healthy, 30):
+                return f"gcs emulator already running (pid {self.pid()}) on {self.endpoint}"
+            raise StackError(f"gcs emulator (pid {self.pid()}) runs but does not answer; see {self.log_file}")
+        if port_open(self.port):
+            raise StackError(f"port {self.port} is already in use by another process: stop it, or choose another "
+                             "port with ANTENNA_GCS_EMULATOR_PORT (and ANTENNA_GCS_ENDPOINT to match)")
+        binary = self.install()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        address = f"127.0.0.1:{self.port}"
+        with open(self.log_file, "ab") as log:
+            process = subprocess.Popen(
+                # public-host / external-url: resumable-upload and media links must point back here.
+                [str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
+                 "-backend", "filesystem", "-filesystem-root", str(self.data_dir),
+                 "-public-host", address, "-external-url", self.endpoint, "-log-level", "warn"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        self.pid_file.write_text(str(process.pid))
+        if not wait_until(self.healthy, 30, interval=0.2, abort=lambda: process.poll() is not None):
+            if process.poll() is None:
+                stop_pid(process.pid)
+            self.pid_file.unlink(missing_ok=True)
+            raise StackError(f"gcs emulator did not start; last lines of {self.log_file}:\n{tail(self.log_file)}")
+        return f"gcs emulator started (pid {process.pid}) on {self.endpoint}"
+
+    def down(self) -> str:
+        pid = self.pid()
+        self.pid_file.unlink(missing_ok=True)
+        if pid is None:
+            return "gcs emulator not running"
+        stop_pid(pid, grace_seconds=10)
+        return f"gcs emulator stopped (pid {pid})"
+
+    def status(self) -> tuple[bool, str]:
+        pid = self.pid()
+        if pid is None:
+            return False, "gcs emulator: not running"
+        if self.healthy():
+            return True, f"gcs emulator: healthy (pid {pid}, {self.endpoint})"
+        return False, f"gcs emulator: running (pid {pid}) but not answering on {self.endpoint}"
+
+    def ensure_bucket(self, name: str) -> None:
+        """Create bucket `name` on the emulator unless it exists (real buckets are made by their owners)."""
+        client = gcs_client(replace(self.settings, gcs_endpoint=self.endpoint,
+                                    gcs_project=self.settings.gcs_project or DEFAULT_PROJECT))
+        if client.lookup_bucket(name) is None:
+            client.create_bucket(name)
