@@ -3,5 +3,6 @@
 
 def registered_commands():
     from antenna_assets.simulator.cli import register as register_simulate
+    from antenna_assets.streaming.cli import register as register_stream
 
-    return [register_simulate]
+    return [register_simulate, register_stream]

@@ -69,3 +69,27 @@ def topic(settings) -> str:
     name = f"devices-test-{uuid.uuid4().hex[:10]}"
     ensure_topic(replace(settings, topic=name))
     return name
+
+
+@pytest.fixture
+def serving_db(settings) -> str:
+    """A fresh serving database (schema migrated, the 20 users provisioned); its URL."""
+    import psycopg2
+
+    from antenna_assets.db.user_metadata import provision_users
+    from antenna_assets.resources import PostgresResource
+    from antenna_assets.stack.postgres import ensure_database
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    ensure_database(settings, name)
+    url = settings.postgres_url_for(name)
+    resource = PostgresResource(url=url)
+    resource.migrate()
+    with resource.connect() as conn:
+        provision_users(conn)
+    yield url
+    admin = psycopg2.connect(settings.postgres_url_for("postgres"))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()

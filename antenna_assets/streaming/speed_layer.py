@@ -28,6 +28,7 @@ from antenna_assets.db.ledger import MicroBatchResult, apply_micro_batch, is_app
 from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
 from antenna_assets.db.user_metadata import read_live
 from antenna_assets.streaming.config import SpeedLayerConfig, parse_duration
+from antenna_assets.timeutil import utc_from_epoch_millis, utc_from_epoch_seconds, utc_now
 from antenna_assets.transforms.aggregates import (MAX_EVENT_TIME, MESSAGES, bytes_per_antenna, bytes_per_app,
                                                   bytes_per_user)
 from antenna_assets.transforms.devices import (LAKE_PARTITION_COLUMNS, parse_device_messages, rejected_messages,
@@ -124,13 +125,15 @@ class SpeedLayer:
             events = valid_events(parsed)
             self._land(events, batch_id)
             totals = self._window_totals(events)
-            dead_letters = rejected_messages(parsed).collect()
+            dead_letters = (rejected_messages(parsed)
+                            .withColumn("kafka_timestamp", F.unix_millis("kafka_timestamp")).collect())
         finally:
             parsed.unpersist()
 
-        ingest_time = datetime.utcnow()
-        result = self._micro_batch_result(batch_id, totals, watermark,
-                                          [(*row, ingest_time) for row in dead_letters])
+        ingest_time = utc_now()
+        result = self._micro_batch_result(
+            batch_id, totals, watermark,
+            [(*row[:-1], utc_from_epoch_millis(row.kafka_timestamp), ingest_time) for row in dead_letters])
         with closing(self._connect()) as conn:
             applied = apply_micro_batch(conn, result)
         self._count(result, applied)
@@ -147,13 +150,14 @@ class SpeedLayer:
     def _window_totals(self, events: DataFrame) -> list:
         """The batch's partial sums for the three tables in one Spark job: (table, key, date, bytes, messages, max)."""
         parts = [aggregate(events, self.config.window)
-                 .select(F.lit(table.name).alias("table"), F.col(table.key).alias("key"), "date",
-                         F.col(table.value).alias("bytes"), MESSAGES, MAX_EVENT_TIME)
+                 .select(F.lit(table.name).alias("table"), F.col(table.key).alias("key"),
+                         F.unix_seconds("date").alias("date"), F.col(table.value).alias("bytes"), MESSAGES,
+                         F.unix_seconds(MAX_EVENT_TIME).alias(MAX_EVENT_TIME))
                  for table, aggregate in _PER_TABLE]
         unknown = (events.join(F.broadcast(self.user_metadata()), "id", "left_anti")
                    .select(F.lit("unknown_users").alias("table"), F.lit(None).cast("string").alias("key"),
-                           F.lit(None).cast("timestamp").alias("date"), F.lit(0).cast("long").alias("bytes"),
-                           F.count(F.lit(1)).alias(MESSAGES), F.lit(None).cast("timestamp").alias(MAX_EVENT_TIME)))
+                           F.lit(None).cast("long").alias("date"), F.lit(0).cast("long").alias("bytes"),
+                           F.count(F.lit(1)).alias(MESSAGES), F.lit(None).cast("long").alias(MAX_EVENT_TIME)))
         combined = parts[0]
         for part in (*parts[1:], unknown):
             combined = combined.unionByName(part)
@@ -170,14 +174,16 @@ class SpeedLayer:
                 unknown = row.messages
                 continue
             table = by_name[row.table]
+            date = utc_from_epoch_seconds(row.date)
             if table is BYTES_AGG_APP:  # every valid event is in exactly one app row
                 good += row.messages
-                latest = row.max_event_time if latest is None else max(latest, row.max_event_time)
-            if watermark is not None and row.date + self.window <= watermark:
+                row_latest = utc_from_epoch_seconds(row.max_event_time)
+                latest = row_latest if latest is None else max(latest, row_latest)
+            if watermark is not None and date + self.window <= watermark:
                 if table is BYTES_AGG_APP:
                     late += row.messages
                 continue
-            increments[table].append((row.key, row.date, row.bytes))
+            increments[table].append((row.key, date, row.bytes))
         self.stats.unknown_user_messages += unknown
         return MicroBatchResult(query=self.config.query_name, batch_id=batch_id, increments=increments,
                                 dead_letters=dead_letters, good_messages=good, bad_messages=len(dead_letters),
@@ -212,15 +218,19 @@ def kafka_lag(query: StreamingQuery) -> int | None:
 
 
 def run_until_stopped(layer: SpeedLayer, on_progress: Callable[[StreamingQuery, SpeedLayer], None] | None = None,
-                      should_stop: Callable[[], bool] | None = None) -> StreamingQuery:
+                      should_stop: Callable[[], bool] | None = None, poll_seconds: float = 1.0) -> StreamingQuery:
     """Start the query and wait for it: until the topic is drained (available_now), `should_stop()`,
-    or an error, which is raised. Progress is reported every `progress_interval_seconds`."""
+    an interrupt, or an error, which is raised. `on_progress` is called every
+    `progress_interval_seconds` and once at the end."""
     from pyspark.errors import StreamingQueryException
 
     query = layer.start()
+    next_report = time.monotonic() + layer.config.progress_interval_seconds
     try:
-        while not query.awaitTermination(layer.config.progress_interval_seconds):
-            if on_progress is not None:
+        # Short waits keep a termination request (SIGTERM from Dagster, Ctrl-C) answered within a second.
+        while not query.awaitTermination(poll_seconds):
+            if on_progress is not None and time.monotonic() >= next_report:
+                next_report = time.monotonic() + layer.config.progress_interval_seconds
                 on_progress(query, layer)
             if should_stop is not None and should_stop():
                 break

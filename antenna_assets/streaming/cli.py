@@ -1,0 +1,57 @@
+"""`antenna stream`: the speed layer from the command line, without Dagster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pydantic import ValidationError
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("stream", help="run the speed layer (Spark Structured Streaming) in this process")
+    parser.add_argument("--available-now", action="store_true", help="drain the topic, then stop (default: run until Ctrl-C)")
+    parser.add_argument("--trigger-interval", help="micro-batch interval, e.g. '2 seconds'")
+    parser.add_argument("--window", help="event-time window of the speed tables, e.g. '5 minutes'")
+    parser.add_argument("--watermark", help="allowed lateness, e.g. '1 minute'")
+    parser.add_argument("--max-offsets-per-trigger", type=int, help="messages per micro-batch at most (0: no limit)")
+    parser.add_argument("--starting-offsets", help="earliest or latest, for a query without checkpoint")
+    parser.add_argument("--metadata-refresh-seconds", type=float, help="re-read user_metadata at most this often")
+    parser.add_argument("--progress-interval-seconds", type=float, help="how often progress is printed")
+    parser.add_argument("--query-name", help="names the checkpoint folder and the ledger rows")
+    parser.set_defaults(handler=_stream)
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from antenna_assets.resources import LakeResource, PostgresResource
+    from antenna_assets.settings import Settings
+    from antenna_assets.spark_session import build_spark_session
+    from antenna_assets.streaming.config import SpeedLayerConfig
+    from antenna_assets.streaming.runtime import progress_summary, speed_layer_targets
+    from antenna_assets.streaming.speed_layer import SpeedLayer, run_until_stopped
+
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in SpeedLayerConfig.model_fields and v is not None}
+    if args.available_now:
+        overrides["trigger"] = "available_now"
+    try:
+        config = SpeedLayerConfig(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"antenna stream: error: --{first['loc'][0].replace('_', '-')}: {first['msg']}", file=sys.stderr)
+        return 2
+    settings = Settings.from_env()
+    postgres = PostgresResource()
+    postgres.migrate()
+    lake = LakeResource()
+    layer = SpeedLayer(build_spark_session(settings, app_name="antenna_stream"), config,
+                       speed_layer_targets(settings, lake, postgres.effective_url, config))
+    print(f"streaming {settings.topic} from {settings.kafka_bootstrap} into {lake.landing_path} "
+          f"(checkpoint {lake.checkpoint_path(config.query_name)})", flush=True)
+
+    def report(query, layer):
+        print(json.dumps(progress_summary(query, layer)), flush=True)
+
+    run_until_stopped(layer, on_progress=report)
+    return 0

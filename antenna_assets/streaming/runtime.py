@@ -1,0 +1,38 @@
+"""Wiring shared by the Dagster speed-layer asset and `antenna stream`."""
+
+from __future__ import annotations
+
+from antenna_assets.resources import LakeResource
+from antenna_assets.settings import Settings
+from antenna_assets.streaming.config import SpeedLayerConfig
+from antenna_assets.streaming.speed_layer import SpeedLayer, SpeedLayerTargets, kafka_lag
+
+
+def speed_layer_targets(settings: Settings, lake: LakeResource, postgres_url: str,
+                        config: SpeedLayerConfig) -> SpeedLayerTargets:
+    return SpeedLayerTargets(
+        kafka_bootstrap=settings.kafka_bootstrap,
+        topic=settings.topic,
+        landing_path=lake.landing_path,
+        checkpoint_path=lake.checkpoint_path(config.query_name),
+        postgres_url=postgres_url,
+    )
+
+
+def progress_summary(query, layer: SpeedLayer) -> dict:
+    """What a progress report says: counts, lag, event time and watermark."""
+    stats = layer.stats
+    progress = query.lastProgress or {}
+    watermark = (stats.max_event_time - layer.watermark_delay) if stats.max_event_time else None
+    return {
+        "batches": stats.batches,
+        "replayed_batches_skipped": stats.skipped_batches,
+        "good_messages": stats.good_messages,
+        "dead_letters": stats.bad_messages,
+        "late_messages": stats.late_messages,
+        "unknown_user_messages": stats.unknown_user_messages,
+        "kafka_lag": kafka_lag(query),
+        "input_rows_per_second": round(progress.get("processedRowsPerSecond", 0.0) or 0.0, 1),
+        "max_event_time": stats.max_event_time.isoformat() if stats.max_event_time else None,
+        "watermark": watermark.isoformat() if watermark else None,
+    }

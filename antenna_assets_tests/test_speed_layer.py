@@ -1,0 +1,155 @@
+"""The speed layer against the real broker, PostgreSQL and Spark."""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import psycopg2
+import pytest
+from confluent_kafka import Producer
+
+from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
+from antenna_assets.simulator import SimulatorConfig, run_simulation
+from antenna_assets.streaming.config import SpeedLayerConfig
+from antenna_assets.streaming.speed_layer import SpeedLayer, SpeedLayerTargets, run_until_stopped
+from antenna_assets_tests.truth import expected, query, read_table
+
+# Backfilled history reaches Kafka out of event-time order across partitions; these tests check
+# exact totals, so they allow that much lateness. Lateness itself is tested separately below.
+NO_LATE_DROPS = "3650 days"
+TABLES = ((BYTES_AGG_ANTENNA, "antenna"), (BYTES_AGG_USER, "user"), (BYTES_AGG_APP, "app"))
+
+
+def _targets(settings, topic, url, lake: Path) -> SpeedLayerTargets:
+    return SpeedLayerTargets(settings.kafka_bootstrap, topic, str(lake / "landing"), str(lake / "checkpoints" / topic), url)
+
+
+def _assert_tables_equal_truth(url, truth):
+    for table, per in TABLES:
+        assert read_table(url, table) == expected(truth, per), table.name
+
+
+def test_available_now_equals_ground_truth(settings, spark, topic, serving_db, tmp_path):
+    truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=1,
+                                           start=datetime(2025, 3, 1, 10), seed=11, malformed_fraction=0.05,
+                                           progress=False))
+    assert truth.malformed > 0 and truth.with_extra_fields > 0
+    config = SpeedLayerConfig(trigger="available_now", watermark=NO_LATE_DROPS, max_offsets_per_trigger=500,
+                              query_name=topic, progress_interval_seconds=5)
+    layer = SpeedLayer(spark, config, _targets(settings, topic, serving_db, tmp_path))
+    run_until_stopped(layer)
+
+    _assert_tables_equal_truth(serving_db, truth)
+    assert layer.stats.good_messages == truth.messages
+    assert layer.stats.batches >= 2
+    # Every malformed message is in the dead-letter store, with its reason and Kafka coordinates.
+    reasons = dict(query(serving_db, "SELECT reason, count(*) FROM dead_letter GROUP BY reason"))
+    assert reasons == {k: v for k, v in truth.malformed_by_kind.items() if v}
+    [(missing_raw,)] = query(serving_db, "SELECT count(*) FROM dead_letter WHERE raw_value IS NULL OR kafka_offset < 0")
+    assert missing_raw == 0
+    # The lake holds every valid message once, under its UTC hour.
+    landing = spark.read.parquet(str(tmp_path / "landing"))
+    assert landing.count() == truth.messages
+    hours = {(r.year, r.month, r.day, r.hour) for r in landing.select("year", "month", "day", "hour").distinct().collect()}
+    assert hours == {(h.year, h.month, h.day, h.hour) for h in truth.hours}
+    assert landing.where("email IS NULL").count() == 0
+
+
+def _ledger_batches(url: str, query_name: str) -> int:
+    return query(url, "SELECT count(*) FROM streaming_batches WHERE query = %s", (query_name,))[0][0]
+
+
+def test_kill_9_then_resume_adds_nothing_twice_in_any_time_zone(settings, topic, serving_db, tmp_path):
+    truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, users=200, backfill_hours=2,
+                                           start=datetime(2025, 3, 30, 0), seed=5, progress=False))
+    # Europe/Madrid switches to summer time on 2025-03-30 at 01:00 UTC: the hours must stay UTC.
+    env = {**os.environ, "TZ": "Europe/Madrid", "ANTENNA_TOPIC": topic, "ANTENNA_POSTGRES_URL": serving_db,
+           "ANTENNA_LAKE_ROOT": str(tmp_path)}
+    command = [sys.executable, "-m", "antenna_assets.cli", "stream", "--query-name", topic, "--watermark", NO_LATE_DROPS,
+               "--max-offsets-per-trigger", "3000"]
+    first = subprocess.Popen([*command, "--trigger-interval", "1 seconds"], env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while _ledger_batches(serving_db, topic) < 3 and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.2)
+        assert _ledger_batches(serving_db, topic) >= 3, "the stream did not commit batches in time"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the Python driver and its Spark JVM, mid-batch
+        first.wait()
+    committed_before_restart = _ledger_batches(serving_db, topic)
+    assert committed_before_restart < truth.messages / 3000, "the kill came after the stream had finished"
+
+    second = subprocess.run([*command, "--available-now"], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+
+    _assert_tables_equal_truth(serving_db, truth)
+    [(good,)] = query(serving_db, "SELECT sum(good_messages) FROM streaming_batches WHERE query = %s", (topic,))
+    assert good == truth.messages
+    lake = tmp_path / "landing" / "devices"
+    hour_dirs = {p.relative_to(lake).as_posix() for p in lake.glob("year=*/month=*/day=*/hour=*")}
+    assert hour_dirs == {f"year={h.year}/month={h.month}/day={h.day}/hour={h.hour}" for h in truth.hours}
+
+
+def _produce(settings, topic, messages: list) -> None:
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for message in messages:
+        producer.produce(topic, message if isinstance(message, bytes) else json.dumps(message).encode())
+    assert producer.flush(10) == 0
+
+
+def _epoch(utc: datetime) -> int:
+    return calendar.timegm(utc.timetuple())
+
+
+def _message(ts: int, user: str, nbytes: int = 100, antenna: str = "antenna-x", app: str = "SKYPE") -> dict:
+    return {"timestamp": ts, "id": user, "antenna_id": antenna, "bytes": nbytes, "app": app}
+
+
+@pytest.fixture
+def live_layer(settings, spark, topic, serving_db, tmp_path):
+    """A processing-time query in this process; `sync()` waits until it has processed all there is."""
+    config = SpeedLayerConfig(metadata_refresh_seconds=0, trigger_interval="1 seconds", query_name=topic)
+    layer = SpeedLayer(spark, config, _targets(settings, topic, serving_db, tmp_path))
+    query_handle = layer.start()
+    layer.sync = query_handle.processAllAvailable
+    yield layer
+    query_handle.stop()
+
+
+def test_operator_edit_is_seen_without_restart(settings, topic, serving_db, spark, tmp_path, live_layer):
+    newcomer = "00000000-0000-0000-0000-000000000021"
+    base = _epoch(datetime(2025, 4, 1, 12))
+    _produce(settings, topic, [_message(base, newcomer)])
+    live_layer.sync()
+    # The operator adds the user while the stream runs.
+    conn = psycopg2.connect(serving_db)
+    with conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO user_metadata VALUES (%s, 'nuria', 'nuria@gmail.com', 1000)", (newcomer,))
+    conn.close()
+    _produce(settings, topic, [_message(base + 10, newcomer)])
+    live_layer.sync()
+    emails = {r.timestamp: r.email for r in spark.read.parquet(str(tmp_path / "landing")).collect()}
+    assert emails == {base: None, base + 10: "nuria@gmail.com"}
+    assert live_layer.stats.unknown_user_messages == 1
+
+
+def test_late_events_skip_closed_windows_but_stay_in_the_lake(settings, topic, serving_db, spark, tmp_path, live_layer):
+    noon = _epoch(datetime(2025, 5, 1, 12, 30))
+    _produce(settings, topic, [_message(noon, "u1", 7)])
+    live_layer.sync()
+    # 30 minutes older than anything seen: its window closed long before the 1-minute watermark.
+    _produce(settings, topic, [_message(noon - 1800, "u1", 5), _message(noon + 1, "u1", 3)])
+    live_layer.sync()
+    assert read_table(serving_db, BYTES_AGG_USER) == {("u1", datetime(2025, 5, 1, 12, 30)): 10}
+    assert live_layer.stats.late_messages == 1
+    landed = sorted(r.bytes for r in spark.read.parquet(str(tmp_path / "landing")).collect())
+    assert landed == [3, 5, 7]
