@@ -1,12 +1,22 @@
-"""The device traffic simulator: the contract's usage messages into Kafka, plus their ground truth."""
+"""The device traffic simulator: the contract's usage messages into Kafka, plus their ground truth.
 
-from antenna_assets.simulator.config import SimulatorConfig, SimulatorConfigError
-from antenna_assets.simulator.ground_truth import GroundTruth, Totals
-from antenna_assets.simulator.messages import EXTRA_FIELD, MALFORMED_KINDS, MESSAGE_FIELDS
-from antenna_assets.simulator.producer import SimulationError
-from antenna_assets.simulator.runner import SimulationResult, run_simulation, simulate
+Names are imported on first use, so registering `antenna simulate` does not load numpy and
+librdkafka into every `antenna` command.
+"""
 
-__all__ = [
-    "EXTRA_FIELD", "MALFORMED_KINDS", "MESSAGE_FIELDS", "GroundTruth", "SimulationError", "SimulationResult",
-    "SimulatorConfig", "SimulatorConfigError", "Totals", "run_simulation", "simulate",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "SimulatorConfig": "config", "SimulatorConfigError": "config",
+    "GroundTruth": "ground_truth", "Totals": "ground_truth",
+    "EXTRA_FIELD": "messages", "MALFORMED_KINDS": "messages", "MESSAGE_FIELDS": "messages",
+    "SimulationError": "producer",
+    "SimulationResult": "runner", "run_simulation": "runner", "simulate": "runner",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
