@@ -132,8 +132,8 @@ def validate_gcs_root(settings: Settings, url: str) -> None:
 
 
 def list_gcs_files(settings: Settings, url: str) -> list[str]:
-    """gs:// URLs of every object under `url` (a folder), sorted."""
+    """gs:// URLs of every object under `url` (a folder), sorted; not the connector's `dir/` markers."""
     bucket_name, prefix = split_gcs_url(url)
     client = gcs_client(settings)
-    return sorted(f"{GCS_SCHEME}{bucket_name}/{blob.name}"
-                  for blob in client.list_blobs(bucket_name, prefix=f"{prefix}/" if prefix else None))
+    blobs = client.list_blobs(bucket_name, prefix=f"{prefix}/" if prefix else None)
+    return sorted(f"{GCS_SCHEME}{bucket_name}/{blob.name}" for blob in blobs if not blob.name.endswith("/"))

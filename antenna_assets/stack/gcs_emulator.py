@@ -2,7 +2,8 @@
 
 The server is built from its Go module with the machine's Go on first use and cached in
 `<stack>/bin`; no source or binary of it is kept in this repository. It serves the JSON API over
-plain HTTP on 127.0.0.1 and keeps objects under `<stack>/gcs/data`.
+plain HTTP on 127.0.0.1 and keeps objects in memory: they are gone when it stops. (Its filesystem
+backend mishandles the `dir/` placeholder objects Hadoop's connector makes: renames into them fail.)
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ class GcsEmulator:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.binary = settings.stack_dir / "bin" / "fake-gcs-server"
         self.home = settings.stack_dir / "gcs"
-        self.data_dir = self.home / "data"
         self.pid_file = self.home / "fake-gcs-server.pid"
         self.log_file = self.home / "fake-gcs-server.log"
 
@@ -76,13 +76,13 @@ class GcsEmulator:
             raise StackError(f"port {self.port} is already in use by another process: stop it, or choose another "
                              "port with ANTENNA_GCS_EMULATOR_PORT (and ANTENNA_GCS_ENDPOINT to match)")
         binary = self.install()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
         address = f"127.0.0.1:{self.port}"
         with open(self.log_file, "ab") as log:
             process = subprocess.Popen(
                 # public-host / external-url: resumable-upload and media links must point back here.
                 [str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
-                 "-backend", "filesystem", "-filesystem-root", str(self.data_dir),
+                 "-backend", "memory",
                  "-public-host", address, "-external-url", self.endpoint, "-log-level", "warn"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )

@@ -1,0 +1,197 @@
+"""The lake on Google Cloud Storage, against a real GCS API emulator (fake-gcs-server) started here.
+
+Spark reads and writes gs:// through the shaded Hadoop GCS connector; the Python side goes through
+dagster-gcp's GCSResource. Data is tiny.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+# The connector jar must be on the classpath when the run's one SparkContext starts (conftest's
+# `spark` fixture), and spark_conf() adds it whenever an emulator endpoint is set: so set it at
+# collection time, before any fixture runs.
+os.environ.setdefault("ANTENNA_GCS_EMULATOR_PORT", "24443")
+os.environ.setdefault("ANTENNA_GCS_ENDPOINT", f"http://127.0.0.1:{os.environ['ANTENNA_GCS_EMULATOR_PORT']}")
+
+from antenna_assets import lake_gcs  # noqa: E402
+from antenna_assets.lake_gcs import GcsLakeError  # noqa: E402
+from antenna_assets.resources.lake import LakeResource, hour_partition_dir  # noqa: E402
+from antenna_assets.spark_session import spark_conf  # noqa: E402
+from antenna_assets.stack.errors import StackError  # noqa: E402
+from antenna_assets.stack.gcs_emulator import GcsEmulator  # noqa: E402
+
+BUCKET = "antenna-lake-test"
+HOUR = datetime(2026, 11, 28, 13, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(settings):
+    emulator = GcsEmulator(settings)
+    assert settings.gcs_endpoint == emulator.endpoint, "ANTENNA_GCS_ENDPOINT must point at the emulator's port"
+    started = not emulator.status()[0]
+    emulator.up()
+    emulator.ensure_bucket(BUCKET)
+    yield emulator
+    if started and os.environ.get("ANTENNA_KEEP_STACK") != "1":
+        emulator.down()
+
+
+@pytest.fixture
+def gcs_lake(gcs_emulator) -> LakeResource:
+    root = f"gs://{BUCKET}/run-{uuid.uuid4().hex[:10]}"
+    return LakeResource(root=root, checkpoints=f"{root}/_checkpoints")
+
+
+def test_spark_conf_adds_the_connector_only_for_a_gcs_lake(settings, tmp_path):
+    local = replace(settings, lake_root=str(tmp_path), checkpoint_root=str(tmp_path / "cp"), gcs_endpoint="")
+    assert not any(key.startswith("spark.hadoop.fs.gs") for key in spark_conf(local))
+    assert "gcs-connector" not in spark_conf(local)["spark.jars"]
+
+    production = replace(local, lake_root="gs://bucket/lake", gcs_project="proj",
+                         gcs_credentials_file="/secrets/key.json")
+    conf = spark_conf(production)
+    assert "gcs-connector-" in conf["spark.jars"] and "spark-sql-kafka" in conf["spark.jars"]
+    assert conf["spark.hadoop.fs.gs.impl"] == "com.google.cloud.hadoop.fs.gcs.GoogleHadoopFileSystem"
+    assert conf["spark.hadoop.fs.AbstractFileSystem.gs.impl"] == "com.google.cloud.hadoop.fs.gcs.GoogleHadoopFS"
+    assert conf["spark.hadoop.fs.gs.project.id"] == "proj"
+    assert conf["spark.hadoop.fs.gs.auth.type"] == "SERVICE_ACCOUNT_JSON_KEYFILE"
+    assert conf["spark.hadoop.fs.gs.auth.service.account.json.keyfile"] == "/secrets/key.json"
+    assert "spark.hadoop.fs.gs.storage.root.url" not in conf
+
+    adc = spark_conf(replace(production, gcs_credentials_file=""))
+    assert adc["spark.hadoop.fs.gs.auth.type"] == "APPLICATION_DEFAULT"
+
+
+def test_emulator_serves_the_bucket(gcs_emulator, settings):
+    assert gcs_emulator.status()[0]
+    client = lake_gcs.gcs_client(settings)
+    assert client.lookup_bucket(BUCKET) is not None
+
+
+def test_parquet_round_trip_partitioned_by_utc_hour(spark, gcs_lake):
+    from pyspark.sql import functions as F
+
+    start = int(HOUR.timestamp())
+    rows = [(f"user-{i:02d}", start + i * 900, i * 100) for i in range(8)]  # 13:00 .. 14:45 UTC
+    ts = F.timestamp_seconds("timestamp")
+    frame = (spark.createDataFrame(rows, "id string, timestamp long, bytes long")
+             .select("*", F.year(ts).alias("year"), F.month(ts).alias("month"),
+                     F.dayofmonth(ts).alias("day"), F.hour(ts).alias("hour")))
+    path = gcs_lake.raw_devices_path
+    frame.write.mode("overwrite").partitionBy("year", "month", "day", "hour").parquet(path)
+
+    back = spark.read.parquet(path)
+    assert sorted(back.select(*frame.columns).collect()) == sorted(frame.collect())
+    assert all(f.startswith(f"{path}/") for f in back.inputFiles())
+    one_hour = spark.read.parquet(f"{path}/{hour_partition_dir(HOUR)}")
+    assert sorted(r.id for r in one_hour.collect()) == ["user-00", "user-01", "user-02", "user-03"]
+
+    files = gcs_lake.list_files(path)
+    for hour in (HOUR, HOUR + timedelta(hours=1)):
+        assert any(f.startswith(f"{path}/{hour_partition_dir(hour)}/part-") for f in files), files
+    # Dynamic partition overwrite (the product's mode) commits by renames: nothing staged may remain.
+    assert not any("_temporary" in f or ".spark-staging" in f for f in files), files
+
+
+def test_streaming_checkpoint_on_gcs_resumes_after_restart(spark, gcs_lake, settings):
+    bucket = lake_gcs.gcs_client(settings).bucket(BUCKET)
+    _, root_prefix = lake_gcs.split_gcs_url(gcs_lake.effective_root)
+    inbox, sink = f"{gcs_lake.effective_root}/inbox", f"{gcs_lake.effective_root}/copied"
+    checkpoint = gcs_lake.checkpoint_path("copy")
+
+    def drop(name: str, ids: list[int]) -> None:
+        lines = "\n".join(json.dumps({"id": i}) for i in ids)
+        bucket.blob(f"{root_prefix}/inbox/{name}.json").upload_from_string(lines)
+
+    def run_until_caught_up() -> list[dict]:
+        query = (spark.readStream.schema("id long").json(inbox)
+                 .writeStream.format("parquet").option("checkpointLocation", checkpoint)
+                 .trigger(availableNow=True).start(sink))
+        query.awaitTermination(180)
+        assert query.exception() is None
+        return [p for p in query.recentProgress if p["numInputRows"]]
+
+    drop("a", [1, 2, 3])
+    first = run_until_caught_up()
+    assert [(p["batchId"], p["numInputRows"]) for p in first] == [(0, 3)]
+
+    drop("b", [4, 5])
+    second = run_until_caught_up()  # a new query on the same checkpoint: only the new file
+    assert [(p["batchId"], p["numInputRows"]) for p in second] == [(1, 2)]
+
+    assert sorted(r.id for r in spark.read.parquet(sink).collect()) == [1, 2, 3, 4, 5]
+    committed = gcs_lake.list_files(f"{checkpoint}/commits")
+    assert [f.rsplit("/", 1)[1] for f in committed] == ["0", "1"]
+
+
+def test_validate_accepts_an_existing_bucket_and_creates_a_local_root(gcs_lake, tmp_path):
+    gcs_lake.validate()
+    local = LakeResource(root=str(tmp_path / "lake"), checkpoints=str(tmp_path / "checkpoints"))
+    local.validate()
+    assert (tmp_path / "lake").is_dir() and (tmp_path / "checkpoints").is_dir()
+
+
+def test_validate_names_a_missing_bucket(gcs_emulator):
+    lake = LakeResource(root="gs://antenna-no-such-bucket/lake", checkpoints="gs://antenna-no-such-bucket/cp")
+    with pytest.raises(GcsLakeError) as failure:
+        lake.validate()
+    message = str(failure.value)
+    assert "'antenna-no-such-bucket' does not exist" in message and "ANTENNA_LAKE_ROOT" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("credentials_file", ["", "/nonexistent/antenna-key.json"])
+def test_validate_says_which_variable_sets_credentials(tmp_path, credentials_file):
+    """Without an emulator and without credentials; run apart so no client state is shared."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ANTENNA_GCS_ENDPOINT", "STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")}
+    env.update(
+        CLOUDSDK_CONFIG=str(tmp_path / "gcloud"),  # no gcloud login of the machine's user
+        # No probe of a cloud metadata server: it would leave the loopback.
+        NO_GCE_CHECK="true", GCE_METADATA_HOST="127.0.0.1:9", GCE_METADATA_IP="127.0.0.1:9",
+    )
+    if credentials_file:
+        env["GOOGLE_APPLICATION_CREDENTIALS"] = credentials_file
+    code = (
+        "from antenna_assets.lake_gcs import GcsLakeError\n"
+        "from antenna_assets.resources import LakeResource\n"
+        "try:\n"
+        "    LakeResource(root='gs://antenna-lake/x', checkpoints='gs://antenna-lake/cp').validate()\n"
+        "except GcsLakeError as exc:\n"
+        "    print(exc)\n"
+        "    raise SystemExit(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    message = proc.stdout.strip()
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in message and "\n" not in message
+    if credentials_file:
+        assert credentials_file in message and "no such file" in message
+    else:
+        assert "no Google Cloud credentials" in message
+
+
+def test_emulator_refuses_a_port_in_use(settings, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        emulator = GcsEmulator(replace(settings, stack_dir=tmp_path, gcs_emulator_port=port))
+        with pytest.raises(StackError, match=f"port {port} is already in use"):
+            emulator.up()
+
+
+def test_emulator_build_says_go_is_missing(settings, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(StackError, match="Go is not installed"):
+        GcsEmulator(replace(settings, stack_dir=tmp_path)).install()
