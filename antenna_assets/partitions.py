@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from dagster import HourlyPartitionsDefinition
 
-PARTITIONS_START = os.environ.get("ANTENNA_PARTITIONS_START", "2026-01-01-00:00")
+PARTITIONS_START = os.environ.get("ANTENNA_PARTITIONS_START", "2025-01-01-00:00")
 
 hourly_partitions = HourlyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC")
 
@@ -26,3 +26,9 @@ def hours_in_window(start: datetime, end: datetime) -> list[datetime]:
         hours.append(hour)
         hour += timedelta(hours=1)
     return hours
+
+
+def run_hours(context) -> list[datetime]:
+    """The UTC hours of a run's partition or partition range (single-run backfills pass a range)."""
+    window = context.partition_time_window
+    return hours_in_window(window.start, window.end)

@@ -1,12 +1,17 @@
-"""Sensors: keep exactly one speed-layer run alive."""
+"""Sensors: keep exactly one speed-layer run alive; run each hour's batch once the hour is closed."""
 
 import os
 import time
+from datetime import datetime, timedelta
 
 import dagster as dg
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
+from antenna_assets.assets.batch import hourly_batch_job
 from antenna_assets.assets.speed import STREAMING_TAG, speed_layer_job
+from antenna_assets.db.speed_comparison import stream_progress
+from antenna_assets.partitions import hourly_partitions
+from antenna_assets.resources import PostgresResource
 from antenna_assets.settings import Settings
 
 # Runs that count as "alive": the coordinator's queue as well as the in-progress statuses.
@@ -62,3 +67,36 @@ def speed_layer_decision(instance: dg.DagsterInstance, settings: Settings, now: 
 )
 def speed_layer_sensor(context: dg.SensorEvaluationContext):
     return speed_layer_decision(context.instance, Settings.from_env(), time.time())
+
+
+HOUR_CLOSE_GRACE = timedelta(minutes=float(os.environ.get("ANTENNA_HOUR_CLOSE_GRACE_MINUTES", "5")))
+BATCH_LOOKBACK_HOURS = int(os.environ.get("ANTENNA_BATCH_LOOKBACK_HOURS", "48"))
+
+
+def closed_hours(progress: datetime, grace: timedelta, lookback_hours: int) -> list[datetime]:
+    """Hours whose end plus `grace` the stream has passed, newest `lookback_hours` of them, oldest first."""
+    last_closed_end = (progress - grace).replace(minute=0, second=0, microsecond=0)
+    return [last_closed_end - timedelta(hours=n) for n in range(lookback_hours, 0, -1)]
+
+
+@dg.sensor(
+    job=hourly_batch_job,
+    minimum_interval_seconds=60,
+    default_status=(dg.DefaultSensorStatus.RUNNING if os.environ.get("ANTENNA_AUTOMATION") == "1"
+                    else dg.DefaultSensorStatus.STOPPED),
+    description="When the stream's event time passes an hour's end plus the grace, runs that hour's batch job.",
+)
+def hourly_batch_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
+    with postgres.connect() as conn:
+        progress = stream_progress(conn)
+    if progress is None:
+        return dg.SkipReason("the speed layer has committed no batch yet")
+    first = hourly_partitions.start.replace(tzinfo=None)
+    done = context.instance.get_materialized_partitions(dg.AssetKey("raw_devices"))
+    keys = [f"{hour:%Y-%m-%d-%H:%M}" for hour in closed_hours(progress, HOUR_CLOSE_GRACE, BATCH_LOOKBACK_HOURS)
+            if hour >= first]
+    pending = [key for key in keys if key not in done]
+    if not pending:
+        return dg.SkipReason(f"every closed hour up to stream time {progress:%Y-%m-%d %H:%M} is materialized")
+    # The run key makes each hour's run happen once; a failed hour is re-run from the UI.
+    return [dg.RunRequest(run_key=f"hourly-{key}", partition_key=key) for key in pending]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -71,9 +72,9 @@ def topic(settings) -> str:
     return name
 
 
-@pytest.fixture
-def serving_db(settings) -> str:
-    """A fresh serving database (schema migrated, the 20 users provisioned); its URL."""
+@contextmanager
+def fresh_database(settings):
+    """A new serving database (schema migrated, the 20 users provisioned), dropped afterwards; yields its URL."""
     import psycopg2
 
     from antenna_assets.db.user_metadata import provision_users
@@ -87,9 +88,17 @@ def serving_db(settings) -> str:
     resource.migrate()
     with resource.connect() as conn:
         provision_users(conn)
-    yield url
-    admin = psycopg2.connect(settings.postgres_url_for("postgres"))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
+    try:
+        yield url
+    finally:
+        admin = psycopg2.connect(settings.postgres_url_for("postgres"))
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.fixture
+def serving_db(settings) -> str:
+    with fresh_database(settings) as url:
+        yield url

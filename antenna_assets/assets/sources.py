@@ -1,40 +1,45 @@
 """The operators' source table, `user_metadata`, as an hourly-partitioned asset."""
 
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+import dagster as dg
 from pydantic import Field
 
 from antenna_assets.db.schema import migrate
 from antenna_assets.db.user_metadata import provision_users, read_snapshot, snapshot_hour
-from antenna_assets.partitions import hourly_partitions, partition_hour
+from antenna_assets.partitions import hourly_partitions, run_hours
 from antenna_assets.resources import PostgresResource
 
 
-class UserMetadataConfig(Config):
+class UserMetadataConfig(dg.Config):
     refresh: bool = Field(default=False, description="retake the snapshot of an hour that already has one")
 
 
-@asset(partitions_def=hourly_partitions, group_name="sources", kinds={"postgres"})
-def user_metadata(context: AssetExecutionContext, config: UserMetadataConfig, postgres: PostgresResource) -> MaterializeResult:
+@dg.asset(partitions_def=hourly_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name="sources",
+          kinds={"postgres"})
+def user_metadata(context: dg.AssetExecutionContext, config: UserMetadataConfig,
+                  postgres: PostgresResource) -> dg.MaterializeResult:
     """Snapshot of the operators' user_metadata table (id, name, email, hourly quota) in force for the hour.
 
     Creates the schema and provisions the contract's 20 users if missing, without overwriting
-    operators' edits. The batch layer joins hour H with the snapshot of hour H.
+    operators' edits. The batch layer joins hour H with the snapshot of hour H; an hour that has
+    a snapshot keeps it (unless refresh), so re-running an old hour reproduces it.
     """
-    hour = partition_hour(context.partition_key)
+    hours = run_hours(context)
     with postgres.connect() as conn:
         migrate(conn)
         inserted = provision_users(conn)
-        rows, taken = snapshot_hour(conn, hour, config.refresh)
-        preview = read_snapshot(conn, hour)[:20]
+        outcomes = [snapshot_hour(conn, hour, config.refresh) for hour in hours]
+        preview = read_snapshot(conn, hours[-1])[:20]
     if inserted:
         context.log.info(f"provisioned {inserted} missing default users")
-    if not taken:
-        context.log.info(f"kept the existing snapshot of {hour:%Y-%m-%d %H:00} (refresh=false)")
+    kept = sum(1 for _, taken in outcomes if not taken)
+    if kept:
+        context.log.info(f"kept the existing snapshot of {kept} hour(s) (refresh=false)")
     table = "| id | name | email | quota |\n|---|---|---|---|\n" + "\n".join(
         f"| {i} | {n} | {e} | {q} |" for i, n, e, q in preview)
-    return MaterializeResult(metadata={
-        "row_count": MetadataValue.int(rows),
-        "snapshot_taken_now": MetadataValue.bool(taken),
-        "provisioned_users": MetadataValue.int(inserted),
-        "preview": MetadataValue.md(table),
+    return dg.MaterializeResult(metadata={
+        "row_count": dg.MetadataValue.int(outcomes[-1][0]),
+        "hours": dg.MetadataValue.int(len(hours)),
+        "snapshots_taken_now": dg.MetadataValue.int(len(hours) - kept),
+        "provisioned_users": dg.MetadataValue.int(inserted),
+        "preview": dg.MetadataValue.md(table),
     })

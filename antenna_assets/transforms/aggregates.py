@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 from antenna_assets.db.schema import (BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER, BYTES_AGG_USER_1H,
                                       AggregateTable)
 
+HOUR = "1 hour"
 MESSAGES = "messages"
 MAX_EVENT_TIME = "max_event_time"
 
@@ -39,27 +40,50 @@ bytes_per_app = _per(BYTES_AGG_APP)
 
 
 def bytes_per_email(user_totals: DataFrame, user_metadata: DataFrame) -> DataFrame:
-    """Per-user totals (id, date, sum_user_bytes) -> per-email totals, through user_metadata (id, email).
+    """Per-user totals (id, date, sum_user_bytes) -> per-email totals, through the user_metadata
+    snapshot of the same hour (id, email, date).
 
     Users missing from user_metadata have no email and are left out here; they still count in
     the antenna and app totals, and `unknown_users` reports them.
     """
-    return (user_totals.join(user_metadata.select("id", "email"), "id")
+    return (user_totals.join(user_metadata.select("id", "email", "date"), ["id", "date"])
             .groupBy("email", "date")
             .agg(F.sum(BYTES_AGG_USER.value).alias(BYTES_AGG_USER_1H.value)))
 
 
 def unknown_users(user_totals: DataFrame, user_metadata: DataFrame) -> DataFrame:
-    """Per-user totals whose id is not in user_metadata."""
-    return user_totals.join(user_metadata.select("id"), "id", "left_anti")
+    """Per-user totals whose id is not in the user_metadata snapshot of their hour."""
+    return user_totals.join(user_metadata.select("id", "date"), ["id", "date"], "left_anti")
 
 
 def users_over_quota(email_totals: DataFrame, user_metadata: DataFrame) -> DataFrame:
-    """Emails whose bytes in the window are strictly greater than their quota: email, date, quota, sum_user_bytes.
+    """Emails whose bytes in the hour are strictly greater than their quota (user_metadata snapshot:
+    email, quota, date): email, date, quota, sum_user_bytes.
 
     If operators gave one email to several ids, the email's quota is the largest of theirs.
     """
-    quotas = user_metadata.groupBy("email").agg(F.max("quota").alias("quota"))
-    return (email_totals.join(quotas, "email")
+    quotas = user_metadata.groupBy("email", "date").agg(F.max("quota").alias("quota"))
+    return (email_totals.join(quotas, ["email", "date"])
             .where(F.col(BYTES_AGG_USER_1H.value) > F.col("quota"))
             .select("email", "date", "quota", BYTES_AGG_USER_1H.value))
+
+
+def hourly_totals(events: DataFrame, user_metadata: DataFrame) -> dict[str, DataFrame]:
+    """The batch layer's four tables from events of whole UTC hours and the user_metadata snapshot
+    of each hour (id, email, quota, date = hour start).
+
+    Each input column is read only by the aggregate that needs it, and users are summed once
+    per id (`bytes_per_user`, worth caching: three results derive from it) before the small join
+    with their metadata.
+    """
+    per_user = bytes_per_user(events.select("id", "event_time", "bytes"), HOUR).select(
+        "id", "date", BYTES_AGG_USER.value)
+    per_email = bytes_per_email(per_user, user_metadata)
+    return {
+        "bytes_agg_antenna_1h": bytes_per_antenna(events.select("antenna_id", "event_time", "bytes"), HOUR),
+        "bytes_agg_user_1h": per_email,
+        "bytes_agg_app_1h": bytes_per_app(events.select("app", "event_time", "bytes"), HOUR),
+        "users_over_quota_1h": users_over_quota(per_email, user_metadata),
+        "unknown_users": unknown_users(per_user, user_metadata),
+        "bytes_per_user": per_user,
+    }

@@ -1,0 +1,89 @@
+"""Pure transformations on small DataFrames."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from pyspark.sql import functions as F
+
+from antenna_assets.batch_layer import collect_table
+from antenna_assets.transforms.aggregates import bytes_per_app, hourly_totals
+from antenna_assets.transforms.devices import parse_device_messages, valid_events, with_lake_partitions
+
+GOOD = '{"bytes":9082,"timestamp":1600545287,"app":"SKYPE","id":"u1","antenna_id":"a0"}'
+
+
+def _kafka_rows(spark, values):
+    rows = [(v.encode() if v is not None else None, "devices", 0, offset, datetime(2026, 1, 1))
+            for offset, v in enumerate(values)]
+    return spark.createDataFrame(rows, "value binary, topic string, partition int, offset long, timestamp timestamp")
+
+
+@pytest.mark.parametrize("value, reason", [
+    (GOOD, None),
+    ('{"bytes":1,"timestamp":1,"app":"A","id":"u","antenna_id":"a","signal":-71,"nested":{"x":[1]}}', None),
+    ('{"bytes":9082,"timestamp":16005', "broken_json"),
+    ("not json at all", "broken_json"),
+    ("[1, 2]", "broken_json"),
+    ("", "broken_json"),
+    (None, "broken_json"),
+    ('{"bytes":"many","timestamp":1,"app":"A","id":"u","antenna_id":"a"}', "wrong_type"),
+    ('{"bytes":12.5,"timestamp":1,"app":"A","id":"u","antenna_id":"a"}', "wrong_type"),
+    ('{"bytes":1,"timestamp":"yesterday","app":"A","id":"u","antenna_id":"a"}', "wrong_type"),
+    ('{"bytes":1,"timestamp":1,"app":"A","antenna_id":"a"}', "missing_field"),
+    ('{"bytes":1,"timestamp":1,"app":null,"id":"u","antenna_id":"a"}', "missing_field"),
+    ('{"bytes":-1,"timestamp":1,"app":"A","id":"u","antenna_id":"a"}', "negative_bytes"),
+])
+def test_parse_classifies_every_message(spark, value, reason):
+    [row] = parse_device_messages(_kafka_rows(spark, [value])).collect()
+    assert row.reason == reason
+    assert row.raw_value == value and row.offset == 0
+
+
+def test_event_time_and_lake_partitions_are_utc(spark):
+    events = with_lake_partitions(valid_events(parse_device_messages(_kafka_rows(spark, [GOOD]))))
+    [row] = events.select("year", "month", "day", "hour", F.unix_seconds("event_time").alias("t")).collect()
+    # 1600545287 is 2020-09-19 19:54:47 UTC.
+    assert (row.year, row.month, row.day, row.hour, row.t) == (2020, 9, 19, 19, 1600545287)
+
+
+def _events(spark, rows):
+    """rows: (epoch seconds, id, antenna_id, bytes, app)."""
+    return (spark.createDataFrame(rows, "timestamp long, id string, antenna_id string, bytes long, app string")
+            .withColumn("event_time", F.timestamp_seconds("timestamp")))
+
+
+def test_five_minute_windows_start_on_utc_boundaries(spark):
+    base = 1767225600  # 2026-01-01 00:00:00 UTC
+    events = _events(spark, [(base + 10, "u", "a", 5, "SKYPE"), (base + 299, "u", "a", 6, "SKYPE"),
+                             (base + 300, "u", "a", 7, "SKYPE")])
+    rows = collect_table(bytes_per_app(events, "5 minutes"), ("app", "date", "sum_app_bytes"))
+    assert sorted(rows) == [("SKYPE", datetime(2026, 1, 1, 0, 0), 11), ("SKYPE", datetime(2026, 1, 1, 0, 5), 7)]
+
+
+def test_hourly_totals_quota_is_strict_and_per_hour_snapshot(spark):
+    h0, h1 = 1767225600, 1767225600 + 3600
+    events = _events(spark, [
+        (h0 + 1, "u1", "a", 600, "SKYPE"), (h0 + 2, "u1", "b", 400, "TELEGRAM"),  # u1: exactly 1000 = quota
+        (h0 + 3, "u2", "a", 1001, "SKYPE"),  # u2: 1001 > 1000
+        (h0 + 4, "ghost", "a", 50, "SKYPE"),  # not in user_metadata
+        (h1 + 5, "u1", "a", 800, "SKYPE"),  # hour 1: u1's quota was lowered to 500
+    ])
+    snapshots = spark.createDataFrame([
+        ("u1", "one@gmail.com", 1000, h0), ("u2", "two@gmail.com", 1000, h0),
+        ("u1", "one@gmail.com", 500, h1), ("u2", "two@gmail.com", 1000, h1),
+    ], "id string, email string, quota long, epoch long").select("id", "email", "quota", F.timestamp_seconds("epoch").alias("date"))
+    frames = hourly_totals(events, snapshots)
+    d0, d1 = datetime(2026, 1, 1, 0), datetime(2026, 1, 1, 1)
+    table = lambda name, cols: sorted(collect_table(frames[name], cols))  # noqa: E731
+    assert table("users_over_quota_1h", ("email", "date", "quota", "sum_user_bytes")) == [
+        ("one@gmail.com", d1, 500, 800), ("two@gmail.com", d0, 1000, 1001)]
+    assert table("bytes_agg_user_1h", ("email", "date", "sum_user_bytes")) == [
+        ("one@gmail.com", d0, 1000), ("one@gmail.com", d1, 800), ("two@gmail.com", d0, 1001)]
+    # The unknown user still counts per antenna and app, and is reported.
+    assert table("bytes_agg_antenna_1h", ("antenna_id", "date", "sum_antenna_bytes")) == [
+        ("a", d0, 1651), ("a", d1, 800), ("b", d0, 400)]
+    assert table("bytes_agg_app_1h", ("app", "date", "sum_app_bytes")) == [
+        ("SKYPE", d0, 1651), ("SKYPE", d1, 800), ("TELEGRAM", d0, 400)]
+    assert table("unknown_users", ("id", "date", "sum_user_bytes")) == [("ghost", d0, 50)]
