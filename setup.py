@@ -20,6 +20,7 @@ setup(
         "psycopg2-binary>=2.9.9",
         "pyarrow>=15",
         "pandas>=2",
+        "numpy>=1.26",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "duckdb>=1.1"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from antenna_assets.lake_gcs import GcsLakeError
 from antenna_assets.settings import Settings, SettingsError
 from antenna_assets.stack.errors import StackError
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (StackError, SettingsError) as exc:
+    except (StackError, SettingsError, GcsLakeError) as exc:
         print(f"antenna: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -21,6 +21,11 @@ os.environ.setdefault("ANTENNA_POSTGRES_PORT", "25432")
 os.environ.setdefault("ANTENNA_SPARK_MASTER", "local[2]")
 os.environ.setdefault("ANTENNA_SPARK_SHUFFLE_PARTITIONS", "2")
 os.environ.setdefault("ANTENNA_LAKE_ROOT", str(Path(os.environ["ANTENNA_STACK_DIR"]) / "lake"))
+# A GCS API emulator for the gs:// lake tests. The connector jar must be on the classpath when the
+# run's one SparkContext starts, and spark_conf() adds it whenever an emulator endpoint is set.
+os.environ.setdefault("ANTENNA_GCS_EMULATOR_PORT", "24443")
+os.environ.setdefault("ANTENNA_GCS_ENDPOINT", f"http://127.0.0.1:{os.environ['ANTENNA_GCS_EMULATOR_PORT']}")
+GCS_BUCKET = "antenna-lake-test"
 
 from antenna_assets.settings import Settings  # noqa: E402
 from antenna_assets.stack.env import apply_stack_environment  # noqa: E402
@@ -40,6 +45,21 @@ def settings() -> Settings:
     if os.environ.get("ANTENNA_KEEP_STACK") != "1":
         for service in reversed(started):
             service.down()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(settings):
+    """fake-gcs-server (built from its Go module on first use), with the test bucket."""
+    from antenna_assets.stack.gcs_emulator import GcsEmulator
+
+    emulator = GcsEmulator(settings)
+    assert settings.gcs_endpoint == emulator.endpoint, "ANTENNA_GCS_ENDPOINT must point at the emulator's port"
+    started = not emulator.status()[0]
+    emulator.up()
+    emulator.ensure_bucket(GCS_BUCKET)
+    yield emulator
+    if started and os.environ.get("ANTENNA_KEEP_STACK") != "1":
+        emulator.down()
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from antenna_assets.stack.kafka import ensure_topic
 from antenna_assets.streaming.config import SpeedLayerConfig
 from antenna_assets.streaming.speed_layer import SpeedLayer, SpeedLayerTargets, run_until_stopped
 from antenna_assets.users import PROVISIONED_USERS
-from antenna_assets_tests.conftest import fresh_database
+from antenna_assets_tests.conftest import GCS_BUCKET, fresh_database
 from antenna_assets_tests.truth import expected, query, read_table
 
 START = datetime(2025, 6, 1, 8)
@@ -32,9 +32,11 @@ EMAIL = {u.id: u.email for u in PROVISIONED_USERS}
 QUOTA = {u.email: u.quota for u in PROVISIONED_USERS}
 
 
-@pytest.fixture(scope="module")
-def landed(settings, spark, tmp_path_factory):
-    """Two backfilled hours (plus a message from an unknown id) streamed into a lake and a database."""
+@pytest.fixture(scope="module", params=["local", "gcs"])
+def landed(request, settings, spark, tmp_path_factory):
+    """Two backfilled hours (plus a message from an unknown id) streamed into a lake and a database.
+
+    The lake is a local folder, then a bucket on the GCS API emulator: every test runs on both."""
     topic = f"batch-{uuid.uuid4().hex[:10]}"
     ensure_topic(replace(settings, topic=topic))
     truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=2, start=START,
@@ -44,17 +46,23 @@ def landed(settings, spark, tmp_path_factory):
     producer.produce(topic, json.dumps({"timestamp": ghost_time, "id": GHOST, "antenna_id": "ghost-antenna",
                                         "bytes": 777, "app": "SKYPE"}).encode())
     assert producer.flush(10) == 0
-    lake = tmp_path_factory.mktemp("lake")
+    if request.param == "gcs":
+        request.getfixturevalue("gcs_emulator")
+        root = f"gs://{GCS_BUCKET}/{topic}"
+    else:
+        root = str(tmp_path_factory.mktemp("lake"))
+    lake = LakeResource(root=root, checkpoints=f"{root}/_checkpoints")
+    lake.validate()
     with fresh_database(settings) as url:
         layer = SpeedLayer(spark, SpeedLayerConfig(trigger="available_now", watermark="3650 days", query_name=topic),
-                           SpeedLayerTargets(settings.kafka_bootstrap, topic, str(lake / "landing" / "devices"),
-                                             str(lake / "checkpoints"), url))
+                           SpeedLayerTargets(settings.kafka_bootstrap, topic, lake.landing_path,
+                                             lake.checkpoint_path(topic), url))
         run_until_stopped(layer)
         yield truth, url, lake
 
 
 def _resources(url, lake):
-    return {"postgres": PostgresResource(url=url), "lake": LakeResource(root=str(lake)), "spark": SparkResource()}
+    return {"postgres": PostgresResource(url=url), "lake": lake, "spark": SparkResource()}
 
 
 def _materialize_range(url, lake, keys=HOURS):
@@ -101,11 +109,11 @@ def test_rerunning_a_partition_gives_the_same_rows(landed):
     truth, url, lake = landed
     assert _materialize_range(url, lake).success
     before = {t.name: read_table(url, t) for t in (BYTES_AGG_ANTENNA_1H, BYTES_AGG_USER_1H, BYTES_AGG_APP_1H)}
-    files_before = sorted(p.name for p in (lake / "raw_devices").rglob("*.parquet"))
+    files_before = [f for f in lake.list_files(lake.raw_devices_path) if f.endswith(".parquet")]
     assert _materialize_range(url, lake, keys=[HOURS[1]]).success
     assert _materialize_range(url, lake).success
     assert {t.name: read_table(url, t) for t in (BYTES_AGG_ANTENNA_1H, BYTES_AGG_USER_1H, BYTES_AGG_APP_1H)} == before
-    assert len(files_before) == len(sorted(p.name for p in (lake / "raw_devices").rglob("*.parquet")))
+    assert len(files_before) == len([f for f in lake.list_files(lake.raw_devices_path) if f.endswith(".parquet")])
 
 
 def test_empty_hour_materializes_empty_with_a_warning(landed):

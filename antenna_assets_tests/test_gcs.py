@@ -17,33 +17,15 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-# The connector jar must be on the classpath when the run's one SparkContext starts (conftest's
-# `spark` fixture), and spark_conf() adds it whenever an emulator endpoint is set: so set it at
-# collection time, before any fixture runs.
-os.environ.setdefault("ANTENNA_GCS_EMULATOR_PORT", "24443")
-os.environ.setdefault("ANTENNA_GCS_ENDPOINT", f"http://127.0.0.1:{os.environ['ANTENNA_GCS_EMULATOR_PORT']}")
+from antenna_assets import lake_gcs
+from antenna_assets.lake_gcs import GcsLakeError
+from antenna_assets.resources.lake import LakeResource, hour_partition_dir
+from antenna_assets.spark_session import spark_conf
+from antenna_assets.stack.errors import StackError
+from antenna_assets.stack.gcs_emulator import GcsEmulator
+from antenna_assets_tests.conftest import GCS_BUCKET as BUCKET
 
-from antenna_assets import lake_gcs  # noqa: E402
-from antenna_assets.lake_gcs import GcsLakeError  # noqa: E402
-from antenna_assets.resources.lake import LakeResource, hour_partition_dir  # noqa: E402
-from antenna_assets.spark_session import spark_conf  # noqa: E402
-from antenna_assets.stack.errors import StackError  # noqa: E402
-from antenna_assets.stack.gcs_emulator import GcsEmulator  # noqa: E402
-
-BUCKET = "antenna-lake-test"
 HOUR = datetime(2026, 11, 28, 13, tzinfo=timezone.utc)
-
-
-@pytest.fixture(scope="session")
-def gcs_emulator(settings):
-    emulator = GcsEmulator(settings)
-    assert settings.gcs_endpoint == emulator.endpoint, "ANTENNA_GCS_ENDPOINT must point at the emulator's port"
-    started = not emulator.status()[0]
-    emulator.up()
-    emulator.ensure_bucket(BUCKET)
-    yield emulator
-    if started and os.environ.get("ANTENNA_KEEP_STACK") != "1":
-        emulator.down()
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ STREAMING_TAG = "antenna/streaming"
 def speed_layer(context: dg.AssetExecutionContext, config: SpeedLayerConfig, spark: SparkResource,
                 lake: LakeResource, postgres: PostgresResource):
     """Spark Structured Streaming over Kafka: lands Parquet and keeps the 5-minute totals exactly once."""
+    lake.validate()  # a missing bucket or credentials fail here, before any Spark work
     postgres.migrate()
     settings = Settings.from_env()
     layer = SpeedLayer(spark.spark_session, config,

@@ -42,9 +42,10 @@ def _stream(args: argparse.Namespace) -> int:
         print(f"antenna stream: error: --{first['loc'][0].replace('_', '-')}: {first['msg']}", file=sys.stderr)
         return 2
     settings = Settings.from_env()
+    lake = LakeResource()
+    lake.validate()  # a missing bucket or credentials fail here, before any Spark work
     postgres = PostgresResource()
     postgres.migrate()
-    lake = LakeResource()
     layer = SpeedLayer(build_spark_session(settings, app_name="antenna_stream"), config,
                        speed_layer_targets(settings, lake, postgres.effective_url, config))
     print(f"streaming {settings.topic} from {settings.kafka_bootstrap} into {lake.landing_path} "
