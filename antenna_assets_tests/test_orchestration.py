@@ -1,0 +1,136 @@
+"""Dagster wiring: the streaming sensor, the streaming job's metadata, the instance's guards,
+and the whole path driven by the product's and Dagster's own command lines."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.utils import make_new_run_id
+
+from antenna_assets.assets.speed import speed_layer
+from antenna_assets.db.schema import BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP_1H, BYTES_AGG_USER_1H
+from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
+from antenna_assets.sensors import closed_hours, speed_layer_decision, speed_layer_sensor
+from antenna_assets.simulator import SimulatorConfig, run_simulation
+from antenna_assets.users import PROVISIONED_USERS
+from antenna_assets_tests.truth import expected, query
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _add_run(instance, status: dg.DagsterRunStatus) -> DagsterRun:
+    return instance.add_run(DagsterRun(job_name="speed_layer_job", run_id=make_new_run_id(), status=status))
+
+
+def test_sensor_launches_one_run_and_never_a_second(settings, topic):
+    instance = dg.DagsterInstance.ephemeral()
+    on_topic = replace(settings, topic=topic)
+    now = time.time()
+    assert isinstance(speed_layer_decision(instance, on_topic, now), dg.RunRequest)
+    # Through the real sensor, as the daemon calls it.
+    os.environ["ANTENNA_TOPIC"] = topic
+    try:
+        [request] = speed_layer_sensor.evaluate_tick(dg.build_sensor_context(instance=instance)).run_requests
+    finally:
+        del os.environ["ANTENNA_TOPIC"]
+    assert request.run_key is None and request.tags["antenna/streaming"] == "speed_layer"
+
+    for alive in (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
+                  dg.DagsterRunStatus.CANCELING):
+        run = _add_run(instance, alive)
+        decision = speed_layer_decision(instance, on_topic, now)
+        assert isinstance(decision, dg.SkipReason) and run.run_id in decision.skip_message
+        instance.delete_run(run.run_id)
+
+    missing = speed_layer_decision(instance, replace(settings, topic="no-such-topic"), now)
+    assert isinstance(missing, dg.SkipReason) and "not found" in missing.skip_message
+
+
+def test_sensor_backs_off_after_failures(settings, topic):
+    instance = dg.DagsterInstance.ephemeral()
+    on_topic = replace(settings, topic=topic)
+    for _ in range(2):
+        run = _add_run(instance, dg.DagsterRunStatus.STARTED)
+        instance.report_run_failed(run)
+    ended = instance.get_run_record_by_id(run.run_id).end_time
+    assert ended is not None
+    soon = speed_layer_decision(instance, on_topic, ended + 1)
+    assert isinstance(soon, dg.SkipReason) and "2 time(s) in a row" in soon.skip_message
+    assert isinstance(speed_layer_decision(instance, on_topic, ended + 3600), dg.RunRequest)
+
+
+def test_instance_allows_one_streaming_run_at_a_time(settings):
+    coordinator = dg.DagsterInstance.get().run_coordinator
+    limits = coordinator.get_run_queue_config().tag_concurrency_limits
+    assert {"key": "antenna/streaming", "limit": 1} in [dict(limit) for limit in limits]
+
+
+def test_closed_hours_wait_for_the_grace():
+    progress = datetime(2025, 7, 1, 10, 4)
+    assert closed_hours(progress, timedelta(minutes=5), 2) == [datetime(2025, 7, 1, 7), datetime(2025, 7, 1, 8)]
+    assert closed_hours(progress + timedelta(minutes=1), timedelta(minutes=5), 1) == [datetime(2025, 7, 1, 9)]
+
+
+def test_streaming_job_reports_counts_as_metadata(settings, topic, serving_db, tmp_path, spark, monkeypatch):
+    truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=0.25,
+                                           start=datetime(2025, 7, 2, 3), seed=2, malformed_fraction=0.1,
+                                           progress=False))
+    monkeypatch.setenv("ANTENNA_TOPIC", topic)
+    config = {"trigger": "available_now", "watermark": "3650 days", "query_name": topic,
+              "progress_interval_seconds": 1}
+    result = dg.materialize(
+        [speed_layer], instance=dg.DagsterInstance.ephemeral(),
+        resources={"postgres": PostgresResource(url=serving_db), "lake": LakeResource(root=str(tmp_path)),
+                   "spark": SparkResource()},
+        run_config={"ops": {"speed_layer": {"config": config}}})
+    assert result.success
+    materializations = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
+    by_key = {m.asset_key.path[-1]: m.metadata for m in materializations}
+    assert set(by_key) == {"devices_landing", "devices_dead_letter", "bytes_agg_antenna", "bytes_agg_user",
+                           "bytes_agg_app"}
+    assert by_key["devices_landing"]["good_messages"].value == truth.messages
+    assert by_key["devices_dead_letter"]["dead_letters"].value == truth.malformed
+
+
+def _run(args, env, timeout=600):
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{args}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def test_command_lines_end_to_end(settings, postgres):
+    """simulate -> `antenna stream` -> `dagster asset materialize` of every hourly asset, on the stack's defaults."""
+    hour = datetime(2025, 8, 1) + timedelta(hours=random.Random().randrange(24 * 120))
+    env = os.environ.copy()
+    bin_dir = Path(sys.executable).parent
+    _run([str(bin_dir / "antenna"), "simulate", "--backfill-hours", "1", "--start", f"{hour:%Y-%m-%dT%H:%M}",
+          "--seed", "9", "--ground-truth", str(REPO / ".stack" / "test" / "truth.json"), "--no-progress"], env)
+    from antenna_assets.simulator import GroundTruth
+
+    truth = GroundTruth.from_json(REPO / ".stack" / "test" / "truth.json")
+    _run([str(bin_dir / "antenna"), "stream", "--available-now", "--watermark", "3650 days"], env)
+    key = f"{hour:%Y-%m-%d-%H:%M}"
+    _run([str(bin_dir / "dagster"), "asset", "materialize", "-m", "antenna_assets.definitions", "--partition", key,
+          "--select", "user_metadata,raw_devices,bytes_agg_antenna_1h,bytes_agg_user_1h,bytes_agg_app_1h,"
+          "users_over_quota_1h"], env)
+    url = settings.postgres_url
+
+    def table(t):
+        return {(k, d): int(v) for k, d, v in query(url, f"SELECT {t.key}, date, {t.value} FROM {t.name} WHERE date = %s", (hour,))}
+
+    assert table(BYTES_AGG_ANTENNA_1H) == expected(truth, "antenna", hourly=True)
+    assert table(BYTES_AGG_APP_1H) == expected(truth, "app", hourly=True)
+    email = {u.id: u.email for u in PROVISIONED_USERS}
+    assert table(BYTES_AGG_USER_1H) == {(email[k], d): v for (k, d), v in expected(truth, "user", hourly=True).items()}
+    quota = {u.email: u.quota for u in PROVISIONED_USERS}
+    over = {(e, d) for (e, d), v in table(BYTES_AGG_USER_1H).items() if v > quota[e]}
+    assert set(query(url, "SELECT email, date FROM users_over_quota_1h WHERE date = %s", (hour,))) == over
