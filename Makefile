@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-8)
 
-.PHONY: venv jars demo test stack-up stack-down bench clean
+.PHONY: venv jars demo test stack-up stack-down stop bench clean
 
 $(STAMP): setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,8 @@ stack-up: jars
 
 stack-down:
 	-$(BIN)/antenna stack down
+
+stop: stack-down
 
 demo: jars
 	$(BIN)/antenna demo

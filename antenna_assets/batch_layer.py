@@ -120,12 +120,14 @@ def collect_table(frame: DataFrame, columns: Sequence[str]) -> list[tuple]:
 def compute_hourly_tables(events: DataFrame, snapshots: DataFrame, tables: Sequence[str]) -> dict[str, list[tuple]]:
     """The rows of the requested hourly tables, plus `unknown_users` (id, date, sum_user_bytes)."""
     frames = hourly_totals(events, snapshots)
-    per_user = frames["bytes_per_user"].persist()
+    # The two aggregates of the events are small; cached, each result reads the events' files no more than once.
+    cached = [frames["bytes_per_user"].persist(), frames["bytes_per_antenna_app"].persist()]
     try:
         result = {name: collect_table(frames[name], HOURLY_TABLE_COLUMNS[name]) for name in tables}
         result["unknown_users"] = collect_table(frames["unknown_users"], ("id", "date", "sum_user_bytes"))
     finally:
-        per_user.unpersist()
+        for frame in cached:
+            frame.unpersist()
     return result
 
 

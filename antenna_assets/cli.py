@@ -11,22 +11,26 @@ from antenna_assets.stack.errors import StackError
 
 
 def _stack(args: argparse.Namespace) -> int:
+    from antenna_assets.stack.dagster_ui import DagsterUI
     from antenna_assets.stack.env import export_lines
     from antenna_assets.stack.kafka import KafkaBroker
+    from antenna_assets.stack.live_traffic import LiveTraffic
     from antenna_assets.stack.postgres import EmbeddedPostgres
 
     settings = Settings.from_env()
     services = [EmbeddedPostgres(settings), KafkaBroker(settings)]
+    # Started by `antenna demo`, stopped with the stack.
+    extras = [DagsterUI(settings), LiveTraffic(settings)]
     if args.action == "up":
         for service in services:
             print(service.up(), flush=True)
         print('point a shell at it with: eval "$(antenna stack env)"')
     elif args.action == "down":
-        for service in reversed(services):
+        for service in [*extras, *reversed(services)]:
             print(service.down(), flush=True)
     elif args.action == "status":
         healthy = True
-        for service in services:
+        for service in [*services, *extras]:
             ok, line = service.status()
             healthy &= ok
             print(line)

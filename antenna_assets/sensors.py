@@ -9,7 +9,7 @@ from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from antenna_assets.assets.batch import hourly_batch_job
 from antenna_assets.assets.speed import STREAMING_TAG, speed_layer_job
-from antenna_assets.db.speed_comparison import stream_progress
+from antenna_assets.db.speed_comparison import landed_hours, stream_progress
 from antenna_assets.partitions import hourly_partitions
 from antenna_assets.resources import PostgresResource
 from antenna_assets.settings import Settings
@@ -73,10 +73,10 @@ HOUR_CLOSE_GRACE = timedelta(minutes=float(os.environ.get("ANTENNA_HOUR_CLOSE_GR
 BATCH_LOOKBACK_HOURS = int(os.environ.get("ANTENNA_BATCH_LOOKBACK_HOURS", "48"))
 
 
-def closed_hours(progress: datetime, grace: timedelta, lookback_hours: int) -> list[datetime]:
-    """Hours whose end plus `grace` the stream has passed, newest `lookback_hours` of them, oldest first."""
-    last_closed_end = (progress - grace).replace(minute=0, second=0, microsecond=0)
-    return [last_closed_end - timedelta(hours=n) for n in range(lookback_hours, 0, -1)]
+def closed_hour_window(progress: datetime, grace: timedelta, lookback_hours: int) -> tuple[datetime, datetime]:
+    """[start, end) of the hours whose end plus `grace` the stream has passed, the newest `lookback_hours`."""
+    end = (progress - grace).replace(minute=0, second=0, microsecond=0)
+    return end - timedelta(hours=lookback_hours), end
 
 
 @dg.sensor(
@@ -89,14 +89,13 @@ def closed_hours(progress: datetime, grace: timedelta, lookback_hours: int) -> l
 def hourly_batch_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
     with postgres.connect() as conn:
         progress = stream_progress(conn)
-    if progress is None:
-        return dg.SkipReason("the speed layer has committed no batch yet")
-    first = hourly_partitions.start.replace(tzinfo=None)
+        if progress is None:
+            return dg.SkipReason("the speed layer has committed no batch yet")
+        start, end = closed_hour_window(progress, HOUR_CLOSE_GRACE, BATCH_LOOKBACK_HOURS)
+        hours = landed_hours(conn, max(start, hourly_partitions.start.replace(tzinfo=None)), end)
     done = context.instance.get_materialized_partitions(dg.AssetKey("raw_devices"))
-    keys = [f"{hour:%Y-%m-%d-%H:%M}" for hour in closed_hours(progress, HOUR_CLOSE_GRACE, BATCH_LOOKBACK_HOURS)
-            if hour >= first]
-    pending = [key for key in keys if key not in done]
+    pending = [key for key in (f"{hour:%Y-%m-%d-%H:%M}" for hour in hours) if key not in done]
     if not pending:
-        return dg.SkipReason(f"every closed hour up to stream time {progress:%Y-%m-%d %H:%M} is materialized")
+        return dg.SkipReason(f"every closed hour with data up to stream time {progress:%Y-%m-%d %H:%M} is materialized")
     # The run key makes each hour's run happen once; a failed hour is re-run from the UI.
     return [dg.RunRequest(run_key=f"hourly-{key}", partition_key=key) for key in pending]

@@ -19,7 +19,7 @@ from dagster._core.utils import make_new_run_id
 from antenna_assets.assets.speed import speed_layer
 from antenna_assets.db.schema import BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP_1H, BYTES_AGG_USER_1H
 from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
-from antenna_assets.sensors import closed_hours, speed_layer_decision, speed_layer_sensor
+from antenna_assets.sensors import closed_hour_window, hourly_batch_sensor, speed_layer_decision, speed_layer_sensor
 from antenna_assets.simulator import SimulatorConfig, run_simulation
 from antenna_assets.users import PROVISIONED_USERS
 from antenna_assets_tests.truth import expected, query
@@ -76,13 +76,14 @@ def test_instance_allows_one_streaming_run_at_a_time(settings):
 
 def test_closed_hours_wait_for_the_grace():
     progress = datetime(2025, 7, 1, 10, 4)
-    assert closed_hours(progress, timedelta(minutes=5), 2) == [datetime(2025, 7, 1, 7), datetime(2025, 7, 1, 8)]
-    assert closed_hours(progress + timedelta(minutes=1), timedelta(minutes=5), 1) == [datetime(2025, 7, 1, 9)]
+    assert closed_hour_window(progress, timedelta(minutes=5), 2) == (datetime(2025, 7, 1, 7), datetime(2025, 7, 1, 9))
+    assert closed_hour_window(progress + timedelta(minutes=1), timedelta(minutes=5), 1) == (
+        datetime(2025, 7, 1, 9), datetime(2025, 7, 1, 10))
 
 
-def test_streaming_job_reports_counts_as_metadata(settings, topic, serving_db, tmp_path, spark, monkeypatch):
-    truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=0.25,
-                                           start=datetime(2025, 7, 2, 3), seed=2, malformed_fraction=0.1,
+def test_streaming_job_reports_counts_and_the_batch_sensor_follows(settings, topic, serving_db, tmp_path, spark, monkeypatch):
+    truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=0.5,
+                                           start=datetime(2025, 7, 2, 2, 45), seed=2, malformed_fraction=0.1,
                                            progress=False))
     monkeypatch.setenv("ANTENNA_TOPIC", topic)
     config = {"trigger": "available_now", "watermark": "3650 days", "query_name": topic,
@@ -99,6 +100,15 @@ def test_streaming_job_reports_counts_as_metadata(settings, topic, serving_db, t
                            "bytes_agg_app"}
     assert by_key["devices_landing"]["good_messages"].value == truth.messages
     assert by_key["devices_dead_letter"]["dead_letters"].value == truth.malformed
+
+    # The stream reached 03:14: hour 02:00 is closed (end plus 5 minutes' grace), 03:00 is not.
+    instance = dg.DagsterInstance.ephemeral()
+    from antenna_assets.definitions import defs
+
+    context = dg.build_sensor_context(instance=instance, resources={"postgres": PostgresResource(url=serving_db)},
+                                      definitions=defs)
+    [request] = hourly_batch_sensor.evaluate_tick(context).run_requests
+    assert request.partition_key == "2025-07-02-02:00"
 
 
 def _run(args, env, timeout=600):

@@ -22,6 +22,7 @@ class MicroBatchResult:
     bad_messages: int
     late_messages: int
     max_event_time: datetime | None
+    landed_hours: Sequence[datetime] = ()
 
 
 def is_applied(conn, query: str, batch_id: int) -> bool:
@@ -38,7 +39,8 @@ def max_event_time(conn, query: str) -> datetime | None:
 
 
 def apply_micro_batch(conn, result: MicroBatchResult) -> bool:
-    """In one transaction: record the batch id, add its partial sums, store its dead letters.
+    """In one transaction: record the batch id, add its partial sums, store its dead letters, note
+    the hours it landed.
 
     Returns False (and changes nothing) when the batch id was already applied.
     """
@@ -60,6 +62,13 @@ def apply_micro_batch(conn, result: MicroBatchResult) -> bool:
                 "INSERT INTO dead_letter (topic, kafka_partition, kafka_offset, raw_value, reason, kafka_timestamp, "
                 "ingest_time) VALUES %s ON CONFLICT DO NOTHING",
                 result.dead_letters, page_size=5000,
+            )
+        if result.landed_hours:
+            execute_values(
+                cur,
+                "INSERT INTO landing_hours (hour) VALUES %s "
+                "ON CONFLICT (hour) DO UPDATE SET last_batch_at = now() AT TIME ZONE 'UTC'",
+                [(hour,) for hour in result.landed_hours],
             )
     conn.commit()
     return True

@@ -74,6 +74,10 @@ DDL = [
         late_messages BIGINT NOT NULL,
         max_event_time TIMESTAMP,
         PRIMARY KEY (query, batch_id))""",
+    # UTC hours the speed layer has landed data for: the hourly batch runs only for these.
+    """CREATE TABLE IF NOT EXISTS landing_hours (
+        hour TIMESTAMP PRIMARY KEY,
+        last_batch_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'))""",
     # Messages that failed validation, with where they came from; the key makes replays idempotent.
     """CREATE TABLE IF NOT EXISTS dead_letter (
         topic TEXT NOT NULL,

@@ -21,3 +21,10 @@ def stream_progress(conn) -> datetime | None:
     with conn.cursor() as cur:
         cur.execute("SELECT max(max_event_time) FROM streaming_batches")
         return cur.fetchone()[0]
+
+
+def landed_hours(conn, start: datetime, end: datetime) -> list[datetime]:
+    """The hours in [start, end) that the speed layer has landed any message for."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT hour FROM landing_hours WHERE hour >= %s AND hour < %s ORDER BY hour", (start, end))
+        return [row[0] for row in cur.fetchall()]

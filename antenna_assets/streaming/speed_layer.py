@@ -169,6 +169,7 @@ class SpeedLayer:
         by_name = {table.name: table for table in increments}
         good = late = unknown = 0
         latest = None
+        hours = set()
         for row in totals:
             if row.table == "unknown_users":
                 unknown = row.messages
@@ -177,6 +178,7 @@ class SpeedLayer:
             date = utc_from_epoch_seconds(row.date)
             if table is BYTES_AGG_APP:  # every valid event is in exactly one app row
                 good += row.messages
+                hours.add(date.replace(minute=0, second=0))
                 row_latest = utc_from_epoch_seconds(row.max_event_time)
                 latest = row_latest if latest is None else max(latest, row_latest)
             if watermark is not None and date + self.window <= watermark:
@@ -187,7 +189,7 @@ class SpeedLayer:
         self.stats.unknown_user_messages += unknown
         return MicroBatchResult(query=self.config.query_name, batch_id=batch_id, increments=increments,
                                 dead_letters=dead_letters, good_messages=good, bad_messages=len(dead_letters),
-                                late_messages=late, max_event_time=latest)
+                                late_messages=late, max_event_time=latest, landed_hours=sorted(hours))
 
     def _count(self, result: MicroBatchResult, applied: bool) -> None:
         if not applied:

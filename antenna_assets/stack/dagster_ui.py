@@ -1,0 +1,78 @@
+"""`dagster dev` (webserver + daemon, so the sensors run) in the background, for the demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from antenna_assets.settings import Settings
+from antenna_assets.stack.env import stack_environment
+from antenna_assets.stack.errors import StackError
+from antenna_assets.stack.process import pid_alive, port_open, read_pid, stop_pid, tail, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+class DagsterUI:
+    def __init__(self, settings: Settings, port: int | None = None):
+        self.settings = settings
+        self.port = port or int(os.environ.get("ANTENNA_UI_PORT", "3000"))
+        self.home = settings.stack_dir / "dagster"
+        self.pid_file = self.home / "dagster-dev.pid"
+        self.log_file = self.home / "dagster-dev.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def pid(self) -> int | None:
+        pid = read_pid(self.pid_file)
+        return pid if pid_alive(pid) else None
+
+    def up(self, automation: bool = True) -> str:
+        if self.pid() is not None:
+            return f"dagster UI already running (pid {self.pid()}) at {self.url}"
+        if port_open(self.port):
+            raise StackError(f"port {self.port} is already in use: stop that process or set ANTENNA_UI_PORT")
+        env = {**os.environ, **stack_environment(self.settings)}
+        if automation:
+            # Sensors default to running: the stream is kept alive and closed hours are computed.
+            env.update(ANTENNA_AUTOSTART_STREAMING="1", ANTENNA_AUTOMATION="1")
+        dagster = str(Path(sys.executable).with_name("dagster"))
+        with open(self.log_file, "ab") as log:
+            process = subprocess.Popen([dagster, "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1",
+                                        "-p", str(self.port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid_file.write_text(str(process.pid))
+        if not wait_until(lambda: port_open(self.port), 120, interval=0.5, abort=lambda: process.poll() is not None):
+            stop_pid(process.pid)
+            raise StackError(f"the Dagster UI did not start; last lines of {self.log_file}:\n{tail(self.log_file)}")
+        return f"dagster UI started (pid {process.pid}) at {self.url}"
+
+    def down(self) -> str:
+        pid = self.pid()
+        self.pid_file.unlink(missing_ok=True)
+        if pid is None:
+            return "dagster UI not running"
+        # The process group holds the webserver, the daemon and the runs they launched (the stream):
+        # SIGTERM lets the stream stop its query cleanly; what is left after the grace is killed.
+        _signal_group(pid, signal.SIGTERM)
+        stop_pid(pid, grace_seconds=30)
+        _signal_group(pid, signal.SIGKILL)
+        return f"dagster UI stopped (pid {pid})"
+
+    def status(self) -> tuple[bool, str]:
+        pid = self.pid()
+        if pid is None:
+            return True, "dagster UI: not running (optional)"
+        return port_open(self.port), f"dagster UI: pid {pid} at {self.url}"
