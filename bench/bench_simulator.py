@@ -1,6 +1,6 @@
 """Simulator throughput against Kafka's own producer benchmark, on the same running broker.
 
-    python -m bench.bench_simulator [--messages N] [--processes P] [--no-record]
+    python -m bench.bench_simulator [--messages N | --quick] [--processes P] [--no-record]
 
 Runs the simulator as a backfill (contract shape, then 20,000 users / 500 antennas with one and
 with P processes), then `org.apache.kafka.tools.ProducerPerformance` with the simulator's average
@@ -16,17 +16,14 @@ import shlex
 import subprocess
 import sys
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 
 from antenna_assets.settings import Settings
 from antenna_assets.simulator import SimulatorConfig, simulate
 from antenna_assets.simulator.producer import PRODUCER_TUNING
 from antenna_assets.stack import jars
-from antenna_assets.stack.kafka import ensure_topic
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+from bench.common import BENCHMARKS, delete_topic, fresh_topic, machine, record
 SECTION = "## Simulator"
 TABLE_HEADER = (
     "| date | machine | command | messages | contract shape msg/s | scale, 1 process msg/s | scale, P processes msg/s "
@@ -53,24 +50,6 @@ class SimulatorRun:
     processes: int
     rate: float
     average_size: float
-
-
-def admin(settings: Settings):
-    from confluent_kafka.admin import AdminClient
-
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-
-
-def fresh_topic(settings: Settings, purpose: str) -> str:
-    name = f"bench-{purpose}-{uuid.uuid4().hex[:8]}"
-    ensure_topic(replace(settings, topic=name))
-    return name
-
-
-def delete_topic(settings: Settings, topic: str) -> None:
-    client = admin(settings)  # kept alive until the deletion is confirmed
-    for future in client.delete_topics([topic]).values():
-        future.result(60)
 
 
 def average_message_size(settings: Settings, topic: str, sample: int = 5000) -> float:
@@ -126,32 +105,15 @@ def run_producer_performance(settings: Settings, messages: int, record_size: int
     return rate
 
 
-def machine() -> str:
-    meminfo = Path("/proc/meminfo").read_text()
-    ram_kib = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1))
-    return f"{os.cpu_count()} cores, {ram_kib / 1024 / 1024:.0f} GiB"
-
-
-def record(row: str) -> None:
-    """Add the row to this benchmark's section of BENCHMARKS.md, leaving other sections alone."""
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\nMeasured on the machines named in each row.\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{SECTION_INTRO}{TABLE_HEADER}"
-    start = text.index(SECTION)
-    following = text.find("\n## ", start + len(SECTION))
-    end = len(text) if following < 0 else following + 1
-    section = text[start:end].rstrip("\n") + "\n" + row + "\n"
-    BENCHMARKS.write_text(text[:start] + section + ("\n" + text[end:] if following >= 0 else ""))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_simulator", description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=2_000_000, help="messages per run (default 2,000,000)")
+    parser.add_argument("--quick", action="store_true", help="200,000 messages per run, for a check in a minute")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="processes of the multi-process runs")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to BENCHMARKS.md")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-    n, p = args.messages, args.processes
+    n, p = (200_000 if args.quick else args.messages), args.processes
     contract = run_simulator(settings, "contract shape (20 users, 5 antennas)", n, p, 20, 5)
     scale_single = run_simulator(settings, "scale (20,000 users, 500 antennas)", n, 1, 20_000, 500)
     scale = run_simulator(settings, "scale (20,000 users, 500 antennas)", n, p, 20_000, 500)
@@ -164,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
            f"| {contract.rate:,.0f} ({p} proc) | {scale_single.rate:,.0f} | {scale.rate:,.0f} ({p} proc) "
            f"| {reference_default:,.0f} / {reference_tuned:,.0f} ({size} B records) | {ratio:.2f} |")
     if not args.no_record:
-        record(row)
+        record(SECTION, SECTION_INTRO, TABLE_HEADER, row)
         print(f"recorded in {BENCHMARKS}")
     return 0
 

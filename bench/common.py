@@ -1,0 +1,166 @@
+"""Helpers shared by the benchmarks: the machine, BENCHMARKS.md sections, topics, databases, timing, memory."""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from antenna_assets.settings import Settings
+from antenna_assets.stack.kafka import ensure_topic
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+# Generated inputs, cached between runs (git-ignored).
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+def machine() -> str:
+    meminfo = Path("/proc/meminfo").read_text()
+    ram_kib = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1))
+    return f"{os.cpu_count()} cores, {ram_kib / 1024 / 1024:.0f} GiB"
+
+
+def record(section: str, intro: str, table_header: str, row: str) -> None:
+    """Add the row to `section` of BENCHMARKS.md (created with `intro` and `table_header` if missing),
+    leaving other sections alone."""
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\nMeasured on the machines named in each row.\n"
+    if section not in text:
+        text = text.rstrip("\n") + f"\n\n{section}\n\n{intro}{table_header}"
+    start = text.index(section)
+    following = text.find("\n## ", start + len(section))
+    end = len(text) if following < 0 else following + 1
+    body = text[start:end].rstrip("\n") + "\n" + row + "\n"
+    BENCHMARKS.write_text(text[:start] + body + ("\n" + text[end:] if following >= 0 else ""))
+
+
+def admin(settings: Settings):
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+
+
+def fresh_topic(settings: Settings, purpose: str) -> str:
+    name = f"bench-{purpose}-{uuid.uuid4().hex[:8]}"
+    ensure_topic(replace(settings, topic=name))
+    return name
+
+
+def delete_topic(settings: Settings, topic: str) -> None:
+    client = admin(settings)  # kept alive until the deletion is confirmed
+    for future in client.delete_topics([topic]).values():
+        future.result(60)
+
+
+@contextmanager
+def fresh_database(settings: Settings):
+    """A new serving database (schema migrated, the 20 users provisioned), dropped afterwards; yields its URL.
+
+    The same steps as the tests' `fresh_database`, which lives in conftest and sets test defaults on import.
+    """
+    import psycopg2
+
+    from antenna_assets.db.user_metadata import provision_users
+    from antenna_assets.resources import PostgresResource
+    from antenna_assets.stack.postgres import ensure_database
+
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    ensure_database(settings, name)
+    url = settings.postgres_url_for(name)
+    resource = PostgresResource(url=url)
+    resource.migrate()
+    with resource.connect() as conn:
+        provision_users(conn)
+    try:
+        yield url
+    finally:
+        server = psycopg2.connect(settings.postgres_url_for("postgres"))
+        server.autocommit = True
+        with server.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        server.close()
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds of repeated runs of the same work."""
+
+    seconds: tuple[float, ...]
+
+    @property
+    def best(self) -> float:
+        return min(self.seconds)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def __str__(self) -> str:
+        return f"best {self.best:.2f} s, median {self.median:.2f} s of {len(self.seconds)}"
+
+
+def time_warm(work: Callable[[], object], repeats: int = 3) -> tuple[Timings, object]:
+    """Run `work` once to warm caches and JIT, then `repeats` timed times; returns timings and the last result."""
+    result = work()
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = work()
+        seconds.append(time.perf_counter() - started)
+    return Timings(tuple(seconds)), result
+
+
+class PeakMemory:
+    """Peak RSS of this process and chosen children with their descendants (a Python driver and its Spark JVM),
+    sampled in a thread."""
+
+    def __init__(self, include: Callable[[object], bool] = lambda child: True, interval_seconds: float = 0.2):
+        """Samples this process plus those of its children that `include` accepts (a psutil.Process), with
+        all their descendants."""
+        import psutil
+
+        self._root = psutil.Process(os.getpid())
+        self._include = include
+        self._interval = interval_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
+        self.peak_bytes = 0
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            for process in self._members():
+                try:
+                    total += process.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            self.peak_bytes = max(self.peak_bytes, total)
+            self._stop.wait(self._interval)
+
+    def _members(self) -> list:
+        import psutil
+
+        members = [self._root]
+        for child in self._root.children():
+            try:
+                if self._include(child):
+                    members += [child, *child.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        return members
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
