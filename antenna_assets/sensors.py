@@ -20,6 +20,11 @@ BACKOFF_BASE_SECONDS = float(os.environ.get("ANTENNA_STREAM_BACKOFF_SECONDS", "3
 BACKOFF_MAX_SECONDS = float(os.environ.get("ANTENNA_STREAM_BACKOFF_MAX_SECONDS", "900"))
 
 
+def _status_from_env(variable: str) -> dg.DefaultSensorStatus:
+    """Sensors start stopped unless `variable` is 1 (the demo turns them on)."""
+    return dg.DefaultSensorStatus.RUNNING if os.environ.get(variable) == "1" else dg.DefaultSensorStatus.STOPPED
+
+
 def _topic_exists(settings: Settings) -> bool:
     from confluent_kafka.admin import AdminClient
 
@@ -61,8 +66,7 @@ def speed_layer_decision(instance: dg.DagsterInstance, settings: Settings, now: 
 @dg.sensor(
     job=speed_layer_job,
     minimum_interval_seconds=30,
-    default_status=(dg.DefaultSensorStatus.RUNNING if os.environ.get("ANTENNA_AUTOSTART_STREAMING") == "1"
-                    else dg.DefaultSensorStatus.STOPPED),
+    default_status=_status_from_env("ANTENNA_AUTOSTART_STREAMING"),
     description="Keeps one speed-layer run alive: launches it when none is queued or running, backs off after failures.",
 )
 def speed_layer_sensor(context: dg.SensorEvaluationContext):
@@ -82,8 +86,7 @@ def closed_hour_window(progress: datetime, grace: timedelta, lookback_hours: int
 @dg.sensor(
     job=hourly_batch_job,
     minimum_interval_seconds=60,
-    default_status=(dg.DefaultSensorStatus.RUNNING if os.environ.get("ANTENNA_AUTOMATION") == "1"
-                    else dg.DefaultSensorStatus.STOPPED),
+    default_status=_status_from_env("ANTENNA_AUTOMATION"),
     description="When the stream's event time passes an hour's end plus the grace, runs that hour's batch job.",
 )
 def hourly_batch_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):

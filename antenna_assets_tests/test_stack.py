@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
 
+import pytest
 from confluent_kafka import Consumer, Producer
 
 
@@ -82,3 +84,39 @@ def test_port_in_use_is_a_clear_error(tmp_path):
     assert proc.returncode == 1
     assert f"port {port} is already in use" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_missing_java_is_a_clear_error(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from antenna_assets.settings import Settings
+    from antenna_assets.stack.errors import StackError
+    from antenna_assets.stack.kafka import KafkaBroker
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java on it
+    broker = KafkaBroker(replace(Settings.from_env(), stack_dir=tmp_path, kafka_port=1, kafka_controller_port=2))
+    with pytest.raises(StackError, match="Java is not installed"):
+        broker.up()
+
+
+def test_unreachable_external_postgres_is_a_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    env = {**os.environ, "ANTENNA_STACK_DIR": str(tmp_path),
+           "ANTENNA_POSTGRES_URL": f"postgresql://postgres:x@127.0.0.1:{closed_port}/antenna"}
+    proc = subprocess.run([sys.executable, "-m", "antenna_assets.cli", "stack", "up"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("antenna: error: cannot connect to PostgreSQL at postgresql://postgres:***@")
+    assert "Traceback" not in proc.stderr
+
+
+def test_failed_jar_download_is_a_clear_error(tmp_path):
+    from antenna_assets.stack import jars
+    from antenna_assets.stack.errors import StackError
+
+    with pytest.raises(StackError, match="could not download the nonexistent jars"):
+        jars.fetch("nonexistent", ("org.apache.kafka:no-such-artifact-anywhere:0.0.1",), tmp_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from antenna_assets.resources import LakeResource
 from antenna_assets.settings import Settings
 from antenna_assets.streaming.config import SpeedLayerConfig
@@ -19,6 +21,15 @@ def speed_layer_targets(settings: Settings, lake: LakeResource, postgres_url: st
     )
 
 
+def _end_offsets(progress: dict) -> dict:
+    """The Kafka offsets up to which the last micro-batch read, per topic and partition."""
+    offsets = {}
+    for source in progress.get("sources", []):
+        if isinstance(source.get("endOffset"), dict):
+            offsets.update(source["endOffset"])
+    return offsets
+
+
 def progress_summary(query, layer: SpeedLayer) -> dict:
     """What a progress report says: counts, lag, event time and watermark."""
     stats = layer.stats
@@ -32,6 +43,7 @@ def progress_summary(query, layer: SpeedLayer) -> dict:
         "late_messages": stats.late_messages,
         "unknown_user_messages": stats.unknown_user_messages,
         "kafka_lag": kafka_lag(query),
+        "kafka_offsets": json.dumps(_end_offsets(progress)) if progress else None,
         "input_rows_per_second": round(progress.get("processedRowsPerSecond", 0.0) or 0.0, 1),
         "max_event_time": stats.max_event_time.isoformat() if stats.max_event_time else None,
         "watermark": watermark.isoformat() if watermark else None,
