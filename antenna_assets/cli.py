@@ -13,14 +13,15 @@ from antenna_assets.stack.errors import StackError
 def _stack(args: argparse.Namespace) -> int:
     from antenna_assets.stack.dagster_ui import DagsterUI
     from antenna_assets.stack.env import export_lines
+    from antenna_assets.stack.gcs_emulator import GcsEmulator
     from antenna_assets.stack.kafka import KafkaBroker
     from antenna_assets.stack.live_traffic import LiveTraffic
     from antenna_assets.stack.postgres import EmbeddedPostgres
 
     settings = Settings.from_env()
     services = [EmbeddedPostgres(settings), KafkaBroker(settings)]
-    # Started by `antenna demo`, stopped with the stack.
-    extras = [DagsterUI(settings), LiveTraffic(settings)]
+    # Optional: started by `antenna demo` or the tests, stopped with the stack.
+    extras = [DagsterUI(settings), LiveTraffic(settings), GcsEmulator(settings)]
     if args.action == "up":
         for service in services:
             print(service.up(), flush=True)
@@ -30,10 +31,12 @@ def _stack(args: argparse.Namespace) -> int:
             print(service.down(), flush=True)
     elif args.action == "status":
         healthy = True
-        for service in [*services, *extras]:
+        for service in services:
             ok, line = service.status()
             healthy &= ok
             print(line)
+        for service in extras:
+            print(service.status()[1])
         return 0 if healthy else 1
     elif args.action == "env":
         print(export_lines(settings))

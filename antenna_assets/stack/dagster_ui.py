@@ -74,5 +74,5 @@ class DagsterUI:
     def status(self) -> tuple[bool, str]:
         pid = self.pid()
         if pid is None:
-            return True, "dagster UI: not running (optional)"
+            return False, "dagster UI: not running"
         return port_open(self.port), f"dagster UI: pid {pid} at {self.url}"

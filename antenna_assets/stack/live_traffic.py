@@ -41,4 +41,4 @@ class LiveTraffic:
 
     def status(self) -> tuple[bool, str]:
         pid = self.pid()
-        return True, f"live traffic: {'pid ' + str(pid) if pid else 'not running (optional)'}"
+        return pid is not None, f"live traffic: {'pid ' + str(pid) if pid else 'not running'}"
