@@ -1,0 +1,369 @@
+"""The speed layer's throughput, freshness and memory on the running local stack.
+
+    python -m bench.bench_speed_layer [--messages N] [--max-offsets-per-trigger M] [--rate R]
+                                      [--seconds S] [--quick] [--no-record]
+
+Throughput: the simulator preloads N messages (backfill, 2 processes, 2,000 users, 100 antennas,
+0.1% malformed) into a fresh topic; the real SpeedLayer drains it with the available_now trigger
+into a fresh lake folder and a fresh serving database (lake + three tables + dead letters + ledger),
+and the result is checked against the simulator's ground truth. Reference, in the same warm Spark
+session: a batch query that only reads the same topic, parses it with from_json (the contract's
+schema) and counts the valid messages. Ratio = speed layer events/s / reference events/s.
+
+Freshness: with the processing-time trigger (2 s, then 1 s), a paced producer sends R events/s for
+S seconds, each stamped with its send time; a poller reads bytes_agg_antenna every ~100 ms and each
+event's latency is the time from its send to the first poll whose running total includes it
+(see `freshness`). Peak RSS: this Python driver plus its Spark JVM (and the JVM's Python workers),
+sampled every 200 ms. Topics, databases and lake folders are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import psycopg2
+
+from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
+from antenna_assets.settings import Settings
+from antenna_assets.simulator import GroundTruth, SimulatorConfig, simulate
+from antenna_assets.simulator.producer import PRODUCER_TUNING
+from antenna_assets.streaming.config import SpeedLayerConfig
+from antenna_assets.streaming.speed_layer import SpeedLayer, SpeedLayerTargets, run_until_stopped
+from antenna_assets.transforms.devices import DEVICE_MESSAGE_SCHEMA, EVENT_FIELDS
+from antenna_assets.users import APPS, antenna_id, user_id
+from antenna_assets_tests.truth import expected, read_table
+from bench.common import BENCHMARKS, PeakMemory, delete_topic, fresh_database, fresh_topic, machine, record, time_warm
+
+USERS, ANTENNAS = 2_000, 100
+NO_LATE_DROPS = "3650 days"  # a backfill reaches Kafka out of event-time order across partitions
+WINDOW_SECONDS = 300
+POLL_SECONDS = 0.1
+TICK_SECONDS = 0.01
+TABLES = ((BYTES_AGG_ANTENNA, "antenna"), (BYTES_AGG_USER, "user"), (BYTES_AGG_APP, "app"))
+
+SECTION = "## Speed layer"
+SECTION_INTRO = (
+    "On the local stack (single-node Kafka, 3-partition topics; embedded PostgreSQL), Spark `local[2]`.\n"
+    "Throughput: the simulator preloads the topic (backfill, 2 processes, 2,000 users, 100 antennas, 0.1%\n"
+    "malformed); the real `SpeedLayer` drains it with `trigger=available_now` (watermark 3650 days, so\n"
+    "nothing is late) into a fresh lake folder and a fresh serving database: lake Parquet + three speed\n"
+    "tables + dead letters + batch ledger. events/s = messages / wall time from query start to stop.\n"
+    "Checked every run: ledger good/bad messages, the three tables, dead letters and lake rows equal the\n"
+    "simulator's ground truth. Reference (same warm session, same topic): a Spark batch query that only\n"
+    "reads Kafka, parses with `from_json` (the contract's schema) and counts valid messages; best of 2 after\n"
+    "a warm-up. Ratio = speed layer / reference. Targets: >= 150,000 events/s and ratio >= 0.5.\n"
+    "Freshness: processing-time trigger; a paced producer process sends R events/s (2,000 users, 100\n"
+    "antennas) stamped with their send time and remembers, per (antenna, 5-minute window), each event's\n"
+    "send time and the window's running byte sum after it; a poller reads `bytes_agg_antenna` every 100 ms\n"
+    "and an event is visible at the first poll whose total reaches its running sum (bytes >= 1, so sums\n"
+    "strictly increase). Latency = visible - sent, so it includes producer linger (5 ms), the trigger wait,\n"
+    "the micro-batch and the poll period. Target: p99 <= 5 s. Peak RSS: driver Python + Spark JVM (+ its\n"
+    "Python workers), sampled every 200 ms.\n\n"
+)
+TABLE_HEADER = (
+    "| date | machine | command | messages | speed layer events/s | reference events/s | ratio "
+    "| freshness p50 / p99 (trigger) | peak RSS |\n"
+    "|---|---|---|---|---|---|---|---|---|\n"
+)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    messages: int
+    seconds: float
+    batches: int
+    peak_rss: int
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+
+@dataclass(frozen=True)
+class Freshness:
+    trigger: str
+    events: int
+    visible: int
+    p50: float
+    p99: float
+    max: float
+    peak_rss: int
+
+
+def spark_session():
+    from antenna_assets.spark_session import build_spark_session
+
+    return build_spark_session(Settings.from_env(), app_name="bench_speed_layer", extra={"spark.master": "local[2]"})
+
+
+@contextmanager
+def scratch_topic(settings: Settings, purpose: str):
+    topic = fresh_topic(settings, purpose)
+    try:
+        yield topic
+    finally:
+        delete_topic(settings, topic)
+
+
+@contextmanager
+def scratch_folder():
+    folder = Path(tempfile.mkdtemp(prefix="antenna-bench-speed-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def targets(settings: Settings, topic: str, postgres_url: str, folder: Path) -> SpeedLayerTargets:
+    return SpeedLayerTargets(settings.kafka_bootstrap, topic, str(folder / "landing"), str(folder / "checkpoint"),
+                             postgres_url)
+
+
+def streaming_process_memory() -> PeakMemory:
+    """Peak RSS of this driver and its Spark JVM subtree, not of producer processes it spawned."""
+    return PeakMemory(include=lambda process: process.name() == "java")
+
+
+# Throughput -------------------------------------------------------------------------------------
+
+
+def preload(settings: Settings, topic: str, messages: int) -> GroundTruth:
+    hours = -(-messages // USERS) / 60 + 1  # one message per user per minute
+    result = simulate(SimulatorConfig(settings.kafka_bootstrap, topic, users=USERS, antennas=ANTENNAS,
+                                      backfill_hours=hours, count=messages, seed=1, processes=2,
+                                      malformed_fraction=0.001, extra_field_fraction=0.0, progress=False))
+    print(f"  preloaded {result.produced:,} messages ({result.truth.malformed:,} malformed) in "
+          f"{result.seconds:.1f} s", flush=True)
+    return result.truth
+
+
+def parse_and_count(spark, settings: Settings, topic: str) -> int:
+    """The reference: read the whole topic, parse every value with from_json, count the valid messages."""
+    from pyspark.sql import functions as F
+
+    message = F.from_json(F.col("value").cast("string"), DEVICE_MESSAGE_SCHEMA)
+    valid = message["bytes"] >= 0
+    for field in EVENT_FIELDS:  # touching every field keeps Spark from pruning the parse
+        valid = valid & message[field].isNotNull()
+    return (spark.read.format("kafka")
+            .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+            .option("subscribe", topic)
+            .option("startingOffsets", "earliest").option("endingOffsets", "latest")
+            .option("kafka.max.partition.fetch.bytes", str(8 * 1024 * 1024))
+            .load()
+            .select(F.count_if(valid)).collect()[0][0])
+
+
+def run_speed_layer(spark, settings: Settings, topic: str, postgres_url: str, folder: Path,
+                    config: SpeedLayerConfig, produced: int) -> Throughput:
+    layer = SpeedLayer(spark, config, targets(settings, topic, postgres_url, folder))
+    with streaming_process_memory() as memory:
+        started = time.perf_counter()
+        run_until_stopped(layer)
+        seconds = time.perf_counter() - started
+    return Throughput(produced, seconds, layer.stats.batches, memory.peak_bytes)
+
+
+def check_against_truth(spark, postgres_url: str, folder: Path, query_name: str, truth: GroundTruth) -> None:
+    with closing(psycopg2.connect(postgres_url)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT sum(good_messages), sum(bad_messages) FROM streaming_batches WHERE query = %s",
+                    (query_name,))
+        good, bad = cur.fetchone()
+        cur.execute("SELECT count(*) FROM dead_letter")
+        dead_letters = cur.fetchone()[0]
+    problems = []
+    if (good, bad, dead_letters) != (truth.messages, truth.malformed, truth.malformed):
+        problems.append(f"ledger good/bad {good}/{bad}, dead letters {dead_letters}; "
+                        f"truth {truth.messages}/{truth.malformed}")
+    problems += [f"{table.name} differs from the ground truth" for table, per in TABLES
+                 if read_table(postgres_url, table) != expected(truth, per)]
+    landed = spark.read.parquet(str(folder / "landing")).count()
+    if landed != truth.messages:
+        problems.append(f"lake holds {landed:,} events, truth {truth.messages:,}")
+    if problems:
+        sys.exit("speed layer result is wrong: " + "; ".join(problems))
+    print(f"  checked: ledger, 3 tables, {dead_letters:,} dead letters and {landed:,} lake rows equal the ground truth",
+          flush=True)
+
+
+def throughput(spark, settings: Settings, messages: int, max_offsets_per_trigger: int) -> tuple[Throughput, float]:
+    """(speed layer run, reference events/s) on one preloaded topic."""
+    with scratch_topic(settings, "speed") as topic:
+        truth = preload(settings, topic, messages)
+        produced = truth.messages + truth.malformed
+        reference_timings, valid = time_warm(lambda: parse_and_count(spark, settings, topic), repeats=2)
+        if valid != truth.messages:
+            sys.exit(f"reference counted {valid:,} valid messages, truth {truth.messages:,}")
+        reference_rate = produced / reference_timings.best
+        print(f"  reference (read + from_json + count): {reference_timings} = {reference_rate:,.0f} events/s",
+              flush=True)
+        config = SpeedLayerConfig(trigger="available_now", watermark=NO_LATE_DROPS,
+                                  max_offsets_per_trigger=max_offsets_per_trigger, query_name=topic.replace("-", "_"),
+                                  progress_interval_seconds=3600)
+        with fresh_database(settings) as url, scratch_folder() as folder:
+            run = run_speed_layer(spark, settings, topic, url, folder, config, produced)
+            print(f"  speed layer: {produced:,} messages in {run.seconds:.2f} s ({run.batches} batches of <= "
+                  f"{max_offsets_per_trigger:,}) = {run.rate:,.0f} events/s; ratio {run.rate / reference_rate:.2f}; "
+                  f"peak RSS {run.peak_rss / 2**30:.2f} GiB", flush=True)
+            check_against_truth(spark, url, folder, config.query_name, truth)
+    return run, reference_rate
+
+
+# Freshness --------------------------------------------------------------------------------------
+
+
+def produce_paced(bootstrap: str, topic: str, rate: float, seconds: float, sent_path: str) -> None:
+    """Send `rate` messages/s for `seconds`, each stamped with its send time; save what was sent (.npz)."""
+    from confluent_kafka import Producer
+
+    # The simulator's tuning with a short linger: here latency matters more than batch size.
+    producer = Producer({**PRODUCER_TUNING, "linger.ms": 5, "bootstrap.servers": bootstrap})
+    rng = np.random.default_rng(3)
+    per_tick = max(1, round(rate * TICK_SECONDS))
+    total = int(seconds / TICK_SECONDS) * per_tick
+    users, antennas, apps = rng.integers(1, USERS + 1, total), rng.integers(0, ANTENNAS, total), rng.integers(0, 5, total)
+    nbytes = rng.integers(1, 10_000, total)
+    user_ids, antenna_ids = [user_id(n) for n in range(USERS + 1)], [antenna_id(n) for n in range(ANTENNAS)]
+    sent_at = np.empty(total)
+    start = time.time()
+    for first in range(0, total, per_tick):
+        delay = start + first / per_tick * TICK_SECONDS - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        for i in range(first, first + per_tick):
+            now = sent_at[i] = time.time()
+            producer.produce(topic, json.dumps({"timestamp": int(now), "id": user_ids[users[i]],
+                                                "antenna_id": antenna_ids[antennas[i]], "bytes": int(nbytes[i]),
+                                                "app": APPS[apps[i]]}).encode())
+        producer.poll(0)
+    if producer.flush(30):
+        raise RuntimeError("the freshness producer could not deliver every message")
+    np.savez(sent_path, sent_at=sent_at, antenna=antennas, bytes=nbytes)
+
+
+class AntennaTablePoller:
+    """Reads bytes_agg_antenna every POLL_SECONDS in a thread, keeping (time, {(antenna, window epoch): total})."""
+
+    def __init__(self, postgres_url: str):
+        self.url = postgres_url
+        self.snapshots: list[tuple[float, dict[tuple[str, int], int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="antenna-poller", daemon=True)
+
+    def _poll(self) -> None:
+        with closing(psycopg2.connect(self.url)) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                while not self._stop.is_set():
+                    cur.execute("SELECT antenna_id, EXTRACT(EPOCH FROM date)::bigint, sum_antenna_bytes "
+                                "FROM bytes_agg_antenna")
+                    rows = cur.fetchall()
+                    self.snapshots.append((time.time(), {(a, d): v for a, d, v in rows}))
+                    self._stop.wait(POLL_SECONDS)
+
+    def __enter__(self) -> "AntennaTablePoller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def latencies(sent_path: Path, snapshots: list[tuple[float, dict]]) -> np.ndarray:
+    """Seconds from send to first visibility of every event that became visible."""
+    sent = np.load(sent_path)
+    sent_at, antenna, nbytes = sent["sent_at"], sent["antenna"], sent["bytes"]
+    window = sent_at.astype(np.int64) // WINDOW_SECONDS * WINDOW_SECONDS
+    poll_times = np.array([t for t, _ in snapshots])
+    antenna_ids = [antenna_id(n) for n in range(ANTENNAS)]
+    visible_at = np.full(len(sent_at), np.inf)
+    for a, w in set(zip(antenna.tolist(), window.tolist())):
+        events = np.flatnonzero((antenna == a) & (window == w))  # in send order
+        totals = np.maximum.accumulate([snapshot.get((antenna_ids[a], w), 0) for _, snapshot in snapshots])
+        first_poll = np.searchsorted(totals, np.cumsum(nbytes[events]), side="left")
+        seen = first_poll < len(poll_times)
+        visible_at[events[seen]] = poll_times[first_poll[seen]]
+    return (visible_at - sent_at)[np.isfinite(visible_at)]
+
+
+def freshness(spark, settings: Settings, trigger_interval: str, rate: float, seconds: float) -> Freshness:
+    with scratch_topic(settings, "fresh") as topic, fresh_database(settings) as url, scratch_folder() as folder:
+        config = SpeedLayerConfig(trigger_interval=trigger_interval, query_name=topic.replace("-", "_"))
+        layer = SpeedLayer(spark, config, targets(settings, topic, url, folder))
+        sent_path = folder / "sent.npz"
+        producer = multiprocessing.get_context("spawn").Process(
+            target=produce_paced, args=(settings.kafka_bootstrap, topic, rate, seconds, str(sent_path)),
+            name="freshness-producer", daemon=True)
+        with AntennaTablePoller(url) as poller, streaming_process_memory() as memory:
+            producer.start()
+            # Stop a few seconds after the producer, so its last events can become visible.
+            stop_at: list[float] = []
+
+            def should_stop() -> bool:
+                if producer.exitcode is not None and not stop_at:
+                    stop_at.append(time.monotonic() + 10)
+                return bool(stop_at) and time.monotonic() >= stop_at[0]
+
+            run_until_stopped(layer, should_stop=should_stop, poll_seconds=0.5)
+        if producer.exitcode != 0:
+            sys.exit(f"the freshness producer failed (exit code {producer.exitcode})")
+        latency = latencies(sent_path, poller.snapshots)
+        events = len(np.load(sent_path)["sent_at"])
+    result = Freshness(trigger_interval, events, len(latency), float(np.percentile(latency, 50)),
+                       float(np.percentile(latency, 99)), float(latency.max()), memory.peak_bytes)
+    print(f"  freshness, trigger {trigger_interval}, {rate:,.0f} events/s for {seconds:g} s: {result.visible:,} of "
+          f"{result.events:,} events seen; p50 {result.p50:.2f} s, p99 {result.p99:.2f} s, max {result.max:.2f} s; "
+          f"peak RSS {result.peak_rss / 2**30:.2f} GiB", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_speed_layer", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=5_000_000, help="messages preloaded (default 5,000,000)")
+    parser.add_argument("--max-offsets-per-trigger", type=int, default=2_000_000, help="micro-batch size limit")
+    parser.add_argument("--rate", type=float, default=20_000, help="freshness: events/s (default 20,000)")
+    parser.add_argument("--seconds", type=float, default=75, help="freshness: seconds of load per trigger")
+    parser.add_argument("--triggers", default="2 seconds,1 seconds", help="freshness: trigger intervals to try")
+    parser.add_argument("--quick", action="store_true", help="300,000 messages; 20 s of freshness load at 2 s only")
+    parser.add_argument("--no-record", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    messages, seconds, triggers = args.messages, args.seconds, [t for t in args.triggers.split(",") if t]
+    if args.quick:
+        messages, seconds, triggers = 300_000, 20, ["2 seconds"]
+    settings = Settings.from_env()
+    spark = spark_session()
+    print(f"speed layer throughput, {messages:,} messages:", flush=True)
+    run, reference_rate = throughput(spark, settings, messages, args.max_offsets_per_trigger)
+    fresh = [freshness(spark, settings, trigger, args.rate, seconds) for trigger in triggers]
+    spark.stop()
+
+    peak = max([run.peak_rss, *(f.peak_rss for f in fresh)])
+    command = "python -m bench.bench_speed_layer" + (" --quick" if args.quick else (
+        f" --messages {messages} --max-offsets-per-trigger {args.max_offsets_per_trigger} --rate {args.rate:g}"
+        f" --seconds {seconds:g}"))
+    freshness_text = "; ".join(f"{f.p50:.2f} / {f.p99:.2f} s ({f.trigger}, {args.rate:,.0f} ev/s, {f.visible:,} of "
+                               f"{f.events:,} seen)" for f in fresh)
+    row = (f"| {date.today()} | {machine()} | `{command}` | {messages:,} | {run.rate:,.0f} ({run.batches} batches) "
+           f"| {reference_rate:,.0f} | {run.rate / reference_rate:.2f} | {freshness_text or '-'} "
+           f"| {peak / 2**30:.2f} GiB (throughput {run.peak_rss / 2**30:.2f}) |")
+    if not args.no_record:
+        record(SECTION, SECTION_INTRO, TABLE_HEADER, row)
+        print(f"recorded in {BENCHMARKS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
