@@ -29,6 +29,8 @@ def spark_conf(settings: Settings, app_name: str = "antenna_assets", extra: dict
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
+        # Collecting results to the driver through Arrow, not one Python object per row.
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
     }
     conf.update(lake_gcs.spark_conf(settings))
     conf.update(extra or {})

@@ -20,6 +20,11 @@ def utc_from_epoch_millis(millis: int | None) -> datetime | None:
     return None if millis is None else _EPOCH + timedelta(milliseconds=millis)
 
 
+def epoch_seconds(utc: datetime) -> float:
+    """A naive-UTC datetime as epoch seconds."""
+    return (utc - _EPOCH).total_seconds()
+
+
 def utc_now() -> datetime:
     """The current time as naive UTC, the form of every TIMESTAMP column of the serving tables."""
     return datetime.utcnow()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+
 from datetime import datetime
 from typing import Iterable, Sequence
 
@@ -11,16 +14,23 @@ from antenna_assets.db.schema import AggregateTable
 
 
 def add_to_totals(cur, table: AggregateTable, rows: Sequence[tuple[str, datetime, int]]) -> None:
-    """Add partial sums to the running totals of (key, date); a new key/window starts at the partial sum."""
+    """Add partial sums to the running totals of (key, date); a new key/window starts at the partial sum.
+
+    Rows go through COPY into a temporary table and one INSERT ... ON CONFLICT: a backfill's
+    micro-batch can carry hundreds of thousands of (key, window) rows.
+    """
     if not rows:
         return
     key, _, value = table.columns
-    execute_values(
-        cur,
-        f"INSERT INTO {table.name} ({key}, date, {value}) VALUES %s "
-        f"ON CONFLICT ({key}, date) DO UPDATE SET {value} = {table.name}.{value} + EXCLUDED.{value}",
-        rows, page_size=5000,
-    )
+    staging = f"staging_{table.name}"
+    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table.name}) ON COMMIT DELETE ROWS")
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows((k, d.isoformat(sep=" "), v) for k, d, v in rows)
+    buffer.seek(0)
+    cur.copy_expert(f"COPY {staging} ({key}, date, {value}) FROM STDIN WITH (FORMAT csv)", buffer)
+    cur.execute(
+        f"INSERT INTO {table.name} ({key}, date, {value}) SELECT {key}, date, {value} FROM {staging} "
+        f"ON CONFLICT ({key}, date) DO UPDATE SET {value} = {table.name}.{value} + EXCLUDED.{value}")
 
 
 def replace_window(cur, table: str, columns: Sequence[str], start: datetime, end: datetime,

@@ -18,6 +18,7 @@ from contextlib import closing
 from datetime import datetime
 from typing import Callable
 
+import pandas as pd
 import psycopg2
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -28,7 +29,7 @@ from antenna_assets.db.ledger import MicroBatchResult, apply_micro_batch, is_app
 from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
 from antenna_assets.db.user_metadata import read_live
 from antenna_assets.streaming.config import SpeedLayerConfig, parse_duration
-from antenna_assets.timeutil import utc_from_epoch_millis, utc_from_epoch_seconds, utc_now
+from antenna_assets.timeutil import epoch_seconds, utc_from_epoch_millis, utc_from_epoch_seconds, utc_now
 from antenna_assets.transforms.aggregates import (MAX_EVENT_TIME, MESSAGES, bytes_per_antenna, bytes_per_app,
                                                   bytes_per_user)
 from antenna_assets.transforms.devices import (LAKE_PARTITION_COLUMNS, parse_device_messages, rejected_messages,
@@ -120,7 +121,10 @@ class SpeedLayer:
         # Spark's rule: the watermark a batch uses comes from the batches before it, so a replay sees the same.
         watermark = latest - self.watermark_delay if latest is not None else None
 
-        parsed = parse_device_messages(kafka_rows).persist(StorageLevel.MEMORY_AND_DISK)
+        parsed = (parse_device_messages(kafka_rows)
+                  # Only rejected messages need their raw text: the cached batch stays small.
+                  .withColumn("raw_value", F.when(F.col("reason").isNotNull(), F.col("raw_value")))
+                  .persist(StorageLevel.MEMORY_AND_DISK))
         try:
             events = valid_events(parsed)
             self._land(events, batch_id)
@@ -147,8 +151,9 @@ class SpeedLayer:
          .partitionBy(*LAKE_PARTITION_COLUMNS, BATCH_PARTITION)
          .parquet(self.targets.landing_path))
 
-    def _window_totals(self, events: DataFrame) -> list:
-        """The batch's partial sums for the three tables in one Spark job: (table, key, date, bytes, messages, max)."""
+    def _window_totals(self, events: DataFrame) -> pd.DataFrame:
+        """The batch's partial sums for the three tables in one Spark job, as pandas (Arrow transfer):
+        table, key, date and max_event_time (epoch seconds), bytes, messages."""
         parts = [aggregate(events, self.config.window)
                  .select(F.lit(table.name).alias("table"), F.col(table.key).alias("key"),
                          F.unix_seconds("date").alias("date"), F.col(table.value).alias("bytes"), MESSAGES,
@@ -161,35 +166,30 @@ class SpeedLayer:
         combined = parts[0]
         for part in (*parts[1:], unknown):
             combined = combined.unionByName(part)
-        return combined.collect()
+        return combined.toPandas()
 
-    def _micro_batch_result(self, batch_id: int, totals: list, watermark: datetime | None,
+    def _micro_batch_result(self, batch_id: int, totals: pd.DataFrame, watermark: datetime | None,
                             dead_letters: list) -> MicroBatchResult:
-        increments = {table: [] for table, _ in _PER_TABLE}
-        by_name = {table.name: table for table in increments}
-        good = late = unknown = 0
-        latest = None
-        hours = set()
-        for row in totals:
-            if row.table == "unknown_users":
-                unknown = row.messages
-                continue
-            table = by_name[row.table]
-            date = utc_from_epoch_seconds(row.date)
-            if table is BYTES_AGG_APP:  # every valid event is in exactly one app row
-                good += row.messages
-                hours.add(date.replace(minute=0, second=0))
-                row_latest = utc_from_epoch_seconds(row.max_event_time)
-                latest = row_latest if latest is None else max(latest, row_latest)
-            if watermark is not None and date + self.window <= watermark:
-                if table is BYTES_AGG_APP:
-                    late += row.messages
-                continue
-            increments[table].append((row.key, date, row.bytes))
+        unknown = int(totals.loc[totals["table"] == "unknown_users", MESSAGES].sum())
+        sums = totals[totals["table"] != "unknown_users"]
+        window_seconds = self.window.total_seconds()
+        closed = ((sums["date"] + window_seconds <= epoch_seconds(watermark)) if watermark is not None
+                  else pd.Series(False, index=sums.index))
+        apps = sums["table"] == BYTES_AGG_APP.name  # every valid event is in exactly one app row
+        increments = {}
+        for table, _ in _PER_TABLE:
+            open_rows = sums[(sums["table"] == table.name) & ~closed]
+            increments[table] = list(zip(open_rows["key"].tolist(),
+                                         map(utc_from_epoch_seconds, open_rows["date"].tolist()),
+                                         open_rows["bytes"].tolist()))
+        latest = sums.loc[apps, MAX_EVENT_TIME].max() if apps.any() else None
+        hours = sorted(set((sums.loc[apps, "date"] // 3600 * 3600).tolist()))
         self.stats.unknown_user_messages += unknown
         return MicroBatchResult(query=self.config.query_name, batch_id=batch_id, increments=increments,
-                                dead_letters=dead_letters, good_messages=good, bad_messages=len(dead_letters),
-                                late_messages=late, max_event_time=latest, landed_hours=sorted(hours))
+                                dead_letters=dead_letters, good_messages=int(sums.loc[apps, MESSAGES].sum()),
+                                bad_messages=len(dead_letters), late_messages=int(sums.loc[apps & closed, MESSAGES].sum()),
+                                max_event_time=utc_from_epoch_seconds(int(latest)) if latest is not None else None,
+                                landed_hours=[utc_from_epoch_seconds(int(h)) for h in hours])
 
     def _count(self, result: MicroBatchResult, applied: bool) -> None:
         if not applied:
