@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -92,30 +91,11 @@ def topic(settings) -> str:
     return name
 
 
-@contextmanager
 def fresh_database(settings):
-    """A new serving database (schema migrated, the 20 users provisioned), dropped afterwards; yields its URL."""
-    import psycopg2
+    """A new serving database for one test or module; dropped afterwards."""
+    from antenna_assets.stack.postgres import temporary_serving_database
 
-    from antenna_assets.db.user_metadata import provision_users
-    from antenna_assets.resources import PostgresResource
-    from antenna_assets.stack.postgres import ensure_database
-
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    ensure_database(settings, name)
-    url = settings.postgres_url_for(name)
-    resource = PostgresResource(url=url)
-    resource.migrate()
-    with resource.connect() as conn:
-        provision_users(conn)
-    try:
-        yield url
-    finally:
-        admin = psycopg2.connect(settings.postgres_url_for("postgres"))
-        admin.autocommit = True
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    return temporary_serving_database(settings, "test")
 
 
 @pytest.fixture

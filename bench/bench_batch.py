@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from antenna_assets.batch_layer import HOURLY_TABLE_COLUMNS, compute_hourly_tables, read_hours
+from antenna_assets.batch_layer import compute_hourly_tables, read_hours
 from antenna_assets.resources.lake import hour_partition_dir
 from antenna_assets.settings import Settings
 from antenna_assets.users import APPS, antenna_id, synthetic_users
-from bench.common import BENCHMARKS, DATA_DIR, Timings, machine, record, time_warm
+from bench.common import DATA_DIR, Timings, machine, record, time_warm
 
 HOUR = datetime(2026, 11, 28, 13)
 HOUR_EPOCH = int((HOUR - datetime(1970, 1, 1)).total_seconds())
@@ -210,7 +210,6 @@ def main(argv: list[str] | None = None) -> int:
            f"{main_run.duckdb.median:.2f} | {main_run.ratio:.2f} | {scaling_text or '-'} |")
     if not args.no_record:
         record(SECTION, SECTION_INTRO, TABLE_HEADER, row)
-        print(f"recorded in {BENCHMARKS}")
     return 0
 
 

@@ -23,7 +23,7 @@ from antenna_assets.settings import Settings
 from antenna_assets.simulator import SimulatorConfig, simulate
 from antenna_assets.simulator.producer import PRODUCER_TUNING
 from antenna_assets.stack import jars
-from bench.common import BENCHMARKS, delete_topic, fresh_topic, machine, record
+from bench.common import delete_topic, fresh_topic, machine, record
 SECTION = "## Simulator"
 TABLE_HEADER = (
     "| date | machine | command | messages | contract shape msg/s | scale, 1 process msg/s | scale, P processes msg/s "
@@ -127,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
            f"| {reference_default:,.0f} / {reference_tuned:,.0f} ({size} B records) | {ratio:.2f} |")
     if not args.no_record:
         record(SECTION, SECTION_INTRO, TABLE_HEADER, row)
-        print(f"recorded in {BENCHMARKS}")
     return 0
 
 

@@ -44,7 +44,7 @@ from antenna_assets.streaming.speed_layer import SpeedLayer, SpeedLayerTargets, 
 from antenna_assets.transforms.devices import DEVICE_MESSAGE_SCHEMA, EVENT_FIELDS
 from antenna_assets.users import APPS, antenna_id, user_id
 from antenna_assets_tests.truth import expected, read_table
-from bench.common import BENCHMARKS, PeakMemory, delete_topic, fresh_database, fresh_topic, machine, record, time_warm
+from bench.common import PeakMemory, delete_topic, fresh_database, fresh_topic, machine, record, time_warm
 
 USERS, ANTENNAS = 2_000, 100
 NO_LATE_DROPS = "3650 days"  # a backfill reaches Kafka out of event-time order across partitions
@@ -361,7 +361,6 @@ def main(argv: list[str] | None = None) -> int:
            f"| {peak / 2**30:.2f} GiB (throughput {run.peak_rss / 2**30:.2f}) |")
     if not args.no_record:
         record(SECTION, SECTION_INTRO, TABLE_HEADER, row)
-        print(f"recorded in {BENCHMARKS}")
     return 0
 
 

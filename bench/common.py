@@ -8,13 +8,13 @@ import statistics
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from antenna_assets.settings import Settings
 from antenna_assets.stack.kafka import ensure_topic
+from antenna_assets.stack.postgres import temporary_serving_database
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 # Generated inputs, cached between runs (git-ignored).
@@ -38,6 +38,7 @@ def record(section: str, intro: str, table_header: str, row: str) -> None:
     end = len(text) if following < 0 else following + 1
     body = text[start:end].rstrip("\n") + "\n" + row + "\n"
     BENCHMARKS.write_text(text[:start] + body + ("\n" + text[end:] if following >= 0 else ""))
+    print(f"recorded in {BENCHMARKS}")
 
 
 def admin(settings: Settings):
@@ -58,33 +59,9 @@ def delete_topic(settings: Settings, topic: str) -> None:
         future.result(60)
 
 
-@contextmanager
 def fresh_database(settings: Settings):
-    """A new serving database (schema migrated, the 20 users provisioned), dropped afterwards; yields its URL.
-
-    The same steps as the tests' `fresh_database`, which lives in conftest and sets test defaults on import.
-    """
-    import psycopg2
-
-    from antenna_assets.db.user_metadata import provision_users
-    from antenna_assets.resources import PostgresResource
-    from antenna_assets.stack.postgres import ensure_database
-
-    name = f"bench_{uuid.uuid4().hex[:12]}"
-    ensure_database(settings, name)
-    url = settings.postgres_url_for(name)
-    resource = PostgresResource(url=url)
-    resource.migrate()
-    with resource.connect() as conn:
-        provision_users(conn)
-    try:
-        yield url
-    finally:
-        server = psycopg2.connect(settings.postgres_url_for("postgres"))
-        server.autocommit = True
-        with server.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        server.close()
+    """A new serving database for one benchmark run; dropped afterwards."""
+    return temporary_serving_database(settings, "bench")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -20,8 +20,8 @@ class PostgresResource(ConfigurableResource):
         return self.url or Settings.from_env().postgres_url
 
     @contextmanager
-    def connect(self) -> Iterator["psycopg2.extensions.connection"]:  # noqa: F821
-        """A connection whose work commits on success and rolls back on error."""
+    def connect(self) -> Iterator[Any]:
+        """A psycopg2 connection whose work commits on success and rolls back on error."""
         import psycopg2
 
         conn = psycopg2.connect(self.effective_url, connect_timeout=10, options="-c timezone=UTC")

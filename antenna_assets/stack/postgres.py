@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 import warnings
-from pathlib import Path
+from contextlib import contextmanager
+from typing import Iterator
 from urllib.parse import urlparse
 
 from antenna_assets.settings import Settings
@@ -160,3 +162,30 @@ class EmbeddedPostgres:
         if self.settings.external_postgres:
             return False, f"postgres: external server {where} does not answer"
         return False, "postgres: not running"
+
+
+@contextmanager
+def temporary_serving_database(settings: Settings, prefix: str) -> Iterator[str]:
+    """A new serving database on the stack's server (schema migrated, the 20 users provisioned),
+    dropped afterwards; yields its URL. For tests and benchmarks that must not share tables."""
+    from antenna_assets.db.schema import migrate
+    from antenna_assets.db.user_metadata import provision_users
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    ensure_database(settings, name)
+    url = settings.postgres_url_for(name)
+    conn = connect(url)
+    try:
+        migrate(conn)
+        provision_users(conn)
+        conn.commit()
+    finally:
+        conn.close()
+    try:
+        yield url
+    finally:
+        server = connect(settings.postgres_url_for("postgres"))
+        server.autocommit = True
+        with server.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        server.close()
