@@ -120,11 +120,10 @@ def collect_table(frame: DataFrame, columns: Sequence[str]) -> list[tuple]:
 def compute_hourly_tables(events: DataFrame, snapshots: DataFrame, tables: Sequence[str]) -> dict[str, list[tuple]]:
     """The rows of the requested hourly tables, plus `unknown_users` (id, date, sum_user_bytes)."""
     # Cached: the snapshot is joined three times, and when it was built from driver rows each scan of
-    # it would run through a Python worker. The two aggregates of the events are small; cached, no
-    # result reads the events' files a second time.
+    # it would run through a Python worker; three results derive from the small per-user totals.
     snapshots = snapshots.persist()
     frames = hourly_totals(events, snapshots)
-    cached = [snapshots, frames["bytes_per_user"].persist(), frames["bytes_per_antenna_app"].persist()]
+    cached = [snapshots, frames["bytes_per_user"].persist()]
     try:
         result = {name: collect_table(frames[name], HOURLY_TABLE_COLUMNS[name]) for name in tables}
         result["unknown_users"] = collect_table(frames["unknown_users"], ("id", "date", "sum_user_bytes"))

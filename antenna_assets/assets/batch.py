@@ -79,7 +79,7 @@ HOURLY_CHECK_SPECS = [
                 partitions_def=hourly_partitions, backfill_policy=dg.BackfillPolicy.single_run())
 def hourly_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake: LakeResource,
                   postgres: PostgresResource):
-    """The batch layer's four hourly tables from one read of the raw hour(s); each run replaces exactly its hours."""
+    """The batch layer's four hourly tables from the raw hour(s) in one Spark run; each run replaces exactly its hours."""
     hours, start, end = _hour_range(context)
     selected = [key.path[-1] for key in context.selected_asset_keys]
     session = spark.spark_session

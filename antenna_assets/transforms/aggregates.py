@@ -68,40 +68,23 @@ def users_over_quota(email_totals: DataFrame, user_metadata: DataFrame) -> DataF
             .select("email", "date", "quota", BYTES_AGG_USER_1H.value))
 
 
-def _per_antenna_and_app(events: DataFrame, window: str) -> DataFrame:
-    """Bytes, messages and latest event time per (antenna_id, app, window): few rows (antennas x apps),
-    from which the per-antenna and the per-app totals both follow without a second pass over the events."""
-    return (events
-            .groupBy("antenna_id", "app", F.window("event_time", window).start.alias("date"))
-            .agg(F.sum("bytes").alias("bytes"), F.count(F.lit(1)).alias(MESSAGES),
-                 F.max("event_time").alias(MAX_EVENT_TIME)))
-
-
-def _total_per(partials: DataFrame, table: AggregateTable) -> DataFrame:
-    """`_per_antenna_and_app` rows summed per `table.key`: the same columns as `bytes_per_window`."""
-    return (partials.groupBy(table.key, "date")
-            .agg(F.sum("bytes").alias(table.value), F.sum(MESSAGES).alias(MESSAGES),
-                 F.max(MAX_EVENT_TIME).alias(MAX_EVENT_TIME)))
-
-
 def hourly_totals(events: DataFrame, user_metadata: DataFrame) -> dict[str, DataFrame]:
     """The batch layer's four tables from events of whole UTC hours and the user_metadata snapshot
     of each hour (id, email, quota, date = hour start).
 
-    The events are aggregated twice, each time on the columns it needs only: per user id
-    (`bytes_per_user`) and per (antenna, app) (`bytes_per_antenna_app`). Both are small and worth
-    caching: every result derives from one of them, users through a small join with their metadata.
+    The same per-window aggregates as the speed layer's, each on the columns it needs only. Users
+    are summed once per id (`bytes_per_user`, worth caching: three results derive from it) before
+    the small join with their metadata. (Deriving antenna and app totals from one (antenna, app)
+    aggregate was measured within noise of this: BENCHMARKS.md.)
     """
     per_user = bytes_per_user(events.select("id", "event_time", "bytes"), HOUR).select(
         "id", "date", BYTES_AGG_USER.value)
-    per_antenna_app = _per_antenna_and_app(events.select("antenna_id", "app", "event_time", "bytes"), HOUR)
     per_email = bytes_per_email(per_user, user_metadata)
     return {
-        "bytes_agg_antenna_1h": _total_per(per_antenna_app, BYTES_AGG_ANTENNA),
+        "bytes_agg_antenna_1h": bytes_per_antenna(events.select("antenna_id", "event_time", "bytes"), HOUR),
         "bytes_agg_user_1h": per_email,
-        "bytes_agg_app_1h": _total_per(per_antenna_app, BYTES_AGG_APP),
+        "bytes_agg_app_1h": bytes_per_app(events.select("app", "event_time", "bytes"), HOUR),
         "users_over_quota_1h": users_over_quota(per_email, user_metadata),
         "unknown_users": unknown_users(per_user, user_metadata),
         "bytes_per_user": per_user,
-        "bytes_per_antenna_app": per_antenna_app,
     }
