@@ -163,12 +163,12 @@ def test_stream_stops_cleanly_on_a_signal_and_resumes(settings, topic, serving_d
     command = [sys.executable, "-m", "antenna_assets.cli", "stream", "--query-name", topic, "--watermark", NO_LATE_DROPS,
                "--max-offsets-per-trigger", "100"]
     stream = subprocess.Popen([*command, "--trigger-interval", "1 seconds"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
+                              stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while _ledger_batches(serving_db, topic) < 1 and time.monotonic() < deadline:
         time.sleep(0.2)
     stream.send_signal(stop_signal)
-    out, _ = stream.communicate(timeout=60)
-    assert stream.returncode == 0 and "stopped cleanly" in out
+    out, err = stream.communicate(timeout=60)
+    assert stream.returncode == 0 and "stopped cleanly" in out, err[-3000:]
     subprocess.run([*command, "--available-now"], env=env, check=True, capture_output=True, timeout=300)
     _assert_tables_equal_truth(serving_db, truth)
