@@ -6,6 +6,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 
 from pydantic import ValidationError
 
@@ -55,14 +56,12 @@ def _stream(args: argparse.Namespace) -> int:
     def report(query, layer):
         print(json.dumps(progress_summary(query, layer)), flush=True)
 
-    # A service manager stops us with SIGTERM: treat it as Ctrl-C, so the query stops cleanly.
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        run_until_stopped(layer, on_progress=report)
-    except KeyboardInterrupt:
+    # Ctrl-C or a service manager's SIGTERM only asks the wait loop to stop the query: an exception
+    # raised into a running Spark call could leave the process without stopping it cleanly.
+    stop_requested = threading.Event()
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, lambda signum, frame: stop_requested.set())
+    run_until_stopped(layer, on_progress=report, should_stop=stop_requested.is_set)
+    if stop_requested.is_set():
         print("stopped: the query was stopped cleanly; the next run resumes from the checkpoint", flush=True)
     return 0
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
