@@ -29,6 +29,9 @@ def spark_conf(settings: Settings, app_name: str = "antenna_assets", extra: dict
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
+        # The speed layer caches each micro-batch once, for seconds: compressing that cache cost ~3 s
+        # per million messages (BENCHMARKS.md), more than the rest of its Parquet write.
+        "spark.sql.inMemoryColumnarStorage.compressed": "false",
         # Collecting results to the driver through Arrow, not one Python object per row.
         "spark.sql.execution.arrow.pyspark.enabled": "true",
     }

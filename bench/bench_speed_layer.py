@@ -150,10 +150,15 @@ def preload(settings: Settings, topic: str, messages: int) -> GroundTruth:
 
 
 def parse_and_count(spark, settings: Settings, topic: str) -> int:
-    """The reference: read the whole topic, parse every value with from_json, count the valid messages."""
+    """The reference: read the whole topic, parse every value with from_json, count the valid messages.
+
+    Read with the speed layer's Kafka options (8 MiB fetches, its default minPartitions), and parsed
+    in a projection of its own: tests of the parsed fields written on the from_json call itself are
+    each compiled into a parse of their own (six parses per message, measured 2.4x slower).
+    """
     from pyspark.sql import functions as F
 
-    message = F.from_json(F.col("value").cast("string"), DEVICE_MESSAGE_SCHEMA)
+    message = F.col("message")
     valid = message["bytes"] >= 0
     for field in EVENT_FIELDS:  # touching every field keeps Spark from pruning the parse
         valid = valid & message[field].isNotNull()
@@ -162,7 +167,9 @@ def parse_and_count(spark, settings: Settings, topic: str) -> int:
             .option("subscribe", topic)
             .option("startingOffsets", "earliest").option("endingOffsets", "latest")
             .option("kafka.max.partition.fetch.bytes", str(8 * 1024 * 1024))
+            .option("minPartitions", str(2 * spark.sparkContext.defaultParallelism))
             .load()
+            .select(F.from_json(F.col("value").cast("string"), DEVICE_MESSAGE_SCHEMA).alias("message"))
             .select(F.count_if(valid)).collect()[0][0])
 
 

@@ -26,6 +26,8 @@ class SpeedLayerConfig(Config):
         default="processing_time", description="processing_time: run forever; available_now: drain the topic, then stop")
     trigger_interval: str = Field(default="2 seconds", description="micro-batch interval of the processing_time trigger")
     max_offsets_per_trigger: int = Field(default=1_000_000, ge=0, description="messages per micro-batch at most; 0: no limit")
+    kafka_min_partitions: int = Field(
+        default=0, ge=0, description="Spark tasks reading Kafka per micro-batch, at least; 0: twice Spark's default parallelism")
     starting_offsets: str = Field(default="earliest", description="where a query without checkpoint starts: earliest or latest")
     fail_on_data_loss: bool = Field(default=True, description="fail if Kafka deleted messages the query had not read")
     metadata_refresh_seconds: float = Field(default=30.0, ge=0, description="re-read user_metadata at most this often; 0: every batch")
