@@ -63,6 +63,36 @@ def test_available_now_equals_ground_truth(settings, spark, topic, serving_db, t
     assert landing.where("email IS NULL").count() == 0
 
 
+class _CrashBeforeLanding(SpeedLayer):
+    """Fails the first lake write: the batch's totals are committed, its files are not."""
+
+    def _land(self, events, batch_id):
+        if not getattr(self, "crashed", False):
+            self.crashed = True
+            raise RuntimeError("crash between the totals and the lake write")
+        super()._land(events, batch_id)
+
+
+def test_crash_between_totals_and_lake_write_lands_the_batch_on_replay(settings, spark, topic, serving_db, tmp_path):
+    truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=0.5,
+                                           start=datetime(2025, 3, 2, 10), seed=12, progress=False))
+    config = SpeedLayerConfig(trigger="available_now", watermark=NO_LATE_DROPS, max_offsets_per_trigger=100,
+                              query_name=topic)
+    with pytest.raises(RuntimeError, match="crash between the totals and the lake write"):
+        run_until_stopped(_CrashBeforeLanding(spark, config, _targets(settings, topic, serving_db, tmp_path)))
+    assert query(serving_db, "SELECT batch_id, landed_at IS NULL FROM streaming_batches WHERE query = %s",
+                 (topic,)) == [(0, True)]
+    assert not (tmp_path / "landing").exists() or spark.read.parquet(str(tmp_path / "landing")).count() == 0
+
+    resumed = SpeedLayer(spark, config, _targets(settings, topic, serving_db, tmp_path))
+    run_until_stopped(resumed)
+    _assert_tables_equal_truth(serving_db, truth)
+    assert resumed.stats.skipped_batches == 1  # batch 0: landed again, not added again
+    assert spark.read.parquet(str(tmp_path / "landing")).count() == truth.messages
+    assert query(serving_db, "SELECT count(*) FROM streaming_batches WHERE query = %s AND landed_at IS NULL",
+                 (topic,)) == [(0,)]
+
+
 def _ledger_batches(url: str, query_name: str) -> int:
     return query(url, "SELECT count(*) FROM streaming_batches WHERE query = %s", (query_name,))[0][0]
 

@@ -25,10 +25,25 @@ class MicroBatchResult:
     landed_hours: Sequence[datetime] = ()
 
 
-def is_applied(conn, query: str, batch_id: int) -> bool:
+APPLIED = "applied"  # its sums, dead letters and ledger row are committed; its lake files may be missing
+LANDED = "landed"  # and its lake files are written
+
+
+def batch_state(conn, query: str, batch_id: int) -> str | None:
+    """APPLIED, LANDED, or None for a batch never applied."""
     with conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM streaming_batches WHERE query = %s AND batch_id = %s", (query, batch_id))
-        return cur.fetchone() is not None
+        cur.execute("SELECT landed_at IS NOT NULL FROM streaming_batches WHERE query = %s AND batch_id = %s",
+                    (query, batch_id))
+        row = cur.fetchone()
+    return None if row is None else LANDED if row[0] else APPLIED
+
+
+def mark_landed(conn, query: str, batch_id: int) -> None:
+    """Record that the applied batch's lake files are written."""
+    with conn.cursor() as cur:
+        cur.execute("UPDATE streaming_batches SET landed_at = now() AT TIME ZONE 'UTC' "
+                    "WHERE query = %s AND batch_id = %s", (query, batch_id))
+    conn.commit()
 
 
 def max_event_time(conn, query: str) -> datetime | None:

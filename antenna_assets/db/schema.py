@@ -64,7 +64,8 @@ DDL = [
         quota BIGINT NOT NULL,
         sum_user_bytes BIGINT NOT NULL,
         PRIMARY KEY (email, date))""",
-    # Micro-batches already applied to the speed tables: a replayed batch id is skipped.
+    # Micro-batches already applied to the speed tables (a replayed batch id adds nothing) and
+    # landed in the lake (landed_at; a batch is applied first, so its totals show without waiting for its files).
     """CREATE TABLE IF NOT EXISTS streaming_batches (
         query TEXT NOT NULL,
         batch_id BIGINT NOT NULL,
@@ -73,7 +74,10 @@ DDL = [
         bad_messages BIGINT NOT NULL,
         late_messages BIGINT NOT NULL,
         max_event_time TIMESTAMP,
+        landed_at TIMESTAMP,
         PRIMARY KEY (query, batch_id))""",
+    # Databases migrated before the speed tables were committed ahead of the lake files.
+    "ALTER TABLE streaming_batches ADD COLUMN IF NOT EXISTS landed_at TIMESTAMP",
     # UTC hours the speed layer has landed data for: the hourly batch runs only for these.
     """CREATE TABLE IF NOT EXISTS landing_hours (
         hour TIMESTAMP PRIMARY KEY,

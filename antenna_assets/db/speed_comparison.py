@@ -17,9 +17,9 @@ def hourly_sums_from_speed(conn, table: AggregateTable, start: datetime, end: da
 
 
 def stream_progress(conn) -> datetime | None:
-    """The latest event time the speed layer has committed, over all its queries."""
+    """The latest event time the speed layer has committed to its tables and the lake, over all its queries."""
     with conn.cursor() as cur:
-        cur.execute("SELECT max(max_event_time) FROM streaming_batches")
+        cur.execute("SELECT max(max_event_time) FROM streaming_batches WHERE landed_at IS NOT NULL")
         return cur.fetchone()[0]
 
 
