@@ -7,9 +7,10 @@ from datetime import datetime
 import pytest
 from pyspark.sql import functions as F
 
-from antenna_assets.batch_layer import collect_table
-from antenna_assets.transforms.aggregates import bytes_per_app, hourly_totals
+from antenna_assets.batch_layer import HOURLY_TABLE_COLUMNS, compute_hourly_tables, snapshot_frame
+from antenna_assets.transforms.aggregates import bytes_per_app, window_start
 from antenna_assets.transforms.devices import parse_device_messages, valid_events, with_lake_partitions
+from antenna_assets_tests.truth import collect_table
 
 GOOD = '{"bytes":9082,"timestamp":1600545287,"app":"SKYPE","id":"u1","antenna_id":"a0"}'
 
@@ -62,6 +63,15 @@ def test_five_minute_windows_start_on_utc_boundaries(spark):
     assert sorted(rows) == [("SKYPE", datetime(2026, 1, 1, 0, 0), 11), ("SKYPE", datetime(2026, 1, 1, 0, 5), 7)]
 
 
+@pytest.mark.parametrize("window", ["5 minutes", "1 hour", "7 seconds"])
+def test_window_start_matches_sparks_window(spark, window):
+    seconds = [-3601, -1, 0, 1, 299, 300, 1767225599, 1767225600, 1767229199, 1767229200, 1767229201]
+    times = spark.createDataFrame([(s,) for s in seconds], "s long").select(F.timestamp_seconds("s").alias("t"))
+    ours = times.select(F.unix_seconds(window_start("t", window)).alias("start"))
+    sparks = times.select(F.unix_seconds(F.window("t", window).start).alias("start"))
+    assert [r.start for r in ours.collect()] == [r.start for r in sparks.collect()]
+
+
 def test_hourly_totals_quota_is_strict_and_per_hour_snapshot(spark):
     h0, h1 = 1767225600, 1767225600 + 3600
     events = _events(spark, [
@@ -70,20 +80,17 @@ def test_hourly_totals_quota_is_strict_and_per_hour_snapshot(spark):
         (h0 + 4, "ghost", "a", 50, "SKYPE"),  # not in user_metadata
         (h1 + 5, "u1", "a", 800, "SKYPE"),  # hour 1: u1's quota was lowered to 500
     ])
-    snapshots = spark.createDataFrame([
-        ("u1", "one@gmail.com", 1000, h0), ("u2", "two@gmail.com", 1000, h0),
-        ("u1", "one@gmail.com", 500, h1), ("u2", "two@gmail.com", 1000, h1),
-    ], "id string, email string, quota long, epoch long").select("id", "email", "quota", F.timestamp_seconds("epoch").alias("date"))
-    frames = hourly_totals(events, snapshots)
+    snapshots = snapshot_frame(spark, [("u1", "one@gmail.com", 1000, h0), ("u2", "two@gmail.com", 1000, h0),
+                                       ("u1", "one@gmail.com", 500, h1), ("u2", "two@gmail.com", 1000, h1)])
+    tables = compute_hourly_tables(events, snapshots, list(HOURLY_TABLE_COLUMNS))
     d0, d1 = datetime(2026, 1, 1, 0), datetime(2026, 1, 1, 1)
-    table = lambda name, cols: sorted(collect_table(frames[name], cols))  # noqa: E731
-    assert table("users_over_quota_1h", ("email", "date", "quota", "sum_user_bytes")) == [
+    assert sorted(tables["users_over_quota_1h"]) == [
         ("one@gmail.com", d1, 500, 800), ("two@gmail.com", d0, 1000, 1001)]
-    assert table("bytes_agg_user_1h", ("email", "date", "sum_user_bytes")) == [
+    assert sorted(tables["bytes_agg_user_1h"]) == [
         ("one@gmail.com", d0, 1000), ("one@gmail.com", d1, 800), ("two@gmail.com", d0, 1001)]
     # The unknown user still counts per antenna and app, and is reported.
-    assert table("bytes_agg_antenna_1h", ("antenna_id", "date", "sum_antenna_bytes")) == [
+    assert sorted(tables["bytes_agg_antenna_1h"]) == [
         ("a", d0, 1651), ("a", d1, 800), ("b", d0, 400)]
-    assert table("bytes_agg_app_1h", ("app", "date", "sum_app_bytes")) == [
+    assert sorted(tables["bytes_agg_app_1h"]) == [
         ("SKYPE", d0, 1651), ("SKYPE", d1, 800), ("TELEGRAM", d0, 400)]
-    assert table("unknown_users", ("id", "date", "sum_user_bytes")) == [("ghost", d0, 50)]
+    assert sorted(tables["unknown_users"]) == [("ghost", d0, 50)]

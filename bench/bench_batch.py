@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from antenna_assets.batch_layer import compute_hourly_tables, read_hours
+from antenna_assets.batch_layer import compute_hourly_tables, read_hours, snapshot_frame
 from antenna_assets.resources.lake import hour_partition_dir
 from antenna_assets.settings import Settings
 from antenna_assets.users import APPS, antenna_id, synthetic_users
@@ -108,11 +108,7 @@ def spark_session():
 
 def spark_snapshot(spark):
     """The snapshot as `user_metadata_snapshots` returns it (id, email, quota, date), without PostgreSQL."""
-    from pyspark.sql import functions as F
-
-    rows = [(i, e, q, HOUR_EPOCH) for i, e, q, _ in snapshot_rows()]
-    return (spark.createDataFrame(rows, "id string, email string, quota long, epoch long")
-            .select("id", "email", "quota", F.timestamp_seconds("epoch").alias("date")))
+    return snapshot_frame(spark, [(i, e, q, HOUR_EPOCH) for i, e, q, _ in snapshot_rows()])
 
 
 def spark_tables(spark, root: Path, snapshot) -> dict[str, list[tuple]]:

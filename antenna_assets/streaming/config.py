@@ -1,30 +1,18 @@
 """Settings of the speed layer, as Dagster config (also built directly by `antenna stream`)."""
 
-import re
-from datetime import timedelta
 from typing import Literal
 
 from dagster import Config
 from pydantic import Field, field_validator
 
-_DURATION = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day)s?\s*$")
-_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-
-
-def parse_duration(text: str) -> timedelta:
-    """'5 minutes' -> timedelta(minutes=5); the same spelling Spark accepts for windows and triggers."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration like '30 seconds', '5 minutes' or '1 hour'")
-    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
-
+from antenna_assets.timeutil import parse_duration
 
 class SpeedLayerConfig(Config):
     window: str = Field(default="5 minutes", description="event-time window of the speed tables")
     watermark: str = Field(default="1 minute", description="how late an event may be and still count in its window")
     trigger: Literal["processing_time", "available_now"] = Field(
         default="processing_time", description="processing_time: run forever; available_now: drain the topic, then stop")
-    trigger_interval: str = Field(default="2 seconds", description="micro-batch interval of the processing_time trigger")
+    trigger_interval: str = Field(default="1 second", description="micro-batch interval of the processing_time trigger")
     max_offsets_per_trigger: int = Field(default=1_000_000, ge=0, description="messages per micro-batch at most; 0: no limit")
     kafka_min_partitions: int = Field(
         default=0, ge=0, description="Spark tasks reading Kafka per micro-batch, at least; 0: twice Spark's default parallelism")
