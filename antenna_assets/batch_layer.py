@@ -10,7 +10,6 @@ from datetime import datetime, timedelta
 from typing import Sequence
 
 import pandas as pd
-import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -121,31 +120,26 @@ def snapshot_frame(spark: SparkSession, rows: Sequence[tuple[str, str, int, int]
             .select("id", "email", "quota", F.timestamp_seconds("epoch").alias("date")))
 
 
-def compute_hourly_tables(events: DataFrame, snapshots: DataFrame, tables: Sequence[str]) -> dict[str, list[tuple]]:
-    """The rows of the requested hourly tables, plus `unknown_users` (id, date, sum_user_bytes).
+def collect_table(frame: DataFrame, columns: Sequence[str]) -> list[tuple]:
+    """Rows of a result table with `date` as naive UTC (see timeutil for why not collect() it directly)."""
+    selected = [F.unix_seconds("date").alias("date") if c == "date" else F.col(c) for c in columns]
+    return [tuple(utc_from_epoch_seconds(v) if c == "date" else v for c, v in zip(columns, row))
+            for row in frame.select(*selected).collect()]
 
-    All in one Spark job collected through Arrow: its stages overlap on the cores, the per-user
-    aggregate that three results share is computed once (reused exchange), and the job's fixed
-    cost is paid once, not per table (BENCHMARKS.md).
-    """
+
+def compute_hourly_tables(events: DataFrame, snapshots: DataFrame, tables: Sequence[str]) -> dict[str, list[tuple]]:
+    """The rows of the requested hourly tables, plus `unknown_users` (id, date, sum_user_bytes)."""
+    # Cached: the snapshot is joined three times; three results derive from the small per-user totals.
+    # (Collecting all tables in one Spark job instead was measured slower: BENCHMARKS.md.)
+    snapshots = snapshots.persist()
     frames = hourly_totals(events, snapshots)
-    columns = {**{name: HOURLY_TABLE_COLUMNS[name] for name in tables}, "unknown_users": UNKNOWN_USERS_COLUMNS}
-    # A common shape: table, key, date (epoch seconds), then the table's numbers in order.
-    widest = max(len(c) for c in columns.values()) - 2
-    parts = [frames[name].select(F.lit(name).alias("table"), F.col(cols[0]).alias("key"),
-                                 F.unix_seconds("date").alias("date"),
-                                 *(F.col(c).alias(f"n{i}") for i, c in enumerate(cols[2:])))
-             for name, cols in columns.items()]
-    combined = parts[0]
-    for part in parts[1:]:
-        combined = combined.unionByName(part, allowMissingColumns=True)
-    collected = combined.select("table", "key", "date", *(f"n{i}" for i in range(widest))).toArrow()
-    kind = collected.column("table")
-    result = {}
-    for name, cols in columns.items():
-        rows = collected.filter(pc.equal(kind, name)).select(["key", "date", *(f"n{i}" for i in range(len(cols) - 2))])
-        result[name] = [(key, utc_from_epoch_seconds(date), *numbers)
-                        for key, date, *numbers in zip(*(column.to_pylist() for column in rows.columns))]
+    cached = [snapshots, frames["bytes_per_user"].persist()]
+    try:
+        result = {name: collect_table(frames[name], HOURLY_TABLE_COLUMNS[name]) for name in tables}
+        result["unknown_users"] = collect_table(frames["unknown_users"], UNKNOWN_USERS_COLUMNS)
+    finally:
+        for frame in cached:
+            frame.unpersist()
     return result
 
 

@@ -7,10 +7,9 @@ from datetime import datetime
 import pytest
 from pyspark.sql import functions as F
 
-from antenna_assets.batch_layer import HOURLY_TABLE_COLUMNS, compute_hourly_tables, snapshot_frame
-from antenna_assets.transforms.aggregates import bytes_per_app, window_start
+from antenna_assets.batch_layer import HOURLY_TABLE_COLUMNS, collect_table, compute_hourly_tables, snapshot_frame
+from antenna_assets.transforms.aggregates import bytes_per_app
 from antenna_assets.transforms.devices import parse_device_messages, valid_events, with_lake_partitions
-from antenna_assets_tests.truth import collect_table
 
 GOOD = '{"bytes":9082,"timestamp":1600545287,"app":"SKYPE","id":"u1","antenna_id":"a0"}'
 
@@ -61,15 +60,6 @@ def test_five_minute_windows_start_on_utc_boundaries(spark):
                              (base + 300, "u", "a", 7, "SKYPE")])
     rows = collect_table(bytes_per_app(events, "5 minutes"), ("app", "date", "sum_app_bytes"))
     assert sorted(rows) == [("SKYPE", datetime(2026, 1, 1, 0, 0), 11), ("SKYPE", datetime(2026, 1, 1, 0, 5), 7)]
-
-
-@pytest.mark.parametrize("window", ["5 minutes", "1 hour", "7 seconds"])
-def test_window_start_matches_sparks_window(spark, window):
-    seconds = [-3601, -1, 0, 1, 299, 300, 1767225599, 1767225600, 1767229199, 1767229200, 1767229201]
-    times = spark.createDataFrame([(s,) for s in seconds], "s long").select(F.timestamp_seconds("s").alias("t"))
-    ours = times.select(F.unix_seconds(window_start("t", window)).alias("start"))
-    sparks = times.select(F.unix_seconds(F.window("t", window).start).alias("start"))
-    assert [r.start for r in ours.collect()] == [r.start for r in sparks.collect()]
 
 
 def test_hourly_totals_quota_is_strict_and_per_hour_snapshot(spark):

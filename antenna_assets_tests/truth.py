@@ -8,7 +8,6 @@ import psycopg2
 
 from antenna_assets.db.schema import AggregateTable
 from antenna_assets.simulator import GroundTruth
-from antenna_assets.timeutil import utc_from_epoch_seconds
 
 
 def read_table(url: str, table: AggregateTable) -> dict[tuple[str, datetime], int]:
@@ -37,12 +36,3 @@ def query(url: str, sql: str, params: tuple = ()) -> list[tuple]:
             return cur.fetchall()
     finally:
         conn.close()
-
-
-def collect_table(frame, columns) -> list[tuple]:
-    """Rows of a Spark result with `date` as naive UTC (collect() would convert it to local time)."""
-    from pyspark.sql import functions as F
-
-    selected = [F.unix_seconds("date").alias("date") if c == "date" else F.col(c) for c in columns]
-    return [tuple(utc_from_epoch_seconds(v) if c == "date" else v for c, v in zip(columns, row))
-            for row in frame.select(*selected).collect()]

@@ -6,31 +6,21 @@ The speed layer calls them with a 5-minute window on each micro-batch, the batch
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from antenna_assets.db.schema import (BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER, BYTES_AGG_USER_1H,
                                       AggregateTable)
-from antenna_assets.timeutil import parse_duration
 
 HOUR = "1 hour"
 MESSAGES = "messages"
 MAX_EVENT_TIME = "max_event_time"
 
 
-def window_start(event_time: str, window: str) -> Column:
-    """The start of the tumbling `window` (e.g. '5 minutes') holding each event time, as Spark's
-    `window()` computes it (aligned on the epoch, UTC), by integer arithmetic: measured 25% cheaper
-    per aggregate than `window().start` on 10M events (BENCHMARKS.md)."""
-    micros = int(parse_duration(window).total_seconds()) * 1_000_000
-    t = F.unix_micros(event_time)
-    return F.timestamp_micros(t - F.pmod(t, F.lit(micros)))
-
-
 def bytes_per_window(events: DataFrame, key: str, value: str, window: str) -> DataFrame:
     """Sum of `bytes` per `key` and event-time window: columns key, date, value, messages, max_event_time."""
     return (events
-            .groupBy(F.col(key), window_start("event_time", window).alias("date"))
+            .groupBy(F.col(key), F.window("event_time", window).start.alias("date"))
             .agg(F.sum("bytes").alias(value), F.count(F.lit(1)).alias(MESSAGES),
                  F.max("event_time").alias(MAX_EVENT_TIME)))
 
