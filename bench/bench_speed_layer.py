@@ -52,6 +52,7 @@ WINDOW_SECONDS = 300
 POLL_SECONDS = 0.1
 TICK_SECONDS = 0.01
 TABLES = ((BYTES_AGG_ANTENNA, "antenna"), (BYTES_AGG_USER, "user"), (BYTES_AGG_APP, "app"))
+WARM_UP_MESSAGES = 1_000_000
 
 SECTION = "## Speed layer"
 SECTION_INTRO = (
@@ -205,6 +206,17 @@ def check_against_truth(spark, postgres_url: str, folder: Path, query_name: str,
           flush=True)
 
 
+def warm_up_speed_layer(spark, settings: Settings, config: SpeedLayerConfig) -> None:
+    """One throwaway run on a small topic, so that the measured run, like the reference, finds the
+    session's JVM warm (a long-running stream is; its first batches here took up to 2x longer)."""
+    with scratch_topic(settings, "warm-up") as topic:
+        truth = preload(settings, topic, WARM_UP_MESSAGES)
+        produced = truth.messages + truth.malformed
+        with fresh_database(settings) as url, scratch_folder() as folder:
+            run_speed_layer(spark, settings, topic, url, folder,
+                            config.model_copy(update={"query_name": topic.replace("-", "_")}), produced)
+
+
 def throughput(spark, settings: Settings, messages: int, max_offsets_per_trigger: int) -> tuple[Throughput, float]:
     """(speed layer run, reference events/s) on one preloaded topic."""
     with scratch_topic(settings, "speed") as topic:
@@ -219,6 +231,7 @@ def throughput(spark, settings: Settings, messages: int, max_offsets_per_trigger
         config = SpeedLayerConfig(trigger="available_now", watermark=NO_LATE_DROPS,
                                   max_offsets_per_trigger=max_offsets_per_trigger, query_name=topic.replace("-", "_"),
                                   progress_interval_seconds=3600)
+        warm_up_speed_layer(spark, settings, config)
         with fresh_database(settings) as url, scratch_folder() as folder:
             run = run_speed_layer(spark, settings, topic, url, folder, config, produced)
             print(f"  speed layer: {produced:,} messages in {run.seconds:.2f} s ({run.batches} batches of <= "
