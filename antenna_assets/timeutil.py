@@ -7,12 +7,9 @@ whatever the session time zone says. Collected times therefore travel as epoch n
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta
 
 _EPOCH = datetime(1970, 1, 1)
-_DURATION = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day)s?\s*$")
-_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
 def utc_from_epoch_seconds(seconds: int | None) -> datetime | None:
@@ -31,11 +28,3 @@ def epoch_seconds(utc: datetime) -> float:
 def utc_now() -> datetime:
     """The current time as naive UTC, the form of every TIMESTAMP column of the serving tables."""
     return datetime.utcnow()
-
-
-def parse_duration(text: str) -> timedelta:
-    """'5 minutes' -> timedelta(minutes=5); the same spelling Spark accepts for windows and triggers."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration like '30 seconds', '5 minutes' or '1 hour'")
-    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])

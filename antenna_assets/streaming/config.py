@@ -1,11 +1,23 @@
 """Settings of the speed layer, as Dagster config (also built directly by `antenna stream`)."""
 
+import re
+from datetime import timedelta
 from typing import Literal
 
 from dagster import Config
 from pydantic import Field, field_validator
 
-from antenna_assets.timeutil import parse_duration
+_DURATION = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day)s?\s*$")
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'5 minutes' -> timedelta(minutes=5); the same spelling Spark accepts for windows and triggers."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration like '30 seconds', '5 minutes' or '1 hour'")
+    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
 
 class SpeedLayerConfig(Config):
     window: str = Field(default="5 minutes", description="event-time window of the speed tables")

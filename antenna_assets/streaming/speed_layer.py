@@ -9,7 +9,8 @@ in memory, and from it
      as landed.
 A crash at any point replays the batch with the same offsets: an applied batch is only landed
 again, a landed one is skipped, so nothing is added twice and nothing is missing from the lake.
-A window's running total is visible as soon as its batch commits (seconds), not when it closes."""
+A window's running total is visible as soon as its batch commits (seconds), not when it closes.
+"""
 
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ from antenna_assets.db.ledger import (LANDED, MicroBatchResult, apply_micro_batc
                                       max_event_time)
 from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
 from antenna_assets.db.user_metadata import read_live
-from antenna_assets.streaming.config import SpeedLayerConfig
-from antenna_assets.timeutil import epoch_seconds, parse_duration, utc_from_epoch_millis, utc_from_epoch_seconds, utc_now
+from antenna_assets.streaming.config import SpeedLayerConfig, parse_duration
+from antenna_assets.timeutil import epoch_seconds, utc_from_epoch_millis, utc_from_epoch_seconds, utc_now
 from antenna_assets.transforms.aggregates import (MAX_EVENT_TIME, MESSAGES, bytes_per_antenna, bytes_per_app,
                                                   bytes_per_user)
 from antenna_assets.transforms.devices import (LAKE_PARTITION_COLUMNS, parse_device_messages, rejected_messages,
