@@ -16,7 +16,8 @@ import psycopg2
 import pytest
 from confluent_kafka import Producer
 
-from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
+from antenna_assets.db.ledger import APPLIED, LANDED, batch_state
+from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER, migrate
 from antenna_assets.simulator import SimulatorConfig, run_simulation
 from antenna_assets.streaming.config import SpeedLayerConfig
 from antenna_assets.streaming.speed_layer import SpeedLayer, SpeedLayerTargets, run_until_stopped
@@ -91,6 +92,24 @@ def test_crash_between_totals_and_lake_write_lands_the_batch_on_replay(settings,
     assert spark.read.parquet(str(tmp_path / "landing")).count() == truth.messages
     assert query(serving_db, "SELECT count(*) FROM streaming_batches WHERE query = %s AND landed_at IS NULL",
                  (topic,)) == [(0,)]
+
+
+def test_migration_marks_an_older_ledgers_batches_landed(serving_db):
+    conn = psycopg2.connect(serving_db)
+    try:
+        with conn, conn.cursor() as cur:  # a ledger from before landed_at, where batches landed first
+            cur.execute("ALTER TABLE streaming_batches DROP COLUMN landed_at")
+            cur.execute("INSERT INTO streaming_batches (query, batch_id, good_messages, bad_messages, late_messages) "
+                        "VALUES ('q', 0, 1, 0, 0)")
+        migrate(conn)
+        with conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO streaming_batches (query, batch_id, good_messages, bad_messages, late_messages) "
+                        "VALUES ('q', 1, 1, 0, 0)")  # applied, not landed yet
+        migrate(conn)
+        assert batch_state(conn, "q", 0) == LANDED
+        assert batch_state(conn, "q", 1) == APPLIED
+    finally:
+        conn.close()
 
 
 def _ledger_batches(url: str, query_name: str) -> int:

@@ -76,8 +76,14 @@ DDL = [
         max_event_time TIMESTAMP,
         landed_at TIMESTAMP,
         PRIMARY KEY (query, batch_id))""",
-    # Databases migrated before the speed tables were committed ahead of the lake files.
-    "ALTER TABLE streaming_batches ADD COLUMN IF NOT EXISTS landed_at TIMESTAMP",
+    # Ledgers from before landed_at: their batches were written to the lake before being applied.
+    """DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                       AND table_name = 'streaming_batches' AND column_name = 'landed_at') THEN
+            ALTER TABLE streaming_batches ADD COLUMN landed_at TIMESTAMP;
+            UPDATE streaming_batches SET landed_at = applied_at;
+        END IF;
+    END $$""",
     # UTC hours the speed layer has landed data for: the hourly batch runs only for these.
     """CREATE TABLE IF NOT EXISTS landing_hours (
         hour TIMESTAMP PRIMARY KEY,
