@@ -44,7 +44,7 @@ from antenna_assets.streaming.speed_layer import SpeedLayer, SpeedLayerTargets, 
 from antenna_assets.transforms.devices import DEVICE_MESSAGE_SCHEMA, EVENT_FIELDS
 from antenna_assets.users import APPS, antenna_id, user_id
 from antenna_assets_tests.truth import expected, read_table
-from bench.common import PeakMemory, delete_topic, fresh_database, fresh_topic, machine, record, time_warm
+from bench.common import BackgroundLoop, PeakMemory, delete_topic, fresh_database, fresh_topic, machine, record, time_warm
 
 USERS, ANTENNAS = 2_000, 100
 NO_LATE_DROPS = "3650 days"  # a backfill reaches Kafka out of event-time order across partitions
@@ -273,33 +273,24 @@ def produce_paced(bootstrap: str, topic: str, rate: float, seconds: float, sent_
     np.savez(sent_path, sent_at=sent_at, antenna=antennas, bytes=nbytes)
 
 
-class AntennaTablePoller:
+class AntennaTablePoller(BackgroundLoop):
     """Reads bytes_agg_antenna every POLL_SECONDS in a thread, keeping (time, {(antenna, window epoch): total})."""
 
     def __init__(self, postgres_url: str):
+        super().__init__("antenna-poller")
         self.url = postgres_url
         self.snapshots: list[tuple[float, dict[tuple[str, int], int]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="antenna-poller", daemon=True)
 
-    def _poll(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         with closing(psycopg2.connect(self.url)) as conn:
             conn.autocommit = True
             with conn.cursor() as cur:
-                while not self._stop.is_set():
+                while not stop.is_set():
                     cur.execute("SELECT antenna_id, EXTRACT(EPOCH FROM date)::bigint, sum_antenna_bytes "
                                 "FROM bytes_agg_antenna")
                     rows = cur.fetchall()
                     self.snapshots.append((time.time(), {(a, d): v for a, d, v in rows}))
-                    self._stop.wait(POLL_SECONDS)
-
-    def __enter__(self) -> "AntennaTablePoller":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+                    stop.wait(POLL_SECONDS)
 
 
 def latencies(sent_path: Path, snapshots: list[tuple[float, dict]]) -> np.ndarray:

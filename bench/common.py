@@ -93,7 +93,26 @@ def time_warm(work: Callable[[], object], repeats: int = 3) -> tuple[Timings, ob
     return Timings(tuple(seconds)), result
 
 
-class PeakMemory:
+class BackgroundLoop:
+    """A daemon thread running `_run(stop)` between `with` entry and exit; `_run` returns once `stop` is set."""
+
+    def __init__(self, name: str):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(self._stop,), name=name, daemon=True)
+
+    def _run(self, stop: threading.Event) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class PeakMemory(BackgroundLoop):
     """Peak RSS of this process and chosen children with their descendants (a Python driver and its Spark JVM),
     sampled in a thread."""
 
@@ -102,17 +121,16 @@ class PeakMemory:
         all their descendants."""
         import psutil
 
+        super().__init__("peak-memory")
         self._root = psutil.Process(os.getpid())
         self._include = include
         self._interval = interval_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
         self.peak_bytes = 0
 
-    def _sample(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         import psutil
 
-        while not self._stop.is_set():
+        while not stop.is_set():
             total = 0
             for process in self._members():
                 try:
@@ -120,7 +138,7 @@ class PeakMemory:
                 except psutil.NoSuchProcess:
                     pass
             self.peak_bytes = max(self.peak_bytes, total)
-            self._stop.wait(self._interval)
+            stop.wait(self._interval)
 
     def _members(self) -> list:
         import psutil
@@ -133,11 +151,3 @@ class PeakMemory:
             except psutil.NoSuchProcess:
                 pass
         return members
-
-    def __enter__(self) -> "PeakMemory":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
