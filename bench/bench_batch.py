@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from antenna_assets.batch_layer import compute_hourly_tables, read_hours, snapsh
 from antenna_assets.resources.lake import hour_partition_dir
 from antenna_assets.settings import Settings
 from antenna_assets.users import APPS, antenna_id, synthetic_users
-from bench.common import DATA_DIR, Timings, machine, record, time_warm
+from bench.common import DATA_DIR, Timings, record_run, time_warm
 
 HOUR = datetime(2026, 11, 28, 13)
 HOUR_EPOCH = int((HOUR - datetime(1970, 1, 1)).total_seconds())
@@ -201,11 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     if scaling:
         print(f"scaling (s per million events, Spark / DuckDB): {scaling_text}")
     command = "python -m bench.bench_batch" + (" --quick" if args.quick else f" --events {events} --scaling {args.scaling}")
-    row = (f"| {date.today()} | {machine()} | `{command}` | {events:,} "
-           f"| {main_run.spark.best:.2f} / {main_run.spark.median:.2f} | {main_run.duckdb.best:.2f} / "
-           f"{main_run.duckdb.median:.2f} | {main_run.ratio:.2f} | {scaling_text or '-'} |")
-    if not args.no_record:
-        record(SECTION, SECTION_INTRO, TABLE_HEADER, row)
+    record_run(SECTION, SECTION_INTRO, TABLE_HEADER, command,
+               [f"{events:,}", f"{main_run.spark.best:.2f} / {main_run.spark.median:.2f}",
+                f"{main_run.duckdb.best:.2f} / {main_run.duckdb.median:.2f}", f"{main_run.ratio:.2f}",
+                scaling_text or "-"], dry_run=args.no_record)
     return 0
 
 

@@ -17,13 +17,12 @@ import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
-from datetime import date
 
 from antenna_assets.settings import Settings
 from antenna_assets.simulator import SimulatorConfig, simulate
 from antenna_assets.simulator.producer import PRODUCER_TUNING
 from antenna_assets.stack import jars
-from bench.common import delete_topic, fresh_topic, machine, record
+from bench.common import delete_topic, fresh_topic, record_run
 SECTION = "## Simulator"
 TABLE_HEADER = (
     "| date | machine | command | messages | contract shape msg/s | scale, 1 process msg/s | scale, P processes msg/s "
@@ -122,11 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     reference_tuned = run_producer_performance(settings, n, size, JAVA_TUNED_PROPS)
     ratio = scale.rate / max(reference_default, reference_tuned)
     print(f"ratio (scale, {p} processes / best ProducerPerformance): {ratio:.2f}")
-    row = (f"| {date.today()} | {machine()} | `python -m bench.bench_simulator --messages {n} --processes {p}` | {n:,} "
-           f"| {contract.rate:,.0f} ({p} proc) | {scale_single.rate:,.0f} | {scale.rate:,.0f} ({p} proc) "
-           f"| {reference_default:,.0f} / {reference_tuned:,.0f} ({size} B records) | {ratio:.2f} |")
-    if not args.no_record:
-        record(SECTION, SECTION_INTRO, TABLE_HEADER, row)
+    record_run(SECTION, SECTION_INTRO, TABLE_HEADER, f"python -m bench.bench_simulator --messages {n} --processes {p}",
+               [f"{n:,}", f"{contract.rate:,.0f} ({p} proc)", f"{scale_single.rate:,.0f}", f"{scale.rate:,.0f} ({p} proc)",
+                f"{reference_default:,.0f} / {reference_tuned:,.0f} ({size} B records)", f"{ratio:.2f}"],
+               dry_run=args.no_record)
     return 0
 
 

@@ -29,7 +29,6 @@ import threading
 import time
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +43,8 @@ from antenna_assets.streaming.speed_layer import SpeedLayer, SpeedLayerTargets, 
 from antenna_assets.transforms.devices import DEVICE_MESSAGE_SCHEMA, EVENT_FIELDS
 from antenna_assets.users import APPS, antenna_id, user_id
 from antenna_assets_tests.truth import expected, read_table
-from bench.common import BackgroundLoop, PeakMemory, delete_topic, fresh_database, fresh_topic, machine, record, time_warm
+from bench.common import (BackgroundLoop, PeakMemory, delete_topic, fresh_database, fresh_topic, record_run,
+                          time_warm)
 
 USERS, ANTENNAS = 2_000, 100
 NO_LATE_DROPS = "3650 days"  # a backfill reaches Kafka out of event-time order across partitions
@@ -367,11 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         f" --seconds {seconds:g}"))
     freshness_text = "; ".join(f"{f.p50:.2f} / {f.p99:.2f} s ({f.trigger}, {args.rate:,.0f} ev/s, {f.visible:,} of "
                                f"{f.events:,} seen)" for f in fresh)
-    row = (f"| {date.today()} | {machine()} | `{command}` | {messages:,} | {run.rate:,.0f} ({run.batches} batches) "
-           f"| {reference_rate:,.0f} | {run.rate / reference_rate:.2f} | {freshness_text or '-'} "
-           f"| {peak / 2**30:.2f} GiB (throughput {run.peak_rss / 2**30:.2f}) |")
-    if not args.no_record:
-        record(SECTION, SECTION_INTRO, TABLE_HEADER, row)
+    record_run(SECTION, SECTION_INTRO, TABLE_HEADER, command,
+               [f"{messages:,}", f"{run.rate:,.0f} ({run.batches} batches)", f"{reference_rate:,.0f}",
+                f"{run.rate / reference_rate:.2f}", freshness_text or "-",
+                f"{peak / 2**30:.2f} GiB (throughput {run.peak_rss / 2**30:.2f})"], dry_run=args.no_record)
     return 0
 
 

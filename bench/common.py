@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
+from datetime import date
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +40,15 @@ def record(section: str, intro: str, table_header: str, row: str) -> None:
     body = text[start:end].rstrip("\n") + "\n" + row + "\n"
     BENCHMARKS.write_text(text[:start] + body + ("\n" + text[end:] if following >= 0 else ""))
     print(f"recorded in {BENCHMARKS}")
+
+
+def record_run(section: str, intro: str, table_header: str, command: str, cells: list[str], dry_run: bool) -> None:
+    """A result row (date, machine, command, then `cells`) added to `section`; printed only when `dry_run`."""
+    row = f"| {date.today()} | {machine()} | `{command}` | " + " | ".join(cells) + " |"
+    if dry_run:
+        print(row)
+    else:
+        record(section, intro, table_header, row)
 
 
 def admin(settings: Settings):
