@@ -11,7 +11,7 @@ from pathlib import Path
 from antenna_assets.settings import Settings
 from antenna_assets.stack.env import stack_environment
 from antenna_assets.stack.errors import StackError
-from antenna_assets.stack.process import pid_alive, port_open, read_pid, stop_pid, tail, wait_until
+from antenna_assets.stack.process import PidFileService, port_open, stop_pid, tail, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,10 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-class DagsterUI:
+class DagsterUI(PidFileService):
+    name = "dagster UI"
+    stop_grace_seconds = 30
+
     def __init__(self, settings: Settings, port: int | None = None):
         self.settings = settings
         self.port = port or int(os.environ.get("ANTENNA_UI_PORT", "3000"))
@@ -34,10 +37,6 @@ class DagsterUI:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def pid(self) -> int | None:
-        pid = read_pid(self.pid_file)
-        return pid if pid_alive(pid) else None
 
     def up(self, automation: bool = True) -> str:
         if self.pid() is not None:
@@ -59,17 +58,12 @@ class DagsterUI:
             raise StackError(f"the Dagster UI did not start; last lines of {self.log_file}:\n{tail(self.log_file)}")
         return f"dagster UI started (pid {process.pid}) at {self.url}"
 
-    def down(self) -> str:
-        pid = self.pid()
-        self.pid_file.unlink(missing_ok=True)
-        if pid is None:
-            return "dagster UI not running"
+    def _stop(self, pid: int) -> None:
         # The process group holds the webserver, the daemon and the runs they launched (the stream):
         # SIGTERM lets the stream stop its query cleanly; what is left after the grace is killed.
         _signal_group(pid, signal.SIGTERM)
-        stop_pid(pid, grace_seconds=30)
+        super()._stop(pid)
         _signal_group(pid, signal.SIGKILL)
-        return f"dagster UI stopped (pid {pid})"
 
     def status(self) -> tuple[bool, str]:
         pid = self.pid()

@@ -19,14 +19,17 @@ from pathlib import Path
 from antenna_assets.lake_gcs import gcs_client
 from antenna_assets.settings import Settings
 from antenna_assets.stack.errors import StackError
-from antenna_assets.stack.process import pid_alive, port_open, read_pid, stop_pid, tail, wait_until
+from antenna_assets.stack.process import PidFileService, port_open, stop_pid, tail, wait_until
 
 FAKE_GCS_SERVER_MODULE = "github.com/fsouza/fake-gcs-server"
 FAKE_GCS_SERVER_VERSION = "v1.56.1"  # its go.mod needs Go >= 1.26
 DEFAULT_PROJECT = "antenna-local"
 
 
-class GcsEmulator:
+class GcsEmulator(PidFileService):
+    name = "gcs emulator"
+    stop_grace_seconds = 10
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self.port = settings.gcs_emulator_port
@@ -55,10 +58,6 @@ class GcsEmulator:
                              f"{proc.stderr.strip()[-400:]}")
         marker.write_text(FAKE_GCS_SERVER_VERSION)
         return self.binary
-
-    def pid(self) -> int | None:
-        pid = read_pid(self.pid_file)
-        return pid if pid_alive(pid) else None
 
     def healthy(self, timeout: float = 2.0) -> bool:
         try:
@@ -93,14 +92,6 @@ class GcsEmulator:
             self.pid_file.unlink(missing_ok=True)
             raise StackError(f"gcs emulator did not start; last lines of {self.log_file}:\n{tail(self.log_file)}")
         return f"gcs emulator started (pid {process.pid}) on {self.endpoint}"
-
-    def down(self) -> str:
-        pid = self.pid()
-        self.pid_file.unlink(missing_ok=True)
-        if pid is None:
-            return "gcs emulator not running"
-        stop_pid(pid, grace_seconds=10)
-        return f"gcs emulator stopped (pid {pid})"
 
     def status(self) -> tuple[bool, str]:
         pid = self.pid()

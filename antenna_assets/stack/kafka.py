@@ -12,7 +12,7 @@ from pathlib import Path
 from antenna_assets.settings import Settings
 from antenna_assets.stack import jars
 from antenna_assets.stack.errors import StackError
-from antenna_assets.stack.process import pid_alive, port_open, read_pid, stop_pid, tail, wait_until
+from antenna_assets.stack.process import PidFileService, port_open, stop_pid, tail, wait_until
 
 _LOG4J2 = """status = warn
 appender.file.type = File
@@ -56,17 +56,16 @@ def _server_properties(settings: Settings, data_dir: Path) -> str:
     ])
 
 
-class KafkaBroker:
+class KafkaBroker(PidFileService):
+    name = "kafka"
+    stop_grace_seconds = 45
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self.home = settings.stack_dir / "kafka"
         self.data_dir = self.home / "data"
         self.pid_file = self.home / "kafka.pid"
         self.log_file = self.home / "kafka.log"
-
-    def pid(self) -> int | None:
-        pid = read_pid(self.pid_file)
-        return pid if pid_alive(pid) else None
 
     def healthy(self, timeout: float = 3.0) -> bool:
         from confluent_kafka.admin import AdminClient
@@ -120,15 +119,6 @@ class KafkaBroker:
             raise StackError(f"kafka did not start; last lines of {self.log_file}:\n{tail(self.log_file)}\n{tail(self.home / 'server.log')}")
         ensure_topic(self.settings)
         return f"kafka started (pid {process.pid}) on {self.settings.kafka_bootstrap}"
-
-    def down(self) -> str:
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return "kafka not running"
-        stop_pid(pid, grace_seconds=45)
-        self.pid_file.unlink(missing_ok=True)
-        return f"kafka stopped (pid {pid})"
 
     def status(self) -> tuple[bool, str]:
         pid = self.pid()

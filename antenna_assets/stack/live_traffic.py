@@ -6,18 +6,17 @@ import subprocess
 import sys
 
 from antenna_assets.settings import Settings
-from antenna_assets.stack.process import pid_alive, read_pid, stop_pid
+from antenna_assets.stack.process import PidFileService
 
 
-class LiveTraffic:
+class LiveTraffic(PidFileService):
+    name = "live traffic"
+    stop_grace_seconds = 15
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self.pid_file = settings.stack_dir / "simulator.pid"
         self.log_file = settings.stack_dir / "simulator.log"
-
-    def pid(self) -> int | None:
-        pid = read_pid(self.pid_file)
-        return pid if pid_alive(pid) else None
 
     def up(self, interval_seconds: float, duration_seconds: float) -> str:
         if self.pid() is not None:
@@ -30,14 +29,6 @@ class LiveTraffic:
         self.pid_file.write_text(str(process.pid))
         return (f"live traffic started (pid {process.pid}): one message per user every {interval_seconds:g} s "
                 f"for {duration_seconds / 60:g} min")
-
-    def down(self) -> str:
-        pid = self.pid()
-        self.pid_file.unlink(missing_ok=True)
-        if pid is None:
-            return "live traffic not running"
-        stop_pid(pid, grace_seconds=15)
-        return f"live traffic stopped (pid {pid})"
 
     def status(self) -> tuple[bool, str]:
         pid = self.pid()

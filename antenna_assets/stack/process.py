@@ -76,3 +76,25 @@ def tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+class PidFileService:
+    """A background process of the stack, found through its pid file (`self.pid_file`)."""
+
+    name: str  # in messages: "kafka stopped (pid 42)"
+    stop_grace_seconds: float = 30.0
+    pid_file: Path
+
+    def pid(self) -> int | None:
+        pid = read_pid(self.pid_file)
+        return pid if pid_alive(pid) else None
+
+    def down(self) -> str:
+        pid = self.pid()
+        if pid is not None:
+            self._stop(pid)
+        self.pid_file.unlink(missing_ok=True)
+        return f"{self.name} not running" if pid is None else f"{self.name} stopped (pid {pid})"
+
+    def _stop(self, pid: int) -> None:
+        stop_pid(pid, grace_seconds=self.stop_grace_seconds)
