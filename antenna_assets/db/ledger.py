@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Sequence
 
+import pyarrow as pa
 from psycopg2.extras import execute_values
 
 from antenna_assets.db.schema import AggregateTable
@@ -16,7 +17,7 @@ from antenna_assets.db.serving import add_to_totals
 class MicroBatchResult:
     query: str
     batch_id: int
-    increments: dict[AggregateTable, list[tuple[str, datetime, int]]]
+    increments: dict[AggregateTable, pa.Table]  # per table: key, window start (epoch seconds), bytes
     dead_letters: Sequence[tuple]
     good_messages: int
     bad_messages: int

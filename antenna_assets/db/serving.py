@@ -2,34 +2,37 @@
 
 from __future__ import annotations
 
-import csv
 import io
-
 from datetime import datetime
 from typing import Iterable, Sequence
 
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 from psycopg2.extras import execute_values
 
 from antenna_assets.db.schema import AggregateTable
 
 
-def add_to_totals(cur, table: AggregateTable, rows: Sequence[tuple[str, datetime, int]]) -> None:
+def add_to_totals(cur, table: AggregateTable, sums: pa.Table) -> None:
     """Add partial sums to the running totals of (key, date); a new key/window starts at the partial sum.
 
-    Rows go through COPY into a temporary table and one INSERT ... ON CONFLICT: a backfill's
-    micro-batch can carry hundreds of thousands of (key, window) rows.
+    `sums` has three columns: the key, the window start in epoch seconds, the bytes. They go through
+    COPY into a temporary table and one INSERT ... ON CONFLICT: a backfill's micro-batch can carry
+    hundreds of thousands of (key, window) rows, so no Python object is made per row.
     """
-    if not rows:
+    if sums.num_rows == 0:
         return
     key, _, value = table.columns
     staging = f"staging_{table.name}"
-    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table.name}) ON COMMIT DELETE ROWS")
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows((k, d.isoformat(sep=" "), v) for k, d, v in rows)
+    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (key TEXT, epoch BIGINT, value BIGINT) "
+                "ON COMMIT DELETE ROWS")
+    buffer = io.BytesIO()
+    pa_csv.write_csv(sums, buffer, pa_csv.WriteOptions(include_header=False))
     buffer.seek(0)
-    cur.copy_expert(f"COPY {staging} ({key}, date, {value}) FROM STDIN WITH (FORMAT csv)", buffer)
+    cur.copy_expert(f"COPY {staging} FROM STDIN WITH (FORMAT csv)", buffer)
     cur.execute(
-        f"INSERT INTO {table.name} ({key}, date, {value}) SELECT {key}, date, {value} FROM {staging} "
+        f"INSERT INTO {table.name} ({key}, date, {value}) "
+        f"SELECT key, to_timestamp(epoch) AT TIME ZONE 'UTC', value FROM {staging} "
         f"ON CONFLICT ({key}, date) DO UPDATE SET {value} = {table.name}.{value} + EXCLUDED.{value}")
 
 
