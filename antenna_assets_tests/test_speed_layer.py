@@ -51,6 +51,7 @@ def test_available_now_equals_ground_truth(settings, spark, topic, serving_db, t
     _assert_tables_equal_truth(serving_db, truth)
     assert layer.stats.good_messages == truth.messages
     assert layer.stats.batches >= 2
+    assert all(seconds > 0 for seconds in layer.stats.step_seconds.values()), layer.stats.step_seconds
     # Every malformed message is in the dead-letter store, with its reason and Kafka coordinates.
     reasons = dict(query(serving_db, "SELECT reason, count(*) FROM dead_letter GROUP BY reason"))
     assert reasons == {k: v for k, v in truth.malformed_by_kind.items() if v}
@@ -67,11 +68,11 @@ def test_available_now_equals_ground_truth(settings, spark, topic, serving_db, t
 class _CrashBeforeLanding(SpeedLayer):
     """Fails the first lake write: the batch's totals are committed, its files are not."""
 
-    def _land(self, events, batch_id):
+    def _land(self, events, batch_id, user_metadata):
         if not getattr(self, "crashed", False):
             self.crashed = True
             raise RuntimeError("crash between the totals and the lake write")
-        super()._land(events, batch_id)
+        super()._land(events, batch_id, user_metadata)
 
 
 def test_crash_between_totals_and_lake_write_lands_the_batch_on_replay(settings, spark, topic, serving_db, tmp_path):

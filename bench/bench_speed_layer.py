@@ -39,7 +39,7 @@ from antenna_assets.settings import Settings
 from antenna_assets.simulator import GroundTruth, SimulatorConfig, simulate
 from antenna_assets.simulator.producer import PRODUCER_TUNING
 from antenna_assets.streaming.config import SpeedLayerConfig
-from antenna_assets.streaming.speed_layer import SpeedLayer, SpeedLayerTargets, run_until_stopped
+from antenna_assets.streaming.speed_layer import POSTGRES, SpeedLayer, SpeedLayerTargets, run_until_stopped
 from antenna_assets.transforms.devices import DEVICE_MESSAGE_SCHEMA, EVENT_FIELDS
 from antenna_assets.users import APPS, antenna_id, user_id
 from antenna_assets_tests.truth import expected, read_table
@@ -53,6 +53,7 @@ POLL_SECONDS = 0.1
 TICK_SECONDS = 0.01
 TABLES = ((BYTES_AGG_ANTENNA, "antenna"), (BYTES_AGG_USER, "user"), (BYTES_AGG_APP, "app"))
 WARM_UP_MESSAGES = 1_000_000
+TRIGGERS = "2 seconds,1 seconds"
 
 SECTION = "## Speed layer"
 SECTION_INTRO = (
@@ -64,7 +65,10 @@ SECTION_INTRO = (
     "Checked every run: ledger good/bad messages, the three tables, dead letters and lake rows equal the\n"
     "simulator's ground truth. Reference (same warm session, same topic): a Spark batch query that only\n"
     "reads Kafka, parses with `from_json` (the contract's schema) and counts valid messages; best of 2 after\n"
-    "a warm-up. Ratio = speed layer / reference. Targets: >= 150,000 events/s and ratio >= 0.5.\n"
+    "a warm-up. Ratio = speed layer / reference. Targets: >= 150,000 events/s and ratio >= 0.5. Steps: the\n"
+    "run's seconds in the Spark job of the sums (Kafka read and parse included), the PostgreSQL transaction\n"
+    "and the lake write. Ceiling: events/s if the Spark work cost only the reference's and the lake write\n"
+    "nothing, with the run's PostgreSQL seconds.\n"
     "Freshness: processing-time trigger; a paced producer process sends R events/s (2,000 users, 100\n"
     "antennas) stamped with their send time and remembers, per (antenna, 5-minute window), each event's\n"
     "send time and the window's running byte sum after it; a poller reads `bytes_agg_antenna` every 100 ms\n"
@@ -86,10 +90,19 @@ class Throughput:
     seconds: float
     batches: int
     peak_rss: int
+    step_seconds: dict[str, float]  # SpeedLayerStats.step_seconds
 
     @property
     def rate(self) -> float:
         return self.messages / self.seconds
+
+    def ceiling(self, reference_rate: float) -> float:
+        """events/s if the Spark work cost only the reference's read and parse, and the lake write nothing,
+        with this run's PostgreSQL time: what this design could reach at best on this machine."""
+        return self.messages / (self.messages / reference_rate + self.step_seconds[POSTGRES])
+
+    def steps(self) -> str:
+        return ", ".join(f"{step} {seconds:.1f} s" for step, seconds in self.step_seconds.items())
 
 
 @dataclass(frozen=True)
@@ -181,7 +194,7 @@ def run_speed_layer(spark, settings: Settings, topic: str, postgres_url: str, fo
         started = time.perf_counter()
         run_until_stopped(layer)
         seconds = time.perf_counter() - started
-    return Throughput(produced, seconds, layer.stats.batches, memory.peak_bytes)
+    return Throughput(produced, seconds, layer.stats.batches, memory.peak_bytes, dict(layer.stats.step_seconds))
 
 
 def check_against_truth(spark, postgres_url: str, folder: Path, query_name: str, truth: GroundTruth) -> None:
@@ -236,7 +249,8 @@ def throughput(spark, settings: Settings, messages: int, max_offsets_per_trigger
             run = run_speed_layer(spark, settings, topic, url, folder, config, produced)
             print(f"  speed layer: {produced:,} messages in {run.seconds:.2f} s ({run.batches} batches of <= "
                   f"{max_offsets_per_trigger:,}) = {run.rate:,.0f} events/s; ratio {run.rate / reference_rate:.2f}; "
-                  f"peak RSS {run.peak_rss / 2**30:.2f} GiB", flush=True)
+                  f"peak RSS {run.peak_rss / 2**30:.2f} GiB; steps: {run.steps()}; ceiling "
+                  f"{run.ceiling(reference_rate):,.0f} events/s", flush=True)
             check_against_truth(spark, url, folder, config.query_name, truth)
     return run, reference_rate
 
@@ -347,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-offsets-per-trigger", type=int, default=2_000_000, help="micro-batch size limit")
     parser.add_argument("--rate", type=float, default=20_000, help="freshness: events/s (default 20,000)")
     parser.add_argument("--seconds", type=float, default=75, help="freshness: seconds of load per trigger")
-    parser.add_argument("--triggers", default="2 seconds,1 seconds", help="freshness: trigger intervals to try")
+    parser.add_argument("--triggers", default=TRIGGERS, help="freshness: trigger intervals to try")
     parser.add_argument("--quick", action="store_true", help="300,000 messages; 20 s of freshness load at 2 s only")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -364,11 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     peak = max([run.peak_rss, *(f.peak_rss for f in fresh)])
     command = "python -m bench.bench_speed_layer" + (" --quick" if args.quick else (
         f" --messages {messages} --max-offsets-per-trigger {args.max_offsets_per_trigger} --rate {args.rate:g}"
-        f" --seconds {seconds:g}"))
+        f" --seconds {seconds:g}" + (f" --triggers '{args.triggers}'" if args.triggers != TRIGGERS else "")))
     freshness_text = "; ".join(f"{f.p50:.2f} / {f.p99:.2f} s ({f.trigger}, {args.rate:,.0f} ev/s, {f.visible:,} of "
                                f"{f.events:,} seen)" for f in fresh)
     record_run(SECTION, SECTION_INTRO, TABLE_HEADER, command,
-               [f"{messages:,}", f"{run.rate:,.0f} ({run.batches} batches)", f"{reference_rate:,.0f}",
+               [f"{messages:,}", f"{run.rate:,.0f} ({run.batches} batches; {run.steps()}; ceiling "
+                                 f"{run.ceiling(reference_rate):,.0f})", f"{reference_rate:,.0f}",
                 f"{run.rate / reference_rate:.2f}", freshness_text or "-",
                 f"{peak / 2**30:.2f} GiB (throughput {run.peak_rss / 2**30:.2f})"], dry_run=args.no_record)
     return 0

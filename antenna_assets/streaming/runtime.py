@@ -47,4 +47,5 @@ def progress_summary(query, layer: SpeedLayer) -> dict:
         "input_rows_per_second": round(progress.get("processedRowsPerSecond", 0.0) or 0.0, 1),
         "max_event_time": stats.max_event_time.isoformat() if stats.max_event_time else None,
         "watermark": watermark.isoformat() if watermark else None,
+        **{f"seconds_{step}": round(seconds, 1) for step, seconds in stats.step_seconds.items()},
     }
