@@ -40,7 +40,8 @@ from antenna_assets.simulator import GroundTruth, SimulatorConfig, simulate
 from antenna_assets.simulator.producer import PRODUCER_TUNING
 from antenna_assets.streaming.config import SpeedLayerConfig
 from antenna_assets.streaming.speed_layer import POSTGRES, SpeedLayer, SpeedLayerTargets, run_until_stopped
-from antenna_assets.transforms.devices import DEVICE_MESSAGE_SCHEMA, EVENT_FIELDS
+from antenna_assets.transforms.devices import (DEVICE_MESSAGE_SCHEMA, EVENT_FIELDS, LAKE_PARTITION_COLUMNS,
+                                               parse_device_messages, valid_events, with_lake_partitions)
 from antenna_assets.users import APPS, antenna_id, user_id
 from antenna_assets_tests.truth import expected, read_table
 from bench.common import (BackgroundLoop, PeakMemory, delete_topic, fresh_database, fresh_topic, record_run,
@@ -68,7 +69,9 @@ SECTION_INTRO = (
     "a warm-up. Ratio = speed layer / reference. Targets: >= 150,000 events/s and ratio >= 0.5. Steps: the\n"
     "run's seconds in the Spark job of the sums (Kafka read and parse included), the PostgreSQL transaction\n"
     "and the lake write. Ceiling: events/s if the Spark work cost only the reference's and the lake write\n"
-    "nothing, with the run's PostgreSQL seconds.\n"
+    "nothing, with the run's PostgreSQL seconds. Floor (in the reference cell, same session and topic): one\n"
+    "Spark job that reads, parses with the speed layer's parse and writes the valid messages to Parquet by\n"
+    "UTC hour, best of 2 after a warm-up: what any design must do besides its totals; ratio = floor / reference.\n"
     "Freshness: processing-time trigger; a paced producer process sends R events/s (2,000 users, 100\n"
     "antennas) stamped with their send time and remembers, per (antenna, 5-minute window), each event's\n"
     "send time and the window's running byte sum after it; a poller reads `bytes_agg_antenna` every 100 ms\n"
@@ -163,12 +166,23 @@ def preload(settings: Settings, topic: str, messages: int) -> GroundTruth:
     return result.truth
 
 
+def read_topic(spark, settings: Settings, topic: str):
+    """The whole topic as a batch DataFrame, read with the speed layer's Kafka options (8 MiB fetches,
+    its default minPartitions)."""
+    return (spark.read.format("kafka")
+            .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+            .option("subscribe", topic)
+            .option("startingOffsets", "earliest").option("endingOffsets", "latest")
+            .option("kafka.max.partition.fetch.bytes", str(8 * 1024 * 1024))
+            .option("minPartitions", str(2 * spark.sparkContext.defaultParallelism))
+            .load())
+
+
 def parse_and_count(spark, settings: Settings, topic: str) -> int:
     """The reference: read the whole topic, parse every value with from_json, count the valid messages.
 
-    Read with the speed layer's Kafka options (8 MiB fetches, its default minPartitions), and parsed
-    in a projection of its own: tests of the parsed fields written on the from_json call itself are
-    each compiled into a parse of their own (six parses per message, measured 2.4x slower).
+    Parsed in a projection of its own: tests of the parsed fields written on the from_json call itself
+    are each compiled into a parse of their own (six parses per message, measured 2.4x slower).
     """
     from pyspark.sql import functions as F
 
@@ -176,15 +190,18 @@ def parse_and_count(spark, settings: Settings, topic: str) -> int:
     valid = message["bytes"] >= 0
     for field in EVENT_FIELDS:  # touching every field keeps Spark from pruning the parse
         valid = valid & message[field].isNotNull()
-    return (spark.read.format("kafka")
-            .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
-            .option("subscribe", topic)
-            .option("startingOffsets", "earliest").option("endingOffsets", "latest")
-            .option("kafka.max.partition.fetch.bytes", str(8 * 1024 * 1024))
-            .option("minPartitions", str(2 * spark.sparkContext.defaultParallelism))
-            .load()
+    return (read_topic(spark, settings, topic)
             .select(F.from_json(F.col("value").cast("string"), DEVICE_MESSAGE_SCHEMA).alias("message"))
             .select(F.count_if(valid)).collect()[0][0])
+
+
+def parse_and_land(spark, settings: Settings, topic: str, folder: Path) -> None:
+    """The floor: what any design of the speed layer has to do besides its totals. Read the topic,
+    parse it with the speed layer's own parse, write every valid message to Parquet under its UTC
+    hour: one Spark job, no totals, no dead letters, no PostgreSQL, no enrichment, no streaming."""
+    events = valid_events(parse_device_messages(read_topic(spark, settings, topic)))
+    (with_lake_partitions(events).write.mode("overwrite")
+     .partitionBy(*LAKE_PARTITION_COLUMNS).parquet(str(folder / "floor")))
 
 
 def run_speed_layer(spark, settings: Settings, topic: str, postgres_url: str, folder: Path,
@@ -230,8 +247,9 @@ def warm_up_speed_layer(spark, settings: Settings, config: SpeedLayerConfig) -> 
                             config.model_copy(update={"query_name": topic.replace("-", "_")}), produced)
 
 
-def throughput(spark, settings: Settings, messages: int, max_offsets_per_trigger: int) -> tuple[Throughput, float]:
-    """(speed layer run, reference events/s) on one preloaded topic."""
+def throughput(spark, settings: Settings, messages: int,
+               max_offsets_per_trigger: int) -> tuple[Throughput, float, float]:
+    """(speed layer run, reference events/s, floor events/s) on one preloaded topic."""
     with scratch_topic(settings, "speed") as topic:
         truth = preload(settings, topic, messages)
         produced = truth.messages + truth.malformed
@@ -241,6 +259,11 @@ def throughput(spark, settings: Settings, messages: int, max_offsets_per_trigger
         reference_rate = produced / reference_timings.best
         print(f"  reference (read + from_json + count): {reference_timings} = {reference_rate:,.0f} events/s",
               flush=True)
+        with scratch_folder() as folder:
+            floor_timings, _ = time_warm(lambda: parse_and_land(spark, settings, topic, folder), repeats=2)
+        floor_rate = produced / floor_timings.best
+        print(f"  floor (read + parse + lake write): {floor_timings} = {floor_rate:,.0f} events/s; "
+              f"ratio {floor_rate / reference_rate:.2f}", flush=True)
         config = SpeedLayerConfig(trigger="available_now", watermark=NO_LATE_DROPS,
                                   max_offsets_per_trigger=max_offsets_per_trigger, query_name=topic.replace("-", "_"),
                                   progress_interval_seconds=3600)
@@ -252,7 +275,7 @@ def throughput(spark, settings: Settings, messages: int, max_offsets_per_trigger
                   f"peak RSS {run.peak_rss / 2**30:.2f} GiB; steps: {run.steps()}; ceiling "
                   f"{run.ceiling(reference_rate):,.0f} events/s", flush=True)
             check_against_truth(spark, url, folder, config.query_name, truth)
-    return run, reference_rate
+    return run, reference_rate, floor_rate
 
 
 # Freshness --------------------------------------------------------------------------------------
@@ -371,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     spark = spark_session()
     print(f"speed layer throughput, {messages:,} messages:", flush=True)
-    run, reference_rate = throughput(spark, settings, messages, args.max_offsets_per_trigger)
+    run, reference_rate, floor_rate = throughput(spark, settings, messages, args.max_offsets_per_trigger)
     fresh = [freshness(spark, settings, trigger, args.rate, seconds) for trigger in triggers]
     spark.stop()
 
@@ -383,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
                                f"{f.events:,} seen)" for f in fresh)
     record_run(SECTION, SECTION_INTRO, TABLE_HEADER, command,
                [f"{messages:,}", f"{run.rate:,.0f} ({run.batches} batches; {run.steps()}; ceiling "
-                                 f"{run.ceiling(reference_rate):,.0f})", f"{reference_rate:,.0f}",
+                                 f"{run.ceiling(reference_rate):,.0f})",
+                f"{reference_rate:,.0f} (floor {floor_rate:,.0f}, ratio {floor_rate / reference_rate:.2f})",
                 f"{run.rate / reference_rate:.2f}", freshness_text or "-",
                 f"{peak / 2**30:.2f} GiB (throughput {run.peak_rss / 2**30:.2f})"], dry_run=args.no_record)
     return 0
