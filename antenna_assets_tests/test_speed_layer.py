@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import psycopg2
 import pytest
 from confluent_kafka import Producer
 
-from antenna_assets.db.ledger import APPLIED, LANDED, batch_state
+from antenna_assets.db.ledger import APPLIED, LANDED, apply_micro_batch, batch_state
 from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER, migrate
 from antenna_assets.simulator import SimulatorConfig, run_simulation
 from antenna_assets.streaming.config import SpeedLayerConfig
@@ -93,6 +94,29 @@ def test_crash_between_totals_and_lake_write_lands_the_batch_on_replay(settings,
     assert spark.read.parquet(str(tmp_path / "landing")).count() == truth.messages
     assert query(serving_db, "SELECT count(*) FROM streaming_batches WHERE query = %s AND landed_at IS NULL",
                  (topic,)) == [(0,)]
+
+
+class _AppliedElsewhereFirst(SpeedLayer):
+    """Another run commits each batch between this run's ledger check and its own commit."""
+
+    def _micro_batch_result(self, *args, **kwargs):
+        result = super()._micro_batch_result(*args, **kwargs)
+        with closing(self._connect()) as conn:
+            assert apply_micro_batch(conn, result)
+        return result
+
+
+def test_a_batch_applied_by_another_run_is_neither_added_nor_counted_twice(settings, spark, topic, serving_db, tmp_path):
+    base = _epoch(datetime(2025, 3, 3, 10))
+    _produce(settings, topic, [_message(base, "ghost-1", 40), _message(base + 5, "ghost-2", 2)])
+    config = SpeedLayerConfig(trigger="available_now", watermark=NO_LATE_DROPS, query_name=topic)
+    layer = _AppliedElsewhereFirst(spark, config, _targets(settings, topic, serving_db, tmp_path))
+    run_until_stopped(layer)
+    window = datetime(2025, 3, 3, 10)
+    assert read_table(serving_db, BYTES_AGG_USER) == {("ghost-1", window): 40, ("ghost-2", window): 2}
+    assert (layer.stats.batches, layer.stats.skipped_batches) == (0, 1)
+    assert (layer.stats.good_messages, layer.stats.unknown_user_messages) == (0, 0)
+    assert spark.read.parquet(str(tmp_path / "landing")).count() == 2  # still landed, once
 
 
 def test_migration_marks_an_older_ledgers_batches_landed(serving_db):

@@ -24,6 +24,7 @@ class MicroBatchResult:
     late_messages: int
     max_event_time: datetime | None
     landed_hours: Sequence[datetime] = ()
+    unknown_user_messages: int = 0  # for the stream's progress only; not stored
 
 
 APPLIED = "applied"  # its sums, dead letters and ledger row are committed; its lake files may be missing

@@ -236,13 +236,13 @@ class SpeedLayer:
         users = sums.filter(pc.equal(sums.column("table"), BYTES_AGG_USER.name))
         unknown = pc.sum(users.filter(pc.invert(pc.is_in(users.column("key"), value_set=known_ids)))
                          .column(MESSAGES)).as_py() or 0
-        self.stats.unknown_user_messages += unknown
         return MicroBatchResult(query=self.config.query_name, batch_id=batch_id, increments=increments,
                                 dead_letters=dead_letters, good_messages=pc.sum(apps.column(MESSAGES)).as_py() or 0,
                                 bad_messages=len(dead_letters),
                                 late_messages=pc.sum(sums.filter(pc.and_(is_app, closed)).column(MESSAGES)).as_py() or 0,
                                 max_event_time=utc_from_epoch_seconds(latest) if latest is not None else None,
-                                landed_hours=[utc_from_epoch_seconds(h) for h in hours])
+                                landed_hours=[utc_from_epoch_seconds(h) for h in hours],
+                                unknown_user_messages=unknown)
 
     def _count(self, result: MicroBatchResult, applied: bool) -> None:
         if not applied:
@@ -252,6 +252,7 @@ class SpeedLayer:
         self.stats.good_messages += result.good_messages
         self.stats.bad_messages += result.bad_messages
         self.stats.late_messages += result.late_messages
+        self.stats.unknown_user_messages += result.unknown_user_messages
         if result.max_event_time is not None:
             self.stats.max_event_time = max(filter(None, (self.stats.max_event_time, result.max_event_time)))
 
