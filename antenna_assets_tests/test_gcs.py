@@ -22,7 +22,7 @@ from antenna_assets.lake_gcs import GcsLakeError
 from antenna_assets.resources.lake import LakeResource, hour_partition_dir
 from antenna_assets.spark_session import spark_conf
 from antenna_assets.stack.errors import StackError
-from antenna_assets.stack.gcs_emulator import GcsEmulator
+from antenna_assets.stack.gcs_emulator import FAKE_GCS_SERVER_VERSION, GcsEmulator
 from antenna_assets_tests.conftest import GCS_BUCKET as BUCKET
 
 HOUR = datetime(2026, 11, 28, 13, tzinfo=timezone.utc)
@@ -177,3 +177,21 @@ def test_emulator_build_says_go_is_missing(settings, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(StackError, match="Go is not installed"):
         GcsEmulator(replace(settings, stack_dir=tmp_path)).install()
+
+
+def test_emulator_that_exits_at_start_is_reported_with_its_log(settings, tmp_path):
+    emulator = GcsEmulator(replace(settings, stack_dir=tmp_path, gcs_emulator_port=_free_port()))
+    emulator.binary.parent.mkdir(parents=True)
+    emulator.binary.write_text("#!/bin/sh\necho 'listen: address unavailable' >&2\nexit 3\n")
+    emulator.binary.chmod(0o755)
+    emulator.binary.with_name("fake-gcs-server.version").write_text(FAKE_GCS_SERVER_VERSION)
+    with pytest.raises(StackError, match="gcs emulator did not start(.|\n)*listen: address unavailable"):
+        emulator.up()
+    assert not emulator.pid_file.exists()
+    assert emulator.status() == (False, "gcs emulator: not running")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -19,21 +19,21 @@ from pathlib import Path
 from antenna_assets.lake_gcs import gcs_client
 from antenna_assets.settings import Settings
 from antenna_assets.stack.errors import StackError
-from antenna_assets.stack.process import PidFileService, port_open, stop_pid, tail, wait_until
+from antenna_assets.stack.process import ServerProcess, port_open, wait_until
 
 FAKE_GCS_SERVER_MODULE = "github.com/fsouza/fake-gcs-server"
 FAKE_GCS_SERVER_VERSION = "v1.56.1"  # its go.mod needs Go >= 1.26
 DEFAULT_PROJECT = "antenna-local"
 
 
-class GcsEmulator(PidFileService):
+class GcsEmulator(ServerProcess):
     name = "gcs emulator"
     stop_grace_seconds = 10
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.port = settings.gcs_emulator_port
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.endpoint = self.address = f"http://127.0.0.1:{self.port}"
         self.binary = settings.stack_dir / "bin" / "fake-gcs-server"
         self.home = settings.stack_dir / "gcs"
         self.pid_file = self.home / "fake-gcs-server.pid"
@@ -86,20 +86,8 @@ class GcsEmulator(PidFileService):
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         self.pid_file.write_text(str(process.pid))
-        if not wait_until(self.healthy, 30, interval=0.2, abort=lambda: process.poll() is not None):
-            if process.poll() is None:
-                stop_pid(process.pid)
-            self.pid_file.unlink(missing_ok=True)
-            raise StackError(f"gcs emulator did not start; last lines of {self.log_file}:\n{tail(self.log_file)}")
+        self._await_healthy(process, 30, interval=0.2)
         return f"gcs emulator started (pid {process.pid}) on {self.endpoint}"
-
-    def status(self) -> tuple[bool, str]:
-        pid = self.pid()
-        if pid is None:
-            return False, "gcs emulator: not running"
-        if self.healthy():
-            return True, f"gcs emulator: healthy (pid {pid}, {self.endpoint})"
-        return False, f"gcs emulator: running (pid {pid}) but not answering on {self.endpoint}"
 
     def ensure_bucket(self, name: str) -> None:
         """Create bucket `name` on the emulator unless it exists (real buckets are made by their owners)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from antenna_assets.settings import Settings
 from antenna_assets.stack import jars
 from antenna_assets.stack.errors import StackError
-from antenna_assets.stack.process import PidFileService, port_open, stop_pid, tail, wait_until
+from antenna_assets.stack.process import ServerProcess, port_open, wait_until
 
 _LOG4J2 = """status = warn
 appender.file.type = File
@@ -56,7 +56,7 @@ def _server_properties(settings: Settings, data_dir: Path) -> str:
     ])
 
 
-class KafkaBroker(PidFileService):
+class KafkaBroker(ServerProcess):
     name = "kafka"
     stop_grace_seconds = 45
 
@@ -66,6 +66,7 @@ class KafkaBroker(PidFileService):
         self.data_dir = self.home / "data"
         self.pid_file = self.home / "kafka.pid"
         self.log_file = self.home / "kafka.log"
+        self.address = settings.kafka_bootstrap
 
     def healthy(self, timeout: float = 3.0) -> bool:
         from confluent_kafka.admin import AdminClient
@@ -112,21 +113,9 @@ class KafkaBroker(PidFileService):
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         self.pid_file.write_text(str(process.pid))
-        if not wait_until(self.healthy, 90, interval=0.5, abort=lambda: process.poll() is not None):
-            if process.poll() is None:
-                stop_pid(process.pid)
-            self.pid_file.unlink(missing_ok=True)
-            raise StackError(f"kafka did not start; last lines of {self.log_file}:\n{tail(self.log_file)}\n{tail(self.home / 'server.log')}")
+        self._await_healthy(process, 90, interval=0.5, more_logs=(self.home / "server.log",))
         ensure_topic(self.settings)
         return f"kafka started (pid {process.pid}) on {self.settings.kafka_bootstrap}"
-
-    def status(self) -> tuple[bool, str]:
-        pid = self.pid()
-        if pid is None:
-            return False, "kafka: not running"
-        if self.healthy():
-            return True, f"kafka: healthy (pid {pid}, {self.settings.kafka_bootstrap})"
-        return False, f"kafka: running (pid {pid}) but not answering on {self.settings.kafka_bootstrap}"
 
 
 def ensure_topic(settings: Settings, timeout: float = 30.0) -> None:

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from antenna_assets.stack.errors import StackError
+
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -98,3 +100,32 @@ class PidFileService:
 
     def _stop(self, pid: int) -> None:
         stop_pid(pid, grace_seconds=self.stop_grace_seconds)
+
+
+class ServerProcess(PidFileService):
+    """A PidFileService that answers requests at `address` once `healthy()`."""
+
+    address: str  # in messages: "kafka: healthy (pid 42, 127.0.0.1:9092)"
+    log_file: Path
+
+    def healthy(self) -> bool:
+        raise NotImplementedError
+
+    def _await_healthy(self, process, timeout: float, interval: float, more_logs: tuple[Path, ...] = ()) -> None:
+        """Wait for the just-started `process` to answer; if it exits or never answers, stop it, forget
+        its pid and raise with the end of its logs."""
+        if wait_until(self.healthy, timeout, interval=interval, abort=lambda: process.poll() is not None):
+            return
+        if process.poll() is None:
+            stop_pid(process.pid)
+        self.pid_file.unlink(missing_ok=True)
+        logs = "\n".join(tail(log) for log in (self.log_file, *more_logs))
+        raise StackError(f"{self.name} did not start; last lines of {self.log_file}:\n{logs}")
+
+    def status(self) -> tuple[bool, str]:
+        pid = self.pid()
+        if pid is None:
+            return False, f"{self.name}: not running"
+        if self.healthy():
+            return True, f"{self.name}: healthy (pid {pid}, {self.address})"
+        return False, f"{self.name}: running (pid {pid}) but not answering on {self.address}"
