@@ -8,12 +8,16 @@ the streaming and hourly sensors on) and live traffic in the background.
 from __future__ import annotations
 
 import argparse
-from datetime import timedelta
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
 
 
 def register(commands) -> None:
     parser = commands.add_parser("demo", help="run the whole pipeline end to end on the local stack")
     parser.add_argument("--hours", type=int, default=3, help="hours of backfilled traffic (default 3)")
+    parser.add_argument("--first-hour", type=_hour, default=None, metavar="YYYY-MM-DD-HH:00",
+                        help="UTC hour of the first backfilled hour (default: the hours just before this one)")
     parser.add_argument("--seed", type=int, default=2026, help="simulator seed (default 2026)")
     parser.add_argument("--live-minutes", type=float, default=30,
                         help="minutes of live traffic after the batch (default 30; 0: none)")
@@ -21,6 +25,13 @@ def register(commands) -> None:
                         help="seconds between two messages of a user in live traffic (contract: 60)")
     parser.add_argument("--no-ui", action="store_true", help="do not start the Dagster UI")
     parser.set_defaults(handler=_demo)
+
+
+def _hour(text: str) -> datetime:
+    try:
+        return datetime.strptime(text, "%Y-%m-%d-%H:00")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an hour like 2026-11-28-05:00, got {text!r}") from None
 
 
 def _say(text: str) -> None:
@@ -47,6 +58,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.hours < 1:
         raise SystemExit("antenna demo: error: --hours must be >= 1")
+    first_hour = args.first_hour or utc_now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=args.hours)
+    if first_hour + timedelta(hours=args.hours) > utc_now():
+        raise SystemExit("antenna demo: error: the backfilled hours must have ended: choose an earlier --first-hour")
     settings = Settings.from_env()
     _say("local stack")
     for service in (EmbeddedPostgres(settings), KafkaBroker(settings)):
@@ -57,13 +71,20 @@ def _demo(args: argparse.Namespace) -> int:
     with postgres.connect() as conn:
         provision_users(conn)
 
-    first_hour = utc_now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=args.hours)
     _say(f"simulated traffic: {args.hours} backfilled hour(s) from {first_hour:%Y-%m-%d %H:00} UTC")
-    truth_path = settings.stack_dir / "demo-ground-truth.json"
-    result = simulate(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=settings.topic,
-                                      backfill_hours=args.hours, start=first_hour, seed=args.seed,
-                                      malformed_fraction=0.01, ground_truth_path=str(truth_path)))
-    print(f"{result.produced} messages ({result.truth.malformed} malformed on purpose); ground truth in {truth_path}")
+    sent_before = SentHours(KafkaBroker(settings).home / "demo-sent-hours.json", settings.topic)
+    hours = [first_hour + timedelta(hours=n) for n in range(args.hours)]
+    to_send = [hour for hour in hours if hour not in sent_before.hours()]
+    if len(to_send) < len(hours):
+        print(f"{len(hours) - len(to_send)} of these hour(s) already sent to {settings.topic!r} by an earlier demo: "
+              "not sent again (Kafka messages carry no id, so a copy would count twice)")
+    for start, count in contiguous_runs(to_send):
+        truth_path = settings.stack_dir / f"demo-ground-truth-{start:%Y%m%d%H}.json"
+        result = simulate(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=settings.topic,
+                                          backfill_hours=count, start=start, seed=args.seed,
+                                          malformed_fraction=0.01, ground_truth_path=str(truth_path)))
+        sent_before.add([start + timedelta(hours=n) for n in range(count)])
+        print(f"{result.produced} messages ({result.truth.malformed} malformed on purpose); ground truth in {truth_path}")
 
     instance = dg.DagsterInstance.get()
     resources = {"postgres": postgres, "lake": LakeResource(), "spark": SparkResource()}
@@ -71,14 +92,14 @@ def _demo(args: argparse.Namespace) -> int:
     # Backfilled history reaches Kafka out of event-time order across partitions: the catch-up
     # allows a day of lateness, the live stream later runs with the contract's 1 minute.
     streaming = dg.materialize([speed_layer], instance=instance, resources=resources, run_config={
-        "ops": {"speed_layer": {"config": {"trigger": "available_now", "watermark": "1 day"}}}})
+        **_INFO_LOGS, "ops": {"speed_layer": {"config": {"trigger": "available_now", "watermark": "1 day"}}}})
     landing = streaming.asset_materializations_for_node("speed_layer")[0].metadata
     print(f"good messages: {landing['good_messages'].value}, dead letters: {landing['dead_letters'].value}")
 
     keys = [f"{first_hour + timedelta(hours=n):%Y-%m-%d-%H:%M}" for n in range(args.hours)]
     _say(f"batch layer: hours {keys[0]} .. {keys[-1]} in one Spark run")
     batch = dg.materialize([user_metadata, raw_devices, hourly_tables], instance=instance, resources=resources,
-                           tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
+                           run_config=_INFO_LOGS, tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
     for evaluation in batch.get_asset_check_evaluations():
         verdict = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
         print(f"check {evaluation.asset_key.to_user_string()}.{evaluation.check_name}: {verdict}")
@@ -97,6 +118,39 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class SentHours:
+    """The hours of backfilled traffic the demo has sent to `topic`, kept beside the broker's data
+    (deleting the stack deletes both)."""
+
+    def __init__(self, path: Path, topic: str):
+        self.path, self.topic = path, topic
+
+    def _all(self) -> dict[str, list[str]]:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def hours(self) -> set[datetime]:
+        return {datetime.fromisoformat(hour) for hour in self._all().get(self.topic, [])}
+
+    def add(self, hours: list[datetime]) -> None:
+        sent = self._all()
+        sent[self.topic] = sorted({*sent.get(self.topic, []), *(hour.isoformat() for hour in hours)})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(sent, indent=1))
+
+
+def contiguous_runs(hours: list[datetime]) -> list[tuple[datetime, int]]:
+    """Sorted hours as (first hour, count) runs of consecutive hours."""
+    runs: list[tuple[datetime, int]] = []
+    for hour in sorted(hours):
+        if runs and runs[-1][0] + timedelta(hours=runs[-1][1]) == hour:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((hour, 1))
+    return runs
+
+
+# The runs' progress and results, without Dagster's step-by-step DEBUG events (they stay in the UI).
+_INFO_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 SERVING_TABLES = ("user_metadata", "bytes_agg_antenna", "bytes_agg_user", "bytes_agg_app", "bytes_agg_antenna_1h",
                   "bytes_agg_user_1h", "bytes_agg_app_1h", "users_over_quota_1h", "dead_letter")
 
