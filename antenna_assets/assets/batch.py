@@ -159,7 +159,6 @@ def _speed_agreement(asset: str, rows, speed_sums) -> dg.AssetCheckResult:
 hourly_batch_job = dg.define_asset_job(
     "hourly_batch_job",
     selection=dg.AssetSelection.assets("user_metadata", raw_devices, hourly_tables),
-    partitions_def=hourly_partitions,
     tags={BATCH_TAG: "hourly"},
     description="One closed hour: user_metadata snapshot, raw compaction, then the four hourly tables and their checks.",
 )

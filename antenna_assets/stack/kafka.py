@@ -138,3 +138,8 @@ def ensure_topic(settings: Settings, timeout: float = 30.0) -> None:
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
+    # The controller acknowledges the creation before the broker's metadata shows the topic, and a
+    # fresh broker lags there long enough for the next reader to miss it.
+    if not wait_until(lambda: settings.topic in admin.list_topics(timeout=timeout).topics, timeout, interval=0.05):
+        raise StackError(f"Kafka at {settings.kafka_bootstrap} created topic {settings.topic!r} but does not list it "
+                         f"after {timeout:g} s")
