@@ -74,7 +74,7 @@ def _demo(args: argparse.Namespace) -> int:
     _say(f"simulated traffic: {args.hours} backfilled hour(s) from {first_hour:%Y-%m-%d %H:00} UTC")
     sent_before = SentHours(KafkaBroker(settings).home / "demo-sent-hours.json", settings.topic)
     hours = [first_hour + timedelta(hours=n) for n in range(args.hours)]
-    to_send = [hour for hour in hours if hour not in sent_before.hours()]
+    to_send = sorted(set(hours) - sent_before.hours())
     if len(to_send) < len(hours):
         print(f"{len(hours) - len(to_send)} of these hour(s) already sent to {settings.topic!r} by an earlier demo: "
               "not sent again (Kafka messages carry no id, so a copy would count twice)")

@@ -83,7 +83,7 @@ class KafkaBroker(ServerProcess):
         if self.pid() is not None:
             if wait_until(self.healthy, 60):
                 ensure_topic(self.settings)
-                return f"kafka already running (pid {self.pid()}) on {self.settings.kafka_bootstrap}"
+                return f"kafka already running (pid {self.pid()}) on {self.address}"
             raise StackError(f"kafka (pid {self.pid()}) runs but does not answer; see {self.log_file}, "
                              "or run `antenna stack down` and retry")
         java = shutil.which("java")
@@ -115,7 +115,7 @@ class KafkaBroker(ServerProcess):
         self.pid_file.write_text(str(process.pid))
         self._await_healthy(process, 90, interval=0.5, more_logs=(self.home / "server.log",))
         ensure_topic(self.settings)
-        return f"kafka started (pid {process.pid}) on {self.settings.kafka_bootstrap}"
+        return f"kafka started (pid {process.pid}) on {self.address}"
 
 
 def ensure_topic(settings: Settings, timeout: float = 30.0) -> None:
