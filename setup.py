@@ -23,7 +23,7 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "duckdb>=1.1"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "duckdb>=1.1", "hypothesis>=6.100"],
     },
     entry_points={"console_scripts": ["antenna=antenna_assets.cli:main"]},
 )

@@ -17,11 +17,11 @@ import psycopg2
 import pytest
 from confluent_kafka import Producer
 
-from antenna_assets.db.ledger import APPLIED, LANDED, apply_micro_batch, batch_state
+from antenna_assets.db.ledger import APPLIED, LANDED, BatchKey, apply_micro_batch, batch_state
 from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER, migrate
 from antenna_assets.simulator import SimulatorConfig, run_simulation
 from antenna_assets.streaming.config import SpeedLayerConfig
-from antenna_assets.streaming.speed_layer import SpeedLayer, SpeedLayerTargets, run_until_stopped
+from antenna_assets.streaming.speed_layer import MicroBatchFailed, SpeedLayer, SpeedLayerTargets, run_until_stopped
 from antenna_assets_tests.truth import expected, query, read_table
 
 # Backfilled history reaches Kafka out of event-time order across partitions; these tests check
@@ -69,19 +69,19 @@ def test_available_now_equals_ground_truth(settings, spark, topic, serving_db, t
 class _CrashBeforeLanding(SpeedLayer):
     """Fails the first lake write: the batch's totals are committed, its files are not."""
 
-    def _land(self, events, batch_id, user_metadata):
+    def _land(self, events, key, user_metadata):
         if not getattr(self, "crashed", False):
             self.crashed = True
             raise RuntimeError("crash between the totals and the lake write")
-        super()._land(events, batch_id, user_metadata)
+        super()._land(events, key, user_metadata)
 
 
 def test_crash_between_totals_and_lake_write_lands_the_batch_on_replay(settings, spark, topic, serving_db, tmp_path):
     truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=0.5,
                                            start=datetime(2025, 3, 2, 10), seed=12, progress=False))
     config = SpeedLayerConfig(trigger="available_now", watermark=NO_LATE_DROPS, max_offsets_per_trigger=100,
-                              query_name=topic)
-    with pytest.raises(RuntimeError, match="crash between the totals and the lake write"):
+                              query_name=topic, batch_attempts=1)
+    with pytest.raises(MicroBatchFailed, match="micro-batch 0 .* failed 1 times: RuntimeError: crash between the totals and the lake write"):
         run_until_stopped(_CrashBeforeLanding(spark, config, _targets(settings, topic, serving_db, tmp_path)))
     assert query(serving_db, "SELECT batch_id, landed_at IS NULL FROM streaming_batches WHERE query = %s",
                  (topic,)) == [(0, True)]
@@ -131,8 +131,8 @@ def test_migration_marks_an_older_ledgers_batches_landed(serving_db):
             cur.execute("INSERT INTO streaming_batches (query, batch_id, good_messages, bad_messages, late_messages) "
                         "VALUES ('q', 1, 1, 0, 0)")  # applied, not landed yet
         migrate(conn)
-        assert batch_state(conn, "q", 0) == LANDED
-        assert batch_state(conn, "q", 1) == APPLIED
+        assert batch_state(conn, BatchKey("q", "", 0)) == LANDED
+        assert batch_state(conn, BatchKey("q", "", 1)) == APPLIED
     finally:
         conn.close()
 
