@@ -121,6 +121,12 @@ DDL = [
     """CREATE TABLE IF NOT EXISTS landing_hours (
         hour TIMESTAMP PRIMARY KEY,
         last_batch_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'))""",
+    # The hours raw_devices compacted, with the landing time of the newest data they included: an
+    # hour whose landing_hours.last_batch_at is later received data since, and is compacted again.
+    """CREATE TABLE IF NOT EXISTS compacted_hours (
+        hour TIMESTAMP PRIMARY KEY,
+        landed_through TIMESTAMP,
+        compacted_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'))""",
     # Records that failed validation, byte for byte as received (value and key), with a readable
     # preview, the reason and where they came from; the key makes replays idempotent.
     """CREATE TABLE IF NOT EXISTS dead_letter (
