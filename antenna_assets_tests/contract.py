@@ -44,7 +44,7 @@ def valid_fields(value: bytes | None, kafka_seconds: int, rules: MessageRules = 
         text = doc[f]
         if not 0 < len(text) <= rules.max_text_length:
             return None
-        if any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
+        if any(ord(c) < 0x20 or ord(c) == 0x7F or unicodedata.category(c) == "Cs" for c in text):
             return None
     return {f: doc[f] for f in FIELDS}
 
