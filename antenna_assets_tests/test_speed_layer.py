@@ -354,3 +354,65 @@ def test_a_batch_that_keeps_failing_fails_the_run_in_one_line_and_is_recorded(se
     assert read_table(serving_db, BYTES_AGG_USER) == {("u1", datetime(2025, 10, 2, 9)): 100}
     run_until_stopped(SpeedLayer(spark, config, _targets(settings, topic, serving_db, tmp_path)))
     assert spark.read.parquet(str(tmp_path / "landing")).count() == 1
+
+
+def test_any_records_through_the_real_stream_leave_exact_totals_and_dead_letters(settings, spark, topic, serving_db,
+                                                                                tmp_path):
+    """Property: arbitrary records (bytes, JSON documents, near-valid messages) mixed into the topic,
+    through the real parse, dead-letter and totals writes: good + dead letters = records consumed, the
+    stream is alive, and the totals equal those of the records the contract's plain-Python reading accepts."""
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hypothesis_settings
+    from hypothesis import strategies as st
+
+    from antenna_assets_tests.contract import records, valid_fields
+
+    config = SpeedLayerConfig(watermark=NO_LATE_DROPS, trigger_interval="1 seconds", query_name=topic)
+    layer = SpeedLayer(spark, config, _targets(settings, topic, serving_db, tmp_path))
+    handle = layer.start()
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "message.max.bytes": 2_000_000})
+    expected_users: dict = {}
+    sent = {"good": 0, "bad": 0}
+    # Every record's own timestamp is this one, so the oracle knows what "in the future" means (a
+    # timestamp older than the broker's retention would have the records deleted under the query).
+    kafka_seconds = int(time.time())
+
+    @hypothesis_settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(records, min_size=1, max_size=30))
+    def check(values):
+        for value in values:
+            producer.produce(topic, value, timestamp=kafka_seconds * 1000)
+            fields = valid_fields(value, kafka_seconds)
+            sent["bad" if fields is None else "good"] += 1
+            if fields is not None:
+                window = datetime.utcfromtimestamp(fields["timestamp"] - fields["timestamp"] % 300)
+                expected_users[(fields["id"], window)] = expected_users.get((fields["id"], window), 0) + fields["bytes"]
+        assert producer.flush(10) == 0
+        handle.processAllAvailable()
+        assert handle.isActive and handle.exception() is None
+        assert (layer.stats.good_messages, layer.stats.bad_messages) == (sent["good"], sent["bad"])
+        assert read_table(serving_db, BYTES_AGG_USER) == expected_users
+
+    try:
+        check()
+    finally:
+        handle.stop()
+    [(dead,)] = query(serving_db, "SELECT count(*) FROM dead_letter")
+    assert dead == sent["bad"]
+
+
+def test_migration_keeps_older_dead_letters_as_bytes(serving_db):
+    conn = psycopg2.connect(serving_db)
+    try:
+        with conn, conn.cursor() as cur:  # a dead_letter table from before BYTEA
+            cur.execute("DROP TABLE dead_letter")
+            cur.execute("CREATE TABLE dead_letter (topic TEXT NOT NULL, kafka_partition INT NOT NULL, "
+                        "kafka_offset BIGINT NOT NULL, raw_value TEXT, reason TEXT NOT NULL, kafka_timestamp TIMESTAMP, "
+                        "ingest_time TIMESTAMP NOT NULL, PRIMARY KEY (topic, kafka_partition, kafka_offset))")
+            cur.execute("INSERT INTO dead_letter VALUES ('devices', 0, 7, 'caf\u00e9 {', 'broken_json', NULL, now())")
+        migrate(conn)
+        migrate(conn)
+        [(raw, preview, key)] = query(serving_db, "SELECT raw_value, preview, raw_key FROM dead_letter")
+        assert (bytes(raw), preview, key) == ("caf\u00e9 {".encode(), "caf\u00e9 {", None)
+    finally:
+        conn.close()
