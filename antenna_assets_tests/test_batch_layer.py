@@ -136,3 +136,56 @@ def test_hour_within_its_grace_is_refused(landed, monkeypatch):
     assert not result.success
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert "not closed" in failure.event_specific_data.error.message
+
+
+def test_checks_fail_when_what_postgres_received_is_wrong(landed, monkeypatch):
+    """The checks judge the written tables: a writer that loses a row, writes nothing, or a negative
+    sum makes them fail, although the computed rows were right."""
+    from antenna_assets import batch_layer
+
+    _, url, lake = landed
+    write = batch_layer.write_hourly_tables
+
+    def broken_write(conn, tables, start, end):
+        tampered = dict(tables)
+        tampered["bytes_agg_antenna_1h"] = sorted(tables["bytes_agg_antenna_1h"])[1:]  # one row lost
+        tampered["bytes_agg_app_1h"] = []  # nothing written
+        email, date, total = sorted(tables["bytes_agg_user_1h"])[0]
+        tampered["bytes_agg_user_1h"] = [(email, date, -total), *sorted(tables["bytes_agg_user_1h"])[1:]]
+        return write(conn, tampered, start, end)
+
+    monkeypatch.setattr(batch_layer, "write_hourly_tables", broken_write)
+    result = _materialize_range(url, lake)
+    failed = {(e.asset_key.path[-1], e.check_name) for e in result.get_asset_check_evaluations() if not e.passed}
+    assert {("bytes_agg_antenna_1h", checks.RECONCILES_WITH_RAW), ("bytes_agg_app_1h", checks.RECONCILES_WITH_RAW),
+            ("bytes_agg_app_1h", checks.NON_EMPTY_WHEN_RAW_NON_EMPTY), ("bytes_agg_user_1h", checks.NON_NEGATIVE_SUMS),
+            ("bytes_agg_user_1h", checks.RECONCILES_WITH_RAW)} <= failed
+    assert ("bytes_agg_antenna_1h", checks.NON_EMPTY_WHEN_RAW_NON_EMPTY) not in failed
+    monkeypatch.undo()
+    assert _materialize_range(url, lake).success  # the next tests see right tables again
+
+
+def test_the_lambda_check_fails_on_events_the_speed_layer_dropped_as_late(settings, spark, serving_db, tmp_path):
+    """Events later than the watermark are in the lake but not in the speed tables: the batch layer
+    counts them and agrees_with_speed_layer reports the difference."""
+    topic = f"late-{uuid.uuid4().hex[:10]}"
+    ensure_topic(replace(settings, topic=topic))
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    base = int((datetime(2025, 6, 3, 10, 40) - datetime(1970, 1, 1)).total_seconds())
+    for ts, nbytes in ((base, 10), (base + 1, 20)):
+        producer.produce(topic, json.dumps({"timestamp": ts, "id": "u", "antenna_id": "a", "bytes": nbytes,
+                                            "app": "SKYPE"}).encode())
+    assert producer.flush(10) == 0
+    lake = LakeResource(root=str(tmp_path))
+    targets = SpeedLayerTargets(settings.kafka_bootstrap, topic, lake.landing_path, lake.checkpoint_path(topic), serving_db)
+    config = SpeedLayerConfig(trigger="available_now", query_name=topic)
+    run_until_stopped(SpeedLayer(spark, config, targets))
+    producer.produce(topic, json.dumps({"timestamp": base - 1800, "id": "u", "antenna_id": "a", "bytes": 5,
+                                        "app": "SKYPE"}).encode())  # 30 minutes late: its window closed
+    assert producer.flush(10) == 0
+    run_until_stopped(SpeedLayer(spark, config, targets))
+    result = dg.materialize([user_metadata, raw_devices, hourly_tables], resources=_resources(serving_db, lake),
+                            partition_key="2025-06-03-10:00", instance=dg.DagsterInstance.ephemeral())
+    [speed_check] = [e for e in result.get_asset_check_evaluations()
+                     if (e.asset_key.path[-1], e.check_name) == ("bytes_agg_antenna_1h", checks.AGREES_WITH_SPEED_LAYER)]
+    assert not speed_check.passed and speed_check.metadata["batch_minus_speed_bytes"].value == 5

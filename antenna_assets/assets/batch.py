@@ -5,6 +5,7 @@ from pydantic import Field
 
 from antenna_assets import batch_layer, checks
 from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP, BYTES_AGG_APP_1H
+from antenna_assets.db.serving import written_hours
 from antenna_assets.db.speed_comparison import hourly_sums_from_speed, landing_marks, record_compaction
 from antenna_assets.partitions import hour_closes_at, hourly_partitions, run_hours
 from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
@@ -93,6 +94,10 @@ def hourly_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake:
         tables = batch_layer.compute_hourly_tables(events, snapshots, selected)
         raw = batch_layer.hour_stats(events, hours)
         written = batch_layer.write_hourly_tables(conn, tables, start, end)
+        # The checks judge what PostgreSQL received, read back in the same transaction.
+        with conn.cursor() as cur:
+            stored = {name: written_hours(cur, name, batch_layer.HOURLY_TABLE_COLUMNS[name][-1], start, end)
+                      for name in selected}
         speed = {name: hourly_sums_from_speed(conn, speed_table, start, end)
                  for name, (speed_table, _) in _SPEED_TWIN.items() if name in selected}
     for name in selected:
@@ -103,11 +108,11 @@ def hourly_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake:
             "hours": dg.MetadataValue.int(len(hours)),
             "preview": dg.MetadataValue.md(f"```\n{preview}\n```"),
         })
-    for result in _check_results(context, tables, raw, speed):
+    for result in _check_results(context, tables, stored, raw, speed):
         yield result
 
 
-def _check_results(context, tables, raw, speed):
+def _check_results(context, tables, stored, raw, speed):
     selected_checks = {(key.asset_key.path[-1], key.name) for key in context.selected_asset_check_keys}
     raw_rows = sum(s.rows for s in raw)
     raw_bytes = sum(s.total_bytes for s in raw)
@@ -115,16 +120,18 @@ def _check_results(context, tables, raw, speed):
 
     for asset, check in sorted(selected_checks):
         rows = tables.get(asset, [])
+        hours = stored.get(asset, {})  # per hour: rows, sum, negative rows, as PostgreSQL holds them
         if check == checks.NON_NEGATIVE_SUMS:
-            negative = [row for row in rows if row[-1] < 0]  # the byte sum is every table's last column
+            negative = sum(n for _, _, n in hours.values())
             yield dg.AssetCheckResult(asset_key=asset, check_name=check, passed=not negative,
-                                      metadata={"negative_rows": len(negative)})
+                                      metadata={"negative_rows": negative})
         elif check == checks.NON_EMPTY_WHEN_RAW_NON_EMPTY:
-            empty_hours = [s.hour for s in raw if s.rows and not any(r[1] == s.hour for r in rows)]
+            empty_hours = [s.hour for s in raw if s.rows and not hours.get(s.hour, (0,))[0]]
             yield dg.AssetCheckResult(asset_key=asset, check_name=check, passed=not empty_hours,
                                       metadata={"raw_rows": raw_rows, "hours_missing_rows": len(empty_hours)})
         elif check == checks.RECONCILES_WITH_RAW:
-            table_bytes = sum(row[-1] for row in rows) + (unknown_bytes if asset == "bytes_agg_user_1h" else 0)
+            table_bytes = (sum(total for _, total, _ in hours.values())
+                           + (unknown_bytes if asset == "bytes_agg_user_1h" else 0))
             yield dg.AssetCheckResult(asset_key=asset, check_name=check, passed=table_bytes == raw_bytes,
                                       metadata={"raw_bytes": raw_bytes, "table_bytes": table_bytes,
                                                 "difference": table_bytes - raw_bytes})

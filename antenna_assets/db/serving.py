@@ -44,3 +44,11 @@ def replace_window(cur, table: str, columns: Sequence[str], start: datetime, end
     if rows:
         execute_values(cur, f"INSERT INTO {table} ({', '.join(columns)}) VALUES %s", rows, page_size=5000)
     return len(rows)
+
+
+def written_hours(cur, table: str, value: str, start: datetime, end: datetime) -> dict[datetime, tuple[int, int, int]]:
+    """What `table` holds for the hours in [start, end), read back from PostgreSQL: per hour, its row
+    count, the sum of `value` and the rows whose `value` is negative."""
+    cur.execute(f"SELECT date_trunc('hour', date), count(*), sum({value}), count(*) FILTER (WHERE {value} < 0) "
+                f"FROM {table} WHERE date >= %s AND date < %s GROUP BY 1", (start, end))
+    return {hour: (int(rows), int(total), int(negative)) for hour, rows, total, negative in cur.fetchall()}
