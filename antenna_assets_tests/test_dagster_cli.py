@@ -7,7 +7,6 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DAGSTER = str(Path(os.sys.executable).with_name("dagster"))
@@ -30,14 +29,23 @@ def test_instance_is_postgres(settings):
     assert isinstance(instance.run_storage, PostgresRunStorage)
 
 
-@pytest.mark.parametrize("partition", ["2026-11-20-13:00"])
-def test_materialize_user_metadata_partition(settings, postgres, partition):
+def test_materialize_user_metadata_partition(settings, serving_db):
+    """On a fresh serving database the partition's snapshot is exactly the provisioned users, with an
+    operator's edit made before it."""
     from dagster import AssetKey, DagsterInstance
 
-    proc = _run("asset", "materialize", "--select", "user_metadata", "--partition", partition, "-m", "antenna_assets.definitions")
+    from antenna_assets.users import PROVISIONED_USERS
+    from antenna_assets_tests.truth import execute, query
+
+    execute(serving_db, "UPDATE user_metadata SET quota = 123 WHERE id = %s", (PROVISIONED_USERS[0].id,))
+    partition = "2026-11-20-13:00"
+    proc = subprocess.run([DAGSTER, "asset", "materialize", "--select", "user_metadata", "--partition", partition, "-m",
+                           "antenna_assets.definitions"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "ANTENNA_POSTGRES_URL": serving_db})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    with postgres.connect() as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM user_metadata_hourly WHERE date = '2026-11-20 13:00'")
-        assert cur.fetchone()[0] >= 20
+    snapshot = query(serving_db, "SELECT id, name, email, quota FROM user_metadata_hourly WHERE date = '2026-11-20 13:00' "
+                                 "ORDER BY id")
+    provisioned = [(u.id, u.name, u.email, 123 if n == 0 else u.quota) for n, u in enumerate(PROVISIONED_USERS)]
+    assert snapshot == provisioned
     event = DagsterInstance.get().get_latest_materialization_event(AssetKey("user_metadata"))
     assert event is not None and event.dagster_event.partition == partition

@@ -4,7 +4,6 @@ and the whole path driven by the product's and Dagster's own command lines."""
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 import time
@@ -116,22 +115,23 @@ def _run(args, env, timeout=600):
     return proc
 
 
-def test_command_lines_end_to_end(settings, postgres):
-    """simulate -> `antenna stream` -> `dagster asset materialize` of every hourly asset, on the stack's defaults."""
-    hour = datetime(2025, 8, 1) + timedelta(hours=random.Random().randrange(24 * 120))
-    env = os.environ.copy()
+def test_command_lines_end_to_end(settings, topic, serving_db, tmp_path):
+    """simulate -> `antenna stream` -> `dagster asset materialize` of every hourly asset, through the
+    product's settings only, on a topic, database and lake of its own (so it runs the same every time)."""
+    hour = datetime(2025, 8, 1, 5)
+    env = {**os.environ, "ANTENNA_TOPIC": topic, "ANTENNA_POSTGRES_URL": serving_db, "ANTENNA_LAKE_ROOT": str(tmp_path)}
     bin_dir = Path(sys.executable).parent
     _run([str(bin_dir / "antenna"), "simulate", "--backfill-hours", "1", "--start", f"{hour:%Y-%m-%dT%H:%M}",
-          "--seed", "9", "--ground-truth", str(REPO / ".stack" / "test" / "truth.json"), "--no-progress"], env)
+          "--seed", "9", "--ground-truth", str(tmp_path / "truth.json"), "--no-progress"], env)
     from antenna_assets.simulator import GroundTruth
 
-    truth = GroundTruth.from_json(REPO / ".stack" / "test" / "truth.json")
+    truth = GroundTruth.from_json(tmp_path / "truth.json")
     _run([str(bin_dir / "antenna"), "stream", "--available-now", "--watermark", "3650 days"], env)
     key = f"{hour:%Y-%m-%d-%H:%M}"
     _run([str(bin_dir / "dagster"), "asset", "materialize", "-m", "antenna_assets.definitions", "--partition", key,
           "--select", "user_metadata,raw_devices,bytes_agg_antenna_1h,bytes_agg_user_1h,bytes_agg_app_1h,"
           "users_over_quota_1h"], env)
-    url = settings.postgres_url
+    url = serving_db
 
     def table(t):
         return {(k, d): int(v) for k, d, v in query(url, f"SELECT {t.key}, date, {t.value} FROM {t.name} WHERE date = %s", (hour,))}
@@ -202,3 +202,32 @@ def test_the_hourly_sensor_retries_a_failed_hour_and_reruns_an_hour_with_late_da
         both[k] = both.get(k, 0) + v
     assert hourly_antenna_totals() == both
     assert tick() == []
+
+
+def test_the_hourly_sensor_skips_open_hours_hours_done_and_no_data(serving_db, monkeypatch):
+    from antenna_assets.sensors import hourly_batch_decision
+    from antenna_assets.settings import Settings
+    from antenna_assets.timeutil import utc_now
+
+    instance = dg.DagsterInstance.ephemeral()
+    settings = Settings.from_env()
+    now = utc_now()
+
+    def decide():
+        with PostgresResource(url=serving_db).connect() as conn:
+            return hourly_batch_decision(instance, conn, settings, now, time.time())
+
+    nothing = decide()
+    assert isinstance(nothing, dg.SkipReason) and "materialized" in nothing.skip_message
+    this_hour = now.replace(minute=0, second=0, microsecond=0)
+    done_hour, closed_hour = this_hour - timedelta(hours=3), this_hour - timedelta(hours=2)
+    with PostgresResource(url=serving_db).connect() as conn, conn.cursor() as cur:
+        for hour in (this_hour, done_hour, closed_hour):  # landed data in the open hour too
+            cur.execute("INSERT INTO landing_hours (hour, last_batch_at) VALUES (%s, %s)", (hour, now - timedelta(minutes=90)))
+        cur.execute("INSERT INTO compacted_hours (hour, landed_through) VALUES (%s, %s)", (done_hour, now - timedelta(minutes=90)))
+    [request] = decide()  # not the open hour, not the one compacted with all its data
+    assert request.partition_key == f"{closed_hour:%Y-%m-%d-%H:%M}"
+    # A run of it queued or running: not launched twice.
+    instance.add_run(DagsterRun(job_name="hourly_batch_job", run_id=make_new_run_id(),
+                                status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": request.partition_key}))
+    assert isinstance(decide(), dg.SkipReason)

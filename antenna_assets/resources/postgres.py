@@ -8,6 +8,7 @@ from pydantic import Field
 
 from antenna_assets.db.schema import migrate
 from antenna_assets.settings import Settings
+from antenna_assets.stack.postgres import connect
 
 
 class PostgresResource(ConfigurableResource):
@@ -22,9 +23,7 @@ class PostgresResource(ConfigurableResource):
     @contextmanager
     def connect(self) -> Iterator[Any]:
         """A psycopg2 connection whose work commits on success and rolls back on error."""
-        import psycopg2
-
-        conn = psycopg2.connect(self.effective_url, connect_timeout=10, options="-c timezone=UTC")
+        conn = connect(self.effective_url, timeout=10, options="-c timezone=UTC")
         try:
             yield conn
             conn.commit()

@@ -28,21 +28,19 @@ def _as_root() -> bool:
     return os.geteuid() == 0
 
 
-def connect(url: str, timeout: int = 5):
+def connect(url: str, timeout: int = 5, **options):
+    """A psycopg2 connection; a server that does not answer is a StackError saying what to do."""
     import psycopg2
 
-    return psycopg2.connect(url, connect_timeout=timeout)
+    try:
+        return psycopg2.connect(url, connect_timeout=timeout, **options)
+    except psycopg2.OperationalError as exc:
+        raise StackError(f"cannot connect to PostgreSQL at {_redacted(url)}: {str(exc).strip().splitlines()[0]}. "
+                         "Start it with `antenna stack up` or fix ANTENNA_POSTGRES_URL") from None
 
 
 def ensure_database(settings: Settings, name: str) -> None:
-    import psycopg2
-
-    admin_url = settings.postgres_url_for("postgres")
-    try:
-        conn = connect(admin_url)
-    except psycopg2.OperationalError as exc:
-        raise StackError(f"cannot connect to PostgreSQL at {_redacted(admin_url)}: {str(exc).strip().splitlines()[0]}. "
-                         "Start it with `antenna stack up` or fix ANTENNA_POSTGRES_URL") from None
+    conn = connect(settings.postgres_url_for("postgres"))
     try:
         conn.autocommit = True
         with conn.cursor() as cur:

@@ -36,6 +36,7 @@ from antenna_assets.db.ledger import (LANDED, BatchKey, MicroBatchResult, Offset
                                       record_failure)
 from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
 from antenna_assets.db.user_metadata import read_live
+from antenna_assets.stack.postgres import connect
 from antenna_assets.streaming.config import SpeedLayerConfig, parse_duration
 from antenna_assets.timeutil import epoch_seconds, utc_from_epoch_millis, utc_from_epoch_seconds, utc_now
 from antenna_assets.transforms.aggregates import (MAX_EVENT_TIME, MESSAGES, bytes_per_antenna, bytes_per_app,
@@ -111,7 +112,7 @@ class SpeedLayer:
         self.failure: str | None = None  # set when a micro-batch failed every attempt
 
     def _connect(self):
-        return psycopg2.connect(self.targets.postgres_url, connect_timeout=10, options="-c timezone=UTC")
+        return connect(self.targets.postgres_url, timeout=10, options="-c timezone=UTC")
 
     def kafka_stream(self) -> DataFrame:
         reader = (self.spark.readStream.format("kafka")
