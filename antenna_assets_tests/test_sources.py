@@ -1,0 +1,67 @@
+"""The operators' source table: provisioning never overwrites an edit, and the hourly snapshots
+the batch layer joins with (real PostgreSQL, through Dagster)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import dagster as dg
+import pytest
+
+from antenna_assets.assets.sources import user_metadata
+from antenna_assets.batch_layer import MissingSnapshotError, user_metadata_snapshots
+from antenna_assets.db.user_metadata import provision_users
+from antenna_assets.resources import PostgresResource
+from antenna_assets.users import PROVISIONED_USERS
+from antenna_assets_tests.truth import execute, query
+
+FIRST = PROVISIONED_USERS[0]
+NEWCOMER = ("00000000-0000-0000-0000-000000000099", "nuria", "nuria@gmail.com", 4242)
+
+
+def _provisioned_with_edits() -> list[tuple]:
+    users = [tuple(u) for u in PROVISIONED_USERS]
+    users[0] = (FIRST.id, FIRST.name, "andres@example.org", 777)
+    return sorted([*users, NEWCOMER])
+
+
+def test_provisioning_twice_keeps_operators_edits_and_added_users(serving_db):
+    """serving_db is provisioned once already; edits and a new user, then provisioning again."""
+    execute(serving_db, "UPDATE user_metadata SET quota = 777, email = 'andres@example.org' WHERE id = %s", (FIRST.id,))
+    execute(serving_db, "INSERT INTO user_metadata VALUES (%s, %s, %s, %s)", NEWCOMER)
+    with PostgresResource(url=serving_db).connect() as conn:
+        assert provision_users(conn) == 0
+    assert query(serving_db, "SELECT id, name, email, quota FROM user_metadata ORDER BY id") == _provisioned_with_edits()
+    execute(serving_db, "DELETE FROM user_metadata WHERE id = %s", (PROVISIONED_USERS[5].id,))
+    with PostgresResource(url=serving_db).connect() as conn:
+        assert provision_users(conn) == 1  # only the missing one comes back
+
+
+def _snapshot(url: str, partition: str, refresh: bool = False) -> dg.MaterializeResult:
+    return dg.materialize([user_metadata], partition_key=partition, instance=dg.DagsterInstance.ephemeral(),
+                          resources={"postgres": PostgresResource(url=url)},
+                          run_config={"ops": {"user_metadata": {"config": {"refresh": refresh}}}})
+
+
+def _snapshot_rows(url: str, hour: datetime) -> list[tuple]:
+    return query(url, "SELECT id, name, email, quota FROM user_metadata_hourly WHERE date = %s ORDER BY id", (hour,))
+
+
+def test_snapshots_take_edits_keep_old_hours_and_refresh_on_request(serving_db, spark):
+    old, new = datetime(2026, 3, 1, 10), datetime(2026, 3, 1, 11)
+    assert _snapshot(serving_db, "2026-03-01-10:00").success
+    before = _snapshot_rows(serving_db, old)
+    assert before == sorted(tuple(u) for u in PROVISIONED_USERS)
+
+    execute(serving_db, "UPDATE user_metadata SET quota = 777, email = 'andres@example.org' WHERE id = %s", (FIRST.id,))
+    execute(serving_db, "INSERT INTO user_metadata VALUES (%s, %s, %s, %s)", NEWCOMER)
+    assert _snapshot(serving_db, "2026-03-01-11:00").success
+    assert _snapshot_rows(serving_db, new) == _provisioned_with_edits()  # taken after the edit: has it
+    assert _snapshot(serving_db, "2026-03-01-10:00").success
+    assert _snapshot_rows(serving_db, old) == before  # re-running an old hour keeps its snapshot
+    assert _snapshot(serving_db, "2026-03-01-10:00", refresh=True).success
+    assert _snapshot_rows(serving_db, old) == _provisioned_with_edits()  # refresh retakes it
+
+    with PostgresResource(url=serving_db).connect() as conn:
+        with pytest.raises(MissingSnapshotError, match="no user_metadata snapshot for hour.*2026-03-01-12:00"):
+            user_metadata_snapshots(spark, conn, [datetime(2026, 3, 1, 12)])
