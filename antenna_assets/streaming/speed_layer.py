@@ -31,7 +31,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
-from antenna_assets.db.ledger import (LANDED, BatchKey, MicroBatchResult, OffsetMarks, Offsets, apply_micro_batch,
+from antenna_assets.db.ledger import (LANDED, BatchKey, MicroBatchResult, Offsets, apply_micro_batch,
                                       batch_state, describe_offsets, mark_landed, max_event_time, offset_marks,
                                       record_failure)
 from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
