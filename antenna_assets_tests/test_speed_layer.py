@@ -142,6 +142,24 @@ def _ledger_batches(url: str, query_name: str) -> int:
     return query(url, "SELECT count(*) FROM streaming_batches WHERE query = %s", (query_name,))[0][0]
 
 
+def _unlanded_batches(url: str, query_name: str) -> int:
+    return query(url, "SELECT count(*) FROM streaming_batches WHERE query = %s AND landed_at IS NULL", (query_name,))[0][0]
+
+
+def _freeze_mid_batch(process: subprocess.Popen, url: str, query_name: str, timeout: float = 180) -> None:
+    """Stop (SIGSTOP) the stream's process group at a moment when a batch after the first is applied
+    but not landed; frozen, that state is certain when the caller kills it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if _ledger_batches(url, query_name) >= 2 and _unlanded_batches(url, query_name):
+            os.killpg(process.pid, signal.SIGSTOP)
+            if _unlanded_batches(url, query_name):
+                return
+            os.killpg(process.pid, signal.SIGCONT)  # it landed meanwhile: wait for the next batch
+        time.sleep(0.01)
+    raise AssertionError("the stream was never caught between a batch's totals and its lake files")
+
+
 def test_kill_9_then_resume_adds_nothing_twice_in_any_time_zone(settings, topic, serving_db, tmp_path):
     truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, users=200, backfill_hours=2,
                                            start=datetime(2025, 3, 30, 0), seed=5, progress=False))
@@ -153,16 +171,13 @@ def test_kill_9_then_resume_adds_nothing_twice_in_any_time_zone(settings, topic,
     first = subprocess.Popen([*command, "--trigger-interval", "1 seconds"], env=env, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 180
-        while _ledger_batches(serving_db, topic) < 3 and time.monotonic() < deadline and first.poll() is None:
-            time.sleep(0.2)
-        assert _ledger_batches(serving_db, topic) >= 3, "the stream did not commit batches in time"
+        _freeze_mid_batch(first, serving_db, topic)
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the Python driver and its Spark JVM, mid-batch
         first.wait()
-    committed_before_restart = _ledger_batches(serving_db, topic)
-    assert committed_before_restart < truth.messages / 3000, "the kill came after the stream had finished"
-
+    # Killed between a batch's totals and its lake files, with batches before it done.
+    assert _unlanded_batches(serving_db, topic) == 1
+    assert 1 < _ledger_batches(serving_db, topic) < truth.messages / 3000
     second = subprocess.run([*command, "--available-now"], env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
 
@@ -241,10 +256,14 @@ def test_stream_stops_cleanly_on_a_signal_and_resumes(settings, topic, serving_d
                               stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while _ledger_batches(serving_db, topic) < 1 and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
     stream.send_signal(stop_signal)
     out, err = stream.communicate(timeout=60)
     assert stream.returncode == 0 and "stopped cleanly" in out, err[-3000:]
+    # Interrupted with some batches committed and messages left: the rerun must resume, not redo.
+    [(batches, good)] = query(serving_db, "SELECT count(*), coalesce(sum(good_messages), 0) FROM streaming_batches "
+                                          "WHERE query = %s", (topic,))
+    assert batches >= 1 and 0 < good < truth.messages
     subprocess.run([*command, "--available-now"], env=env, check=True, capture_output=True, timeout=300)
     _assert_tables_equal_truth(serving_db, truth)
 
