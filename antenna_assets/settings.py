@@ -35,6 +35,13 @@ def _env_str(name: str, default: str) -> str:
     return default if raw is None or raw == "" else raw
 
 
+def _env_flag(name: str) -> bool:
+    raw = _env_str(name, "0")
+    if raw not in ("0", "1"):
+        raise SettingsError(f"{name}={raw!r}: expected 1 (on) or 0 (off)")
+    return raw == "1"
+
+
 def default_stack_dir() -> Path:
     return Path(_env_str("ANTENNA_STACK_DIR", str(Path.cwd() / ".stack"))).resolve()
 
@@ -60,6 +67,10 @@ class Settings:
     gcs_endpoint: str = ""  # http://127.0.0.1:N of a GCS API emulator; empty: the real service
     gcs_emulator_port: int = 14443
     gcs_credentials_file: str = ""
+    # Apache Superset: started by `antenna stack up` when enabled (always by the demo).
+    superset: bool = False
+    superset_port: int = 8088
+    superset_db: str = "superset"
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -88,6 +99,9 @@ class Settings:
             gcs_endpoint=_env_str("ANTENNA_GCS_ENDPOINT", "").rstrip("/"),
             gcs_emulator_port=_env_int("ANTENNA_GCS_EMULATOR_PORT", 14443),
             gcs_credentials_file=_env_str("GOOGLE_APPLICATION_CREDENTIALS", ""),
+            superset=_env_flag("ANTENNA_SUPERSET"),
+            superset_port=_env_int("ANTENNA_SUPERSET_PORT", 8088),
+            superset_db=_env_str("ANTENNA_SUPERSET_DB", "superset"),
         )
         settings.validate()
         return settings
