@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import sys
 from collections import defaultdict
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -78,6 +80,22 @@ def test_dashboard_file_that_fails_to_import_is_named(superset, tmp_path):
     (broken / "broken.yaml").write_text("slice_name: [unclosed\n")
     with pytest.raises(StackError, match="broken.yaml"):
         load_assets(tmp_path)
+
+
+def test_stack_status_reports_superset_and_a_taken_port_is_one_line(superset):
+    cli = [sys.executable, "-m", "antenna_assets.cli", "stack"]
+    status = subprocess.run([*cli, "status"], capture_output=True, text=True, timeout=60)
+    assert f"superset: healthy (pid {superset[0].pid()}, {superset[0].url})" in status.stdout
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        up = subprocess.run([*cli, "up", "--superset"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "ANTENNA_SUPERSET_PORT": str(port)})
+    assert up.returncode == 1
+    assert up.stderr.strip() == (f"antenna: error: port {port} (Superset) is already in use by another process: "
+                                 "stop it, or choose another port with ANTENNA_SUPERSET_PORT")
+    assert "postgres already running" in up.stdout and "kafka already running" in up.stdout
 
 
 def _utc(ms) -> datetime:

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from antenna_assets.serving.superset_bundle import DASHBOARD_SLUG, import_bundle
 from antenna_assets.settings import Settings
 from antenna_assets.stack.errors import StackError
 from antenna_assets.stack.postgres import ensure_database
@@ -58,6 +59,10 @@ with app.app_context():
         sm.reset_password(user.id, password)
     db.session.commit()
 """
+
+
+def dashboard_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.superset_port}/superset/dashboard/{DASHBOARD_SLUG}/"
 
 
 class Superset(ServerProcess):
@@ -138,8 +143,6 @@ class Superset(ServerProcess):
         return password if created else None
 
     def up(self) -> str:
-        from antenna_assets.serving.superset_bundle import import_bundle
-
         if self.pid() is not None and self.healthy():
             import_bundle(self)
             return f"superset already running (pid {self.pid()}) at {self.url}"
@@ -166,6 +169,10 @@ class Superset(ServerProcess):
         if new_password:
             message += (f"\nsuperset admin password (shown once; kept in {self.password_file}): {new_password}")
         return message
+
+    @property
+    def dashboard_url(self) -> str:
+        return dashboard_url(self.settings)
 
     def login_hint(self) -> str:
         return f"log in to {self.url} as {ADMIN}; the password is in {self.password_file} (cat it)"
