@@ -147,3 +147,22 @@ def test_reader_role_reads_serving_only_and_cannot_write(settings, lambda_db):
         reader.close()
     with pytest.raises(psycopg2.OperationalError, match="permission denied|not permitted"):
         connect(replace(settings, postgres_url=reader_url).postgres_url_for(settings.dagster_db)).close()
+
+
+def test_serving_views_asset_records_rows_per_source_and_links_the_dashboard(lambda_db):
+    import dagster as dg
+
+    from antenna_assets.assets.serving import ANTENNA_USAGE_DASHBOARD, DASHBOARD_URL, serving_views
+    from antenna_assets.resources import PostgresResource
+
+    conn, _, url = lambda_db
+    result = dg.materialize([serving_views], resources={"postgres": PostgresResource(url=url)})
+    assert result.success
+    metadata = {m.asset_key.path[-1]: m.metadata for m in result.get_asset_materialization_events()
+                for m in [m.event_specific_data.materialization]}
+    expected = dict(_rows(conn, "SELECT source, count(*) FROM serving_antenna_1h GROUP BY 1"))
+    assert metadata["serving_antenna_1h"]["batch_rows"].value == expected["batch"]
+    assert metadata["serving_antenna_1h"]["speed_rows"].value == expected["speed"]
+    assert metadata["serving_stream_freshness"]["rows"].value == 1
+    assert metadata["serving_user_1h"]["dashboard"].value == DASHBOARD_URL
+    assert ANTENNA_USAGE_DASHBOARD.metadata["dashboard"].value.endswith("/superset/dashboard/antenna-usage/")
