@@ -28,7 +28,6 @@ from antenna_assets.timeutil import utc_now
 from antenna_assets_tests.conftest import REPO, fresh_database
 from antenna_assets_tests.serving_seed import fill_serving
 
-os.environ.setdefault("ANTENNA_SUPERSET_PORT", "28088")
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = Path(os.environ.get("ANTENNA_STACK_DIR", REPO / ".stack" / "test")) / "superset-dashboard.png"
 
@@ -40,8 +39,7 @@ def superset(settings):
         conn = connect(url)
         seeded = fill_serving(conn, utc_now())
         conn.close()
-        stack = replace(settings, postgres_url=url, superset_port=int(os.environ["ANTENNA_SUPERSET_PORT"]))
-        service = Superset(stack)
+        service = Superset(replace(settings, postgres_url=url))
         service.down()  # a server left by an earlier run may serve another database
         print(service.up())
         try:
