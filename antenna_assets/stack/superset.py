@@ -38,7 +38,6 @@ SECRET_KEY = Path({secret_key_file!r}).read_text().strip()
 SQLALCHEMY_DATABASE_URI = {metadata_url!r}
 # Charts always show the tables as they are now: the dashboard refreshes itself every minute.
 DATA_CACHE_CONFIG = {{"CACHE_TYPE": "NullCache"}}
-FEATURE_FLAGS = {{"DASHBOARD_RBAC": False}}
 """
 
 # Run inside Superset's venv: the admin user exists with the password of the stack secret.
@@ -149,6 +148,9 @@ class Superset(ServerProcess):
         if port_open(self.port):
             raise StackError(f"port {self.port} (Superset) is already in use by another process: stop it, or choose "
                              "another port with ANTENNA_SUPERSET_PORT")
+        if self.pid() is not None:
+            raise StackError(f"superset (pid {self.pid()}) runs but does not answer at {self.url}; see {self.log_file}, "
+                             "or run `antenna stack down` and retry")
         self.install()
         new_password = self._prepare()
         env = {**os.environ, "SUPERSET_CONFIG_PATH": str(self.config_file)}
