@@ -96,6 +96,23 @@ def test_stack_status_reports_superset_and_a_taken_port_is_one_line(superset):
     assert "postgres already running" in up.stdout and "kafka already running" in up.stdout
 
 
+def test_failed_install_is_one_line(settings, tmp_path, monkeypatch):
+    """No reachable package index: one line naming the install log, and nothing left running."""
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "2")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    service = Superset(replace(settings, stack_dir=tmp_path, superset_port=port))
+    with pytest.raises(StackError) as failure:
+        service.up()
+    message = str(failure.value)
+    assert "\n" not in message and message.startswith(f"installing Apache Superset into {service.venv} failed")
+    assert str(service.install_log) in message
+    assert service.pid() is None and not (service.venv / ".antenna-constraints").exists()
+
+
 def _utc(ms) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).replace(tzinfo=None)
 
