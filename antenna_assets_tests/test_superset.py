@@ -109,7 +109,7 @@ def test_failed_install_is_one_line(settings, tmp_path, monkeypatch):
         service.up()
     message = str(failure.value)
     assert "\n" not in message and message.startswith(f"installing Apache Superset into {service.venv} failed")
-    assert str(service.install_log) in message
+    assert str(service.install_log) in message and "apache-superset" in message
     assert service.pid() is None and not (service.venv / ".antenna-constraints").exists()
 
 

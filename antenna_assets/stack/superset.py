@@ -108,10 +108,14 @@ class Superset(ServerProcess):
                      [str(self.venv / "bin" / "python"), "-m", "pip", "install", "-c", str(CONSTRAINTS), *REQUIREMENTS])
             for step in steps:
                 if subprocess.run(step, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode:
-                    last = tail(self.install_log, 1).strip()
-                    raise StackError(f"installing Apache Superset into {self.venv} failed ({last}); see "
-                                     f"{self.install_log}, fix pip's access to the package index and retry")
+                    raise StackError(f"installing Apache Superset into {self.venv} failed ({self._install_error()}); "
+                                     f"see {self.install_log}, fix pip's access to the package index and retry")
         marker.write_text(digest)
+
+    def _install_error(self) -> str:
+        """pip's first error line (the cause; the last one is its generic advice)."""
+        lines = [line.strip() for line in self.install_log.read_text(errors="replace").splitlines() if line.strip()]
+        return next((line for line in lines if line.startswith("ERROR:")), lines[-1] if lines else "no output")
 
     def _superset(self, *args: str) -> None:
         env = {**os.environ, "SUPERSET_CONFIG_PATH": str(self.config_file), "FLASK_APP": "superset"}
