@@ -5,6 +5,9 @@ setup(
     version="0.1.0",
     description="A lambda architecture for mobile-network usage data, as Dagster software-defined assets.",
     packages=find_packages(exclude=["antenna_assets_tests", "bench"]),
+    # Superset's pinned install and the dashboards it imports at every start.
+    package_data={"antenna_assets.serving": ["superset-constraints.txt", "superset_assets/*.yaml",
+                                             "superset_assets/*/*.yaml", "superset_assets/*/*/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         # dagster and its integrations are released in lock-step: pin the pair.
@@ -23,7 +26,9 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "duckdb>=1.1", "hypothesis>=6.100"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "duckdb>=1.1", "hypothesis>=6.100",
+                # drives Debian's /usr/bin/chromium in the browser tests; no browser download
+                "playwright>=1.50,<2"],
     },
     entry_points={"console_scripts": ["antenna=antenna_assets.cli:main"]},
 )

@@ -17,15 +17,21 @@ def _stack(args: argparse.Namespace) -> int:
     from antenna_assets.stack.kafka import KafkaBroker
     from antenna_assets.stack.live_traffic import LiveTraffic
     from antenna_assets.stack.postgres import EmbeddedPostgres
+    from antenna_assets.stack.superset import Superset
 
     settings = Settings.from_env()
     services = [EmbeddedPostgres(settings), KafkaBroker(settings)]
-    # Optional: started by `antenna demo` or the tests, stopped with the stack.
-    extras = [DagsterUI(settings), LiveTraffic(settings), GcsEmulator(settings)]
+    superset = Superset(settings)
+    # Optional: started by `antenna demo`, `stack up --superset` or the tests, stopped with the stack.
+    extras = [superset, DagsterUI(settings), LiveTraffic(settings), GcsEmulator(settings)]
     if args.action == "up":
         for service in services:
             print(service.up(), flush=True)
         print('point a shell at it with: eval "$(antenna stack env)"')
+        if args.superset or settings.superset:
+            # Kafka and PostgreSQL stay up if Superset cannot start: its error is the command's own.
+            print(superset.up(), flush=True)
+            print(f"dashboard: {superset.dashboard_url}  ({superset.login_hint()})")
     elif args.action == "down":
         for service in [*extras, *reversed(services)]:
             print(service.down(), flush=True)
@@ -57,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     stack = commands.add_parser("stack", help="the local stack: Kafka broker and PostgreSQL")
     stack.add_argument("action", choices=["up", "down", "status", "env"])
+    stack.add_argument("--superset", action="store_true",
+                       help="up: also start Apache Superset with the dashboards (or set ANTENNA_SUPERSET=1)")
     stack.set_defaults(handler=_stack)
     commands.add_parser("jars", help="fetch and cache the Kafka broker and Spark connector jars").set_defaults(handler=_jars)
     for register in _command_modules():

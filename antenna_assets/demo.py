@@ -24,6 +24,7 @@ def register(commands) -> None:
     parser.add_argument("--live-interval", type=float, default=60,
                         help="seconds between two messages of a user in live traffic (contract: 60)")
     parser.add_argument("--no-ui", action="store_true", help="do not start the Dagster UI")
+    parser.add_argument("--no-superset", action="store_true", help="do not start Apache Superset (the dashboards)")
     parser.set_defaults(handler=_demo)
 
 
@@ -51,9 +52,11 @@ def _demo(args: argparse.Namespace) -> int:
     from antenna_assets.simulator import SimulatorConfig, simulate
     from antenna_assets.stack.dagster_ui import DagsterUI
     from antenna_assets.stack.env import apply_stack_environment
+    from antenna_assets.stack.errors import StackError
     from antenna_assets.stack.kafka import KafkaBroker
     from antenna_assets.stack.live_traffic import LiveTraffic
     from antenna_assets.stack.postgres import EmbeddedPostgres
+    from antenna_assets.stack.superset import Superset
     from antenna_assets.timeutil import utc_now
 
     if args.hours < 1:
@@ -114,6 +117,13 @@ def _demo(args: argparse.Namespace) -> int:
         ui = DagsterUI(settings)
         print(ui.up())
         _say(f"Dagster UI: {ui.url}  (the sensors keep the stream alive and compute each hour as it closes)")
+    if not args.no_superset:
+        superset = Superset(settings)
+        try:
+            print(superset.up(), flush=True)
+            _say(f"dashboard: {superset.dashboard_url}  ({superset.login_hint()})")
+        except StackError as exc:  # the pipeline runs on without its dashboards
+            print(f"antenna demo: superset not started: {exc}", flush=True)
     print('stop everything with: antenna stack down   (or: make stop)')
     return 0
 

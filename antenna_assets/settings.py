@@ -46,6 +46,13 @@ def _env_str(name: str, default: str) -> str:
     return default if raw is None or raw == "" else raw
 
 
+def _env_flag(name: str) -> bool:
+    raw = _env_str(name, "0")
+    if raw not in ("0", "1"):
+        raise SettingsError(f"{name}={raw!r}: expected 1 (on) or 0 (off)")
+    return raw == "1"
+
+
 def default_stack_dir() -> Path:
     return Path(_env_str("ANTENNA_STACK_DIR", str(Path.cwd() / ".stack"))).resolve()
 
@@ -81,6 +88,10 @@ class Settings:
     batch_backoff_max_seconds: float = 3600.0
     autostart_streaming: bool = False  # the streaming sensor is on when Dagster starts
     automation: bool = False  # the hourly batch sensor is on when Dagster starts
+    # Apache Superset: started by `antenna stack up` when enabled (always by the demo).
+    superset: bool = False
+    superset_port: int = 8088
+    superset_db: str = "superset"
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -117,6 +128,9 @@ class Settings:
             batch_backoff_max_seconds=_env_float("ANTENNA_BATCH_BACKOFF_MAX_SECONDS", cls.batch_backoff_max_seconds),
             autostart_streaming=_env_str("ANTENNA_AUTOSTART_STREAMING", "") == "1",
             automation=_env_str("ANTENNA_AUTOMATION", "") == "1",
+            superset=_env_flag("ANTENNA_SUPERSET"),
+            superset_port=_env_int("ANTENNA_SUPERSET_PORT", 8088),
+            superset_db=_env_str("ANTENNA_SUPERSET_DB", "superset"),
         )
         settings.validate()
         return settings

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ANTENNA_STACK_DIR", str(REPO / ".stack" / "test"))
 os.environ.setdefault("ANTENNA_KAFKA_PORT", "29092")
 os.environ.setdefault("ANTENNA_POSTGRES_PORT", "25432")
+os.environ.setdefault("ANTENNA_SUPERSET_PORT", "28088")
 os.environ.setdefault("ANTENNA_SPARK_MASTER", "local[2]")
 os.environ.setdefault("ANTENNA_SPARK_SHUFFLE_PARTITIONS", "2")
 os.environ.setdefault("ANTENNA_LAKE_ROOT", str(Path(os.environ["ANTENNA_STACK_DIR"]) / "lake"))

@@ -19,7 +19,8 @@ TABLES = ((BYTES_AGG_ANTENNA, "antenna", False), (BYTES_AGG_APP, "app", False),
 
 def _demo(env: dict[str, str]) -> str:
     proc = subprocess.run([sys.executable, "-m", "antenna_assets.cli", "demo", "--hours", "1",
-                           "--first-hour", f"{FIRST_HOUR:%Y-%m-%d-%H}:00", "--live-minutes", "0", "--no-ui"],
+                           "--first-hour", f"{FIRST_HOUR:%Y-%m-%d-%H}:00", "--live-minutes", "0", "--no-ui",
+                           "--no-superset"],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
