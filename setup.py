@@ -5,6 +5,7 @@ setup(
     version="0.1.0",
     description="A lambda architecture for mobile-network usage data, as Dagster software-defined assets.",
     packages=find_packages(exclude=["antenna_assets_tests", "bench"]),
+    package_data={"antenna_assets.operators": ["templates/*.html"]},
     python_requires=">=3.10",
     install_requires=[
         # dagster and its integrations are released in lock-step: pin the pair.
@@ -21,9 +22,16 @@ setup(
         "pyarrow>=15",
         "pandas>=2",
         "numpy>=1.26",
+        # The operators' page (antenna_assets/operators): server-rendered forms on FastAPI.
+        "fastapi>=0.115",
+        "uvicorn>=0.30",
+        "jinja2>=3.1",
+        "python-multipart>=0.0.9",
+        "argon2-cffi>=23.1",
+        "itsdangerous>=2.1",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "duckdb>=1.1"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "duckdb>=1.1", "httpx>=0.27", "playwright>=1.45", "hypothesis>=6.100"],
     },
     entry_points={"console_scripts": ["antenna=antenna_assets.cli:main"]},
 )

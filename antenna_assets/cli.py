@@ -16,15 +16,20 @@ def _stack(args: argparse.Namespace) -> int:
     from antenna_assets.stack.gcs_emulator import GcsEmulator
     from antenna_assets.stack.kafka import KafkaBroker
     from antenna_assets.stack.live_traffic import LiveTraffic
+    from antenna_assets.stack.operators_page import OperatorsPage
     from antenna_assets.stack.postgres import EmbeddedPostgres
 
     settings = Settings.from_env()
     services = [EmbeddedPostgres(settings), KafkaBroker(settings)]
     # Optional: started by `antenna demo` or the tests, stopped with the stack.
-    extras = [DagsterUI(settings), LiveTraffic(settings), GcsEmulator(settings)]
+    operators_page = OperatorsPage(settings)
+    extras = [DagsterUI(settings), LiveTraffic(settings), GcsEmulator(settings), operators_page]
     if args.action == "up":
         for service in services:
             print(service.up(), flush=True)
+        if args.operators or settings.operators_page:
+            print(operators_page.up(), flush=True)
+            print("create an operator with: antenna operators add NAME")
         print('point a shell at it with: eval "$(antenna stack env)"')
     elif args.action == "down":
         for service in [*extras, *reversed(services)]:
@@ -57,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     stack = commands.add_parser("stack", help="the local stack: Kafka broker and PostgreSQL")
     stack.add_argument("action", choices=["up", "down", "status", "env"])
+    stack.add_argument("--operators", action="store_true",
+                       help="up: also start the operators' web page (or set ANTENNA_OPERATORS_PAGE=1)")
     stack.set_defaults(handler=_stack)
     commands.add_parser("jars", help="fetch and cache the Kafka broker and Spark connector jars").set_defaults(handler=_jars)
     for register in _command_modules():

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from antenna_assets.operators.schema import migrate_operators
+
 MIGRATION_LOCK_ID = 7_286_001
 
 
@@ -107,4 +109,5 @@ def migrate(conn) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
         for statement in DDL:
             cur.execute(statement)
+        migrate_operators(cur)
     conn.commit()
