@@ -119,7 +119,7 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
     @app.exception_handler(Exception)
     def _unexpected(request: Request, exc: Exception):
         # Starlette calls this outside the session middleware: no session here, and no trace shown.
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
         context = {"operator": None, "csrf_token": "", "flash": None, "title": "Error",
                    "message": "Something went wrong; nothing was saved. The server's log has the details."}
         return TEMPLATES.TemplateResponse(request, "error.html", context, status_code=500, headers=SECURITY_HEADERS)

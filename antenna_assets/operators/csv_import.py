@@ -49,8 +49,11 @@ def parse_users_csv(data: bytes) -> tuple[list[tuple[int, UserInput]], list[tupl
             if field_errors:
                 errors.append((f"line {line}", "; ".join(f"{k}: {v}" for k, v in field_errors.items())))
                 continue
-            duplicate = [f"id also on line {seen_ids[user.id]}"] * (user.id in seen_ids) + \
-                        [f"email also on line {seen_emails[user.email.lower()]}"] * (user.email.lower() in seen_emails)
+            duplicate = []
+            if user.id in seen_ids:
+                duplicate.append(f"id also on line {seen_ids[user.id]}")
+            if user.email.lower() in seen_emails:
+                duplicate.append(f"email also on line {seen_emails[user.email.lower()]}")
             seen_ids.setdefault(user.id, line)
             seen_emails.setdefault(user.email.lower(), line)
             if duplicate:

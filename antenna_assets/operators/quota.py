@@ -18,7 +18,7 @@ UNITS = {
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }
-_QUOTA = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+_QUOTA = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*([a-z]*)\s*$", re.IGNORECASE | re.ASCII)
 _DISPLAY_UNITS = (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3))
 
 
@@ -49,11 +49,15 @@ def parse_quota(text: str) -> int:
 
 
 def quota_input_text(value: int) -> str:
-    """The text a form shows for `value`: exact (parses back to `value`), in the largest decimal unit
-    that needs at most 3 decimals: `1500000000` -> `1.5 GB`, `1234567` -> `1234567`."""
+    """The text a form shows for `value`: exact (it parses back to `value`), in the value's largest
+    decimal unit when that needs at most 3 decimals: `1500000000` -> `1.5 GB`, `1234567` -> `1234567`."""
     for unit, factor in _DISPLAY_UNITS:
-        if value >= factor and value % (factor // 1000) == 0:
-            return f"{value / factor:.3f}".rstrip("0").rstrip(".") + f" {unit}"
+        if value >= factor:
+            whole, rest = divmod(value, factor)
+            if rest % (factor // 1000):
+                break
+            decimals = f"{rest // (factor // 1000):03d}".rstrip("0")
+            return f"{whole}.{decimals} {unit}" if decimals else f"{whole} {unit}"
     return str(value)
 
 
