@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 
 from antenna_assets.settings import Settings
+from antenna_assets.stack.env import stack_environment
 from antenna_assets.stack.errors import StackError
 from antenna_assets.stack.process import ServerProcess, port_open
 
@@ -43,9 +45,12 @@ class OperatorsPage(ServerProcess):
         # Here rather than in the child, so a database problem is this command's one-line error.
         prepare_database(self.settings)
         self.home.mkdir(parents=True, exist_ok=True)
+        # The child reads these settings, not this process's: pass the ones this service was given.
+        env = {**os.environ, **stack_environment(self.settings), "ANTENNA_OPERATORS_HOST": self.settings.operators_host,
+               "ANTENNA_OPERATORS_PORT": str(self.settings.operators_port)}
         with open(self.log_file, "ab") as log:
             process = subprocess.Popen([sys.executable, "-m", "antenna_assets.cli", "operators", "serve"],
-                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
         self.pid_file.write_text(str(process.pid))
         self._await_healthy(process, 30, interval=0.2)
