@@ -307,5 +307,5 @@ def usage_chart(usage: list[tuple[datetime, int | None]], quota: int, width: int
     bars = [{"x": round(n * slot + 1, 1), "w": round(slot - 2, 1), "h": round(height * (b or 0) / top, 1),
              "y": round(height - height * (b or 0) / top, 1), "hour": hour, "bytes": b, "over": b is not None and b > quota}
             for n, (hour, b) in enumerate(usage)]
-    return {"bars": bars, "width": width, "height": height, "quota_shown": quota_shown,
+    return {"bars": bars, "width": width, "height": height, "top": top, "quota_shown": quota_shown,
             "quota_y": round(height - height * quota / top, 1), "any_data": most > 0 or any(b is not None for _, b in usage)}
