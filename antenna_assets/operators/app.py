@@ -178,9 +178,10 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
         operator(request)
         sort = sort if sort in store.SORTS else "id"
         with connect() as conn:
-            rows, total = store.list_users(conn, now(), q.strip()[:200], sort, dir == "desc")
+            usage = store.usage_available(conn)
+            rows, total = store.list_users(conn, now(), q.strip()[:200], sort, dir == "desc", usage=usage)
         return render(request, "users.html", users=rows, total=total, q=q, sort=sort, dir=dir,
-                      hour=store.current_hour(now()), limit=store.LIST_LIMIT)
+                      hour=store.current_hour(now()), limit=store.LIST_LIMIT, usage=usage)
 
     def user_form(request: Request, template: str, status_code: int = 200, **context) -> HTMLResponse:
         context.setdefault("errors", {})
@@ -210,10 +211,11 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
 
     def user_page(request: Request, user: store.UserRow, status_code: int = 200, **context) -> HTMLResponse:
         with connect() as conn:
-            usage = store.hourly_usage(conn, user.email, now())
+            usage = store.hourly_usage(conn, user.email, now()) if store.usage_available(conn) else None
             history = store.audit_rows(conn, user.id)
         context.setdefault("values", {"name": user.name, "email": user.email, "quota": quota_input_text(user.quota)})
-        return user_form(request, "user.html", status_code, user=user, chart=usage_chart(usage, user.quota),
+        return user_form(request, "user.html", status_code, user=user,
+                         chart=usage_chart(usage, user.quota) if usage is not None else None,
                          history=history, **context)
 
     def existing_user(user_id: str) -> store.UserRow:

@@ -59,21 +59,28 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+def usage_available(conn) -> bool:
+    """Whether the serving view of usage per user and hour exists (the serving layer's migration)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('serving_user_1h') IS NOT NULL")
+        return cur.fetchone()[0]
+
+
 def list_users(conn, now: datetime, search: str = "", sort: str = "id", descending: bool = False,
-               limit: int = LIST_LIMIT) -> tuple[list[UserRow], int]:
+               limit: int = LIST_LIMIT, usage: bool = True) -> tuple[list[UserRow], int]:
     """Users matching `search` (in id, name or email) with this hour's and the last closed hour's
-    bytes from the serving data; and how many match in all."""
+    bytes from the serving data (unless not `usage`); and how many match in all."""
     hour = current_hour(now)
     order = SORTS.get(sort, SORTS["id"]) + (" DESC" if descending else "")
     where = "WHERE u.id ILIKE %(q)s OR u.name ILIKE %(q)s OR u.email ILIKE %(q)s" if search else ""
     params = {"q": _like(search), "hour": hour, "previous": hour - timedelta(hours=1), "limit": limit}
+    hours = ("LEFT JOIN serving_user_1h cur ON cur.email = u.email AND cur.date = %(hour)s "
+             "LEFT JOIN serving_user_1h prev ON prev.email = u.email AND prev.date = %(previous)s " if usage else
+             "CROSS JOIN (SELECT NULL::bigint AS sum_user_bytes) cur CROSS JOIN (SELECT NULL::bigint AS sum_user_bytes) prev ")
     with conn.cursor() as cur:
         cur.execute(
             "SELECT u.id, u.name, u.email, u.quota, cur.sum_user_bytes, prev.sum_user_bytes, count(*) OVER () "
-            "FROM user_metadata u "
-            "LEFT JOIN serving_user_1h cur ON cur.email = u.email AND cur.date = %(hour)s "
-            "LEFT JOIN serving_user_1h prev ON prev.email = u.email AND prev.date = %(previous)s "
-            f"{where} ORDER BY {order}, u.id LIMIT %(limit)s", params)
+            f"FROM user_metadata u {hours}{where} ORDER BY {order}, u.id LIMIT %(limit)s", params)
         rows = cur.fetchall()
     return [UserRow(*row[:6]) for row in rows], (rows[0][6] if rows else 0)
 
