@@ -209,6 +209,32 @@ def test_users_list_searches_and_sorts(alice):
     assert "No user matches" in alice.get("/users", params={"q": "%"}).text
 
 
+def test_users_list_and_user_page_show_usage_against_the_quota(page, alice):
+    url = page[0]
+    luis = PROVISIONED_USERS[5]  # quota 200 KB; no other test changes him
+    hour, previous = NOW.replace(minute=0), NOW.replace(minute=0) - timedelta(hours=1)
+    assert _query(url, "SELECT to_regclass('serving_user_1h') IS NOT NULL")[0][0], \
+        "serving_user_1h is missing: the serving layer's migration creates it"
+    with closing(psycopg2.connect(url)) as conn, conn, conn.cursor() as cur:
+        # The last closed hour: 12 five-minute sums of the speed layer and the batch layer's hour (300 KB);
+        # this hour so far: two five-minute sums (50 KB).
+        for n in range(12):
+            cur.execute("INSERT INTO bytes_agg_user VALUES (%s, %s, 25000)", (luis.id, previous + timedelta(minutes=5 * n)))
+        cur.execute("INSERT INTO bytes_agg_user_1h VALUES (%s, %s, 300000)", (luis.email, previous))
+        cur.execute("INSERT INTO bytes_agg_user VALUES (%s, %s, 20000), (%s, %s, 30000)",
+                    (luis.id, hour, luis.id, hour + timedelta(minutes=5)))
+    served = dict(_query(url, "SELECT date, sum_user_bytes FROM serving_user_1h WHERE email = %s", (luis.email,)))
+    assert served == {previous: 300_000, hour: 50_000}
+    row = re.search(rf"<td>{luis.email}</td>(.*?)</tr>", alice.get("/users", params={"q": "luis"}).text, re.S).group(1)
+    this_hour, last_hour = re.findall(r'<td class="num (over|under)"[^>]*>\s*([^<]*)</td>', row)
+    assert this_hour == ("under", "50 KB ✓") and last_hour == ("over", "300 KB ▲ over")
+    by_last_hour = alice.get("/users", params={"sort": "last_hour", "dir": "desc"}).text
+    assert re.findall(r"<td>([^<]+@gmail\.com)</td>", by_last_hour)[0] == luis.email
+    chart = alice.get(f"/users/{luis.id}").text
+    assert len(re.findall(r'<rect class="bar over"', chart)) == 1 and len(re.findall(r'<rect class="bar', chart)) == 24
+    assert "300 KB (over quota)" in chart
+
+
 def test_quota_change_in_gb_is_stored_in_bytes_with_its_audit_row(page, alice):
     url = page[0]
     response = _edit(alice, PACO, quota="1.5 GB")
