@@ -17,6 +17,7 @@ from pyspark.sql import types as T
 from antenna_assets.db.schema import BATCH_TABLES
 from antenna_assets.db.serving import replace_window
 from antenna_assets.resources.lake import hour_partition_dir
+from antenna_assets.serving.views import mark_batch_hours
 from antenna_assets.timeutil import utc_from_epoch_seconds
 from antenna_assets.transforms.aggregates import hourly_totals
 from antenna_assets.transforms.devices import EVENT_SCHEMA, LAKE_PARTITION_COLUMNS, with_lake_partitions
@@ -144,7 +145,11 @@ def compute_hourly_tables(events: DataFrame, snapshots: DataFrame, tables: Seque
 
 
 def write_hourly_tables(conn, tables: dict[str, list[tuple]], start: datetime, end: datetime) -> dict[str, int]:
-    """Replace [start, end) of each table with its new rows, all in the caller's one transaction."""
+    """Replace [start, end) of each table with its new rows and mark those hours batch-final for the
+    serving views, all in the caller's one transaction."""
     with conn.cursor() as cur:
-        return {name: replace_window(cur, name, HOURLY_TABLE_COLUMNS[name], start, end, rows)
-                for name, rows in tables.items() if name in HOURLY_TABLE_COLUMNS}
+        written = {name: replace_window(cur, name, HOURLY_TABLE_COLUMNS[name], start, end, rows)
+                   for name, rows in tables.items() if name in HOURLY_TABLE_COLUMNS}
+        hours = [start + i * HOUR for i in range(int((end - start) / HOUR))]
+        mark_batch_hours(cur, written, hours)
+    return written

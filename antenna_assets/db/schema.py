@@ -104,10 +104,13 @@ DDL = [
 
 
 def migrate(conn) -> None:
-    """Create every table that does not exist yet; running it again changes nothing."""
+    """Create every table that does not exist yet, and the serving views; running it again changes nothing."""
+    from antenna_assets.serving.views import create_views  # the views read these tables: created after them
+
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
         for statement in DDL:
             cur.execute(statement)
+        create_views(cur)
         migrate_operators(cur)
     conn.commit()

@@ -1,0 +1,1 @@
+"""The serving layer: lambda views, the read-only role, Apache Superset."""

@@ -1,0 +1,129 @@
+"""The serving layer's lambda views: one answer per (key, UTC hour), from the batch layer where the
+hour is batch-final and from the speed layer's 5-minute totals where it is not yet.
+
+An hour is batch-final for a table when `batch_hours` holds (table, hour): the batch layer writes that
+row in the same transaction as the table's delete-then-insert of the hour, so an hour whose batch
+result has no row at all (nobody over quota) is still known to be final. Every view is
+`CREATE OR REPLACE`, run by the migration in its transaction, so it is idempotent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg2.extras import execute_values
+
+from antenna_assets.db.schema import (AggregateTable, BYTES_AGG_ANTENNA, BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP,
+                                      BYTES_AGG_APP_1H, BYTES_AGG_USER, BYTES_AGG_USER_1H)
+
+USERS_OVER_QUOTA_1H = "users_over_quota_1h"
+
+# Which hours each batch table holds the final answer for.
+BATCH_HOURS_DDL = [
+    """DO $$ BEGIN
+        IF to_regclass('batch_hours') IS NULL THEN
+            CREATE TABLE batch_hours (
+                table_name TEXT NOT NULL,
+                date TIMESTAMP NOT NULL,
+                materialized_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+                PRIMARY KEY (table_name, date));
+            -- Hours a batch run wrote before this table existed: they are final too.
+            INSERT INTO batch_hours (table_name, date)
+                SELECT 'bytes_agg_antenna_1h', date FROM bytes_agg_antenna_1h
+                UNION SELECT 'bytes_agg_user_1h', date FROM bytes_agg_user_1h
+                UNION SELECT 'bytes_agg_app_1h', date FROM bytes_agg_app_1h
+                UNION SELECT 'users_over_quota_1h', date FROM users_over_quota_1h;
+        END IF;
+    END $$""",
+]
+
+# The speed layer's progress: the latest event time of any applied micro-batch.
+_LATEST_EVENT_TIME = "(SELECT max(max_event_time) FROM streaming_batches)"
+
+
+def _batch_final(table: str, date: str) -> str:
+    return f"EXISTS (SELECT 1 FROM batch_hours h WHERE h.table_name = '{table}' AND h.date = {date})"
+
+
+@dataclass(frozen=True)
+class ServingView:
+    """A lambda view over one batch table and its speed twin."""
+
+    name: str
+    batch: AggregateTable
+    speed: AggregateTable
+
+    def ddl(self) -> str:
+        key, value = self.batch.key, self.batch.value
+        hour = "date_trunc('hour', s.date)"
+        if self.speed is BYTES_AGG_USER:  # the speed table is per id: map it to email through the live table
+            speed_key, speed_from = "u.email", f"{self.speed.name} s JOIN user_metadata u ON u.id = s.id"
+        else:
+            speed_key, speed_from = f"s.{self.speed.key}", f"{self.speed.name} s"
+        return f"""CREATE OR REPLACE VIEW {self.name} AS
+            SELECT b.{key}, b.date, b.{value}, 'batch'::text AS source, NULL::timestamp AS latest_event_time
+            FROM {self.batch.name} b WHERE {_batch_final(self.batch.name, 'b.date')}
+            UNION ALL
+            SELECT {speed_key}, {hour}, sum(s.{self.speed.value})::bigint, 'speed'::text, {_LATEST_EVENT_TIME}
+            FROM {speed_from} WHERE NOT {_batch_final(self.batch.name, hour)}
+            GROUP BY {speed_key}, {hour}"""
+
+
+SERVING_ANTENNA_1H = ServingView("serving_antenna_1h", BYTES_AGG_ANTENNA_1H, BYTES_AGG_ANTENNA)
+SERVING_USER_1H = ServingView("serving_user_1h", BYTES_AGG_USER_1H, BYTES_AGG_USER)
+SERVING_APP_1H = ServingView("serving_app_1h", BYTES_AGG_APP_1H, BYTES_AGG_APP)
+LAMBDA_VIEWS = (SERVING_ANTENNA_1H, SERVING_USER_1H, SERVING_APP_1H)
+
+SERVING_USERS_OVER_QUOTA_1H = "serving_users_over_quota_1h"
+SERVING_SPEED_VS_BATCH_1H = "serving_speed_vs_batch_1h"
+SERVING_DEAD_LETTERS_5M = "serving_dead_letters_5m"
+SERVING_STREAM_FRESHNESS = "serving_stream_freshness"
+
+VIEW_DDL = [
+    *(view.ddl() for view in LAMBDA_VIEWS),
+    # Final where the batch did the hour; otherwise provisional: the speed sums of serving_user_1h
+    # against the live quota (an email's largest, as the batch layer does).
+    f"""CREATE OR REPLACE VIEW {SERVING_USERS_OVER_QUOTA_1H} AS
+        SELECT q.email, q.date, q.quota, q.sum_user_bytes, 'batch'::text AS source
+        FROM users_over_quota_1h q WHERE {_batch_final(USERS_OVER_QUOTA_1H, 'q.date')}
+        UNION ALL
+        SELECT s.email, s.date, m.quota, s.sum_user_bytes, 'speed'::text
+        FROM {SERVING_USER_1H.name} s
+        JOIN (SELECT email, max(quota) AS quota FROM user_metadata GROUP BY email) m ON m.email = s.email
+        WHERE s.sum_user_bytes > m.quota AND NOT {_batch_final(USERS_OVER_QUOTA_1H, 's.date')}""",
+    # The lambda check per closed hour: the batch total of every antenna vs the speed layer's
+    # 5-minute totals of the same hour (late events make them differ legitimately).
+    f"""CREATE OR REPLACE VIEW {SERVING_SPEED_VS_BATCH_1H} AS
+        SELECT h.date,
+               coalesce((SELECT sum(b.sum_antenna_bytes) FROM bytes_agg_antenna_1h b WHERE b.date = h.date), 0)::bigint
+                   AS batch_bytes,
+               coalesce((SELECT sum(s.sum_antenna_bytes) FROM bytes_agg_antenna s
+                         WHERE s.date >= h.date AND s.date < h.date + interval '1 hour'), 0)::bigint AS speed_bytes
+        FROM batch_hours h WHERE h.table_name = 'bytes_agg_antenna_1h'""",
+    # Dead letters counted per reason and 5-minute window of their ingest time: never the raw value.
+    f"""CREATE OR REPLACE VIEW {SERVING_DEAD_LETTERS_5M} AS
+        SELECT reason, date_bin('5 minutes', ingest_time, TIMESTAMP '2000-01-01') AS date, count(*)::bigint AS messages
+        FROM dead_letter GROUP BY 1, 2""",
+    # One row: the speed layer's latest applied event time and how far behind now (UTC) it is.
+    f"""CREATE OR REPLACE VIEW {SERVING_STREAM_FRESHNESS} AS
+        SELECT max(max_event_time) AS latest_event_time, max(applied_at) AS last_applied_at,
+               extract(epoch FROM (now() AT TIME ZONE 'UTC') - max(max_event_time))::double precision AS lag_seconds
+        FROM streaming_batches""",
+]
+
+SERVING_VIEWS = (*(v.name for v in LAMBDA_VIEWS), SERVING_USERS_OVER_QUOTA_1H, SERVING_SPEED_VS_BATCH_1H,
+                 SERVING_DEAD_LETTERS_5M, SERVING_STREAM_FRESHNESS)
+
+
+def create_views(cur) -> None:
+    """`batch_hours` and every serving view, in the caller's (migration's) transaction."""
+    for statement in (*BATCH_HOURS_DDL, *VIEW_DDL):
+        cur.execute(statement)
+
+
+def mark_batch_hours(cur, tables, hours) -> None:
+    """Record that the batch layer's `tables` are final for `hours`; call it in the transaction that
+    replaces those hours."""
+    execute_values(cur, "INSERT INTO batch_hours (table_name, date) VALUES %s ON CONFLICT (table_name, date) "
+                        "DO UPDATE SET materialized_at = now() AT TIME ZONE 'UTC'",
+                   [(table, hour) for table in tables for hour in hours])
