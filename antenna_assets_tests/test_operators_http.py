@@ -228,6 +228,7 @@ def test_users_list_and_user_page_show_usage_against_the_quota(page, alice):
     row = re.search(rf"<td>{luis.email}</td>(.*?)</tr>", alice.get("/users", params={"q": "luis"}).text, re.S).group(1)
     this_hour, last_hour = re.findall(r'<td class="num (over|under)"[^>]*>\s*([^<]*)</td>', row)
     assert this_hour == ("under", "50 KB ✓") and last_hour == ("over", "300 KB ▲ over")
+    assert "300,000 bytes, so far (speed layer" in row  # no batch run marked that hour final
     by_last_hour = alice.get("/users", params={"sort": "last_hour", "dir": "desc"}).text
     assert re.findall(r"<td>([^<]+@gmail\.com)</td>", by_last_hour)[0] == luis.email
     chart = alice.get(f"/users/{luis.id}").text

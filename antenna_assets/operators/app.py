@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from contextlib import closing
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlencode
@@ -181,7 +181,8 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
             usage = store.usage_available(conn)
             rows, total = store.list_users(conn, now(), q.strip()[:200], sort, dir == "desc", usage=usage)
         return render(request, "users.html", users=rows, total=total, q=q, sort=sort, dir=dir,
-                      hour=store.current_hour(now()), limit=store.LIST_LIMIT, usage=usage)
+                      hour=store.current_hour(now()), previous_hour=store.current_hour(now()) - timedelta(hours=1),
+                      limit=store.LIST_LIMIT, usage=usage)
 
     def user_form(request: Request, template: str, status_code: int = 200, **context) -> HTMLResponse:
         context.setdefault("errors", {})

@@ -27,6 +27,8 @@ class UserRow:
     quota: int
     this_hour: int | None = None
     last_hour: int | None = None
+    this_hour_source: str | None = None  # serving_user_1h's source: batch (final) or speed
+    last_hour_source: str | None = None
 
     def over(self, used: int | None) -> bool:
         return used is not None and used > self.quota
@@ -76,13 +78,15 @@ def list_users(conn, now: datetime, search: str = "", sort: str = "id", descendi
     params = {"q": _like(search), "hour": hour, "previous": hour - timedelta(hours=1), "limit": limit}
     hours = ("LEFT JOIN serving_user_1h cur ON cur.email = u.email AND cur.date = %(hour)s "
              "LEFT JOIN serving_user_1h prev ON prev.email = u.email AND prev.date = %(previous)s " if usage else
-             "CROSS JOIN (SELECT NULL::bigint AS sum_user_bytes) cur CROSS JOIN (SELECT NULL::bigint AS sum_user_bytes) prev ")
+             "CROSS JOIN (SELECT NULL::bigint AS sum_user_bytes, NULL AS source) cur "
+             "CROSS JOIN (SELECT NULL::bigint AS sum_user_bytes, NULL AS source) prev ")
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT u.id, u.name, u.email, u.quota, cur.sum_user_bytes, prev.sum_user_bytes, count(*) OVER () "
+            "SELECT u.id, u.name, u.email, u.quota, cur.sum_user_bytes, prev.sum_user_bytes, cur.source, prev.source, "
+            "count(*) OVER () "
             f"FROM user_metadata u {hours}{where} ORDER BY {order}, u.id LIMIT %(limit)s", params)
         rows = cur.fetchall()
-    return [UserRow(*row[:6]) for row in rows], (rows[0][6] if rows else 0)
+    return [UserRow(*row[:8]) for row in rows], (rows[0][8] if rows else 0)
 
 
 def get_user(conn, user_id: str, lock: bool = False) -> UserRow | None:
