@@ -166,7 +166,7 @@ def print_table_heads(conn, rows: int = 5) -> None:
             cur.execute(f"SELECT count(*) FROM {table}")
             count = cur.fetchone()[0]
             order = "id" if table == "user_metadata" else ("ingest_time DESC" if table == "dead_letter" else "date DESC, 1")
-            columns = "topic, kafka_partition, kafka_offset, reason, left(raw_value, 40)" if table == "dead_letter" else "*"
+            columns = "topic, kafka_partition, kafka_offset, reason, left(preview, 40)" if table == "dead_letter" else "*"
             cur.execute(f"SELECT {columns} FROM {table} ORDER BY {order} LIMIT %s", (rows,))
             names = [d[0] for d in cur.description]
             print(f"\n{table} ({count} rows)")

@@ -12,9 +12,15 @@ PARTITIONS_START = os.environ.get("ANTENNA_PARTITIONS_START", "2025-01-01-00:00"
 hourly_partitions = HourlyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC")
 
 
-def partition_hour(partition_key: str) -> datetime:
-    """`2026-11-28-13:00` -> 2026-11-28 13:00 UTC (naive, as stored in TIMESTAMP columns)."""
-    return datetime.strptime(partition_key, "%Y-%m-%d-%H:%M")
+def partition_key(hour: datetime) -> str:
+    """2026-11-28 13:00 -> `2026-11-28-13:00`, the hourly partition's key."""
+    return f"{hour:%Y-%m-%d-%H:%M}"
+
+
+def hour_closes_at(hour: datetime, grace: timedelta) -> datetime:
+    """The one definition of a closed hour: once its end plus the grace has passed on the UTC clock,
+    the hourly batch may run for it. (Data that lands for it later makes the sensor run it again.)"""
+    return hour + timedelta(hours=1) + grace
 
 
 def hours_in_window(start: datetime, end: datetime) -> list[datetime]:

@@ -1,28 +1,28 @@
-"""Sensors: keep exactly one speed-layer run alive; run each hour's batch once the hour is closed."""
+"""Sensors: keep exactly one speed-layer run alive; run each closed hour's batch, again when it failed
+(with back-off) or when data landed for it after its run."""
 
-import os
 import time
 from datetime import datetime, timedelta
 
 import dagster as dg
-from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from antenna_assets.assets.batch import hourly_batch_job
 from antenna_assets.assets.speed import STREAMING_TAG, speed_layer_job
-from antenna_assets.db.speed_comparison import landed_hours, stream_progress
-from antenna_assets.partitions import hourly_partitions
+from antenna_assets.db.speed_comparison import landed_hours
+from antenna_assets.partitions import hour_closes_at, hourly_partitions, partition_key
 from antenna_assets.resources import PostgresResource
 from antenna_assets.settings import Settings
+from antenna_assets.timeutil import utc_now
 
 # Runs that count as "alive": the coordinator's queue as well as the in-progress statuses.
-ALIVE_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, *IN_PROGRESS_RUN_STATUSES]
-BACKOFF_BASE_SECONDS = float(os.environ.get("ANTENNA_STREAM_BACKOFF_SECONDS", "30"))
-BACKOFF_MAX_SECONDS = float(os.environ.get("ANTENNA_STREAM_BACKOFF_MAX_SECONDS", "900"))
+ALIVE_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+                  dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+PARTITION_TAG = "dagster/partition"  # set by Dagster on every partitioned run
 
 
-def _status_from_env(variable: str) -> dg.DefaultSensorStatus:
-    """Sensors start stopped unless `variable` is 1 (the demo turns them on)."""
-    return dg.DefaultSensorStatus.RUNNING if os.environ.get(variable) == "1" else dg.DefaultSensorStatus.STOPPED
+def _default_status(on: bool) -> dg.DefaultSensorStatus:
+    """Sensors start stopped unless their setting turns them on (the demo does)."""
+    return dg.DefaultSensorStatus.RUNNING if on else dg.DefaultSensorStatus.STOPPED
 
 
 def _topic_exists(settings: Settings) -> bool:
@@ -35,10 +35,19 @@ def _topic_exists(settings: Settings) -> bool:
     return settings.topic in metadata.topics
 
 
-def backoff_seconds(consecutive_failures: int) -> float:
+def backoff_seconds(consecutive_failures: int, base: float, maximum: float) -> float:
     if consecutive_failures == 0:
         return 0.0
-    return min(BACKOFF_BASE_SECONDS * 2 ** (consecutive_failures - 1), BACKOFF_MAX_SECONDS)
+    return min(base * 2 ** (consecutive_failures - 1), maximum)
+
+
+def _failures_in_a_row(records) -> int:
+    failures = 0
+    for record in records:
+        if record.dagster_run.status != dg.DagsterRunStatus.FAILURE:
+            break
+        failures += 1
+    return failures
 
 
 def speed_layer_decision(instance: dg.DagsterInstance, settings: Settings, now: float) -> dg.RunRequest | dg.SkipReason:
@@ -49,13 +58,9 @@ def speed_layer_decision(instance: dg.DagsterInstance, settings: Settings, now: 
     if not _topic_exists(settings):
         return dg.SkipReason(f"Kafka topic {settings.topic!r} not found at {settings.kafka_bootstrap}")
     recent = instance.get_run_records(dg.RunsFilter(job_name=speed_layer_job.name), limit=10)
-    failures = 0
-    for record in recent:
-        if record.dagster_run.status != dg.DagsterRunStatus.FAILURE:
-            break
-        failures += 1
+    failures = _failures_in_a_row(recent)
     if failures:
-        wait = backoff_seconds(failures)
+        wait = backoff_seconds(failures, settings.stream_backoff_seconds, settings.stream_backoff_max_seconds)
         ended = recent[0].end_time or 0
         if now - ended < wait:
             return dg.SkipReason(f"speed layer failed {failures} time(s) in a row; retrying in {wait - (now - ended):.0f} s")
@@ -66,39 +71,50 @@ def speed_layer_decision(instance: dg.DagsterInstance, settings: Settings, now: 
 @dg.sensor(
     job=speed_layer_job,
     minimum_interval_seconds=30,
-    default_status=_status_from_env("ANTENNA_AUTOSTART_STREAMING"),
+    default_status=_default_status(Settings.from_env().autostart_streaming),
     description="Keeps one speed-layer run alive: launches it when none is queued or running, backs off after failures.",
 )
 def speed_layer_sensor(context: dg.SensorEvaluationContext):
     return speed_layer_decision(context.instance, Settings.from_env(), time.time())
 
 
-HOUR_CLOSE_GRACE = timedelta(minutes=float(os.environ.get("ANTENNA_HOUR_CLOSE_GRACE_MINUTES", "5")))
-BATCH_LOOKBACK_HOURS = int(os.environ.get("ANTENNA_BATCH_LOOKBACK_HOURS", "48"))
-
-
-def closed_hour_window(progress: datetime, grace: timedelta, lookback_hours: int) -> tuple[datetime, datetime]:
-    """[start, end) of the hours whose end plus `grace` the stream has passed, the newest `lookback_hours`."""
-    end = (progress - grace).replace(minute=0, second=0, microsecond=0)
-    return end - timedelta(hours=lookback_hours), end
+def hourly_batch_decision(instance: dg.DagsterInstance, conn, settings: Settings, now: datetime, epoch_now: float):
+    """The closed hours with landed data whose batch is due: never run, data landed since its last
+    compaction, or its last run failed (retried with back-off). None is launched twice at once."""
+    start = max(now - timedelta(hours=settings.batch_lookback_hours), hourly_partitions.start.replace(tzinfo=None))
+    requests, waiting = [], []
+    for hour, stale in landed_hours(conn, start, now):
+        if hour_closes_at(hour, settings.hour_close_grace) > now:
+            continue
+        key = partition_key(hour)
+        runs = instance.get_run_records(dg.RunsFilter(job_name=hourly_batch_job.name, tags={PARTITION_TAG: key}),
+                                        limit=10)
+        if runs and runs[0].dagster_run.status in ALIVE_STATUSES:
+            continue
+        failures = _failures_in_a_row(runs)
+        if not stale and not failures:
+            continue
+        wait = backoff_seconds(failures, settings.batch_backoff_seconds, settings.batch_backoff_max_seconds)
+        if failures and epoch_now - (runs[0].end_time or 0) < wait:
+            waiting.append(key)
+            continue
+        # The key is spent once per attempt: a tick that comes before the run is listed cannot double it.
+        after = runs[0].dagster_run.run_id if runs else "none"
+        requests.append(dg.RunRequest(run_key=f"hourly-{key}-after-{after}", partition_key=key))
+    if requests:
+        return requests
+    if waiting:
+        return dg.SkipReason(f"hour(s) {', '.join(waiting)} failed; retrying after the back-off")
+    return dg.SkipReason("every closed hour with landed data is materialized with all of it")
 
 
 @dg.sensor(
     job=hourly_batch_job,
     minimum_interval_seconds=60,
-    default_status=_status_from_env("ANTENNA_AUTOMATION"),
-    description="When the stream's event time passes an hour's end plus the grace, runs that hour's batch job.",
+    default_status=_default_status(Settings.from_env().automation),
+    description="Runs each closed hour with landed data once, again when its run failed (with back-off) "
+                "or when data landed for it after its run.",
 )
 def hourly_batch_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
     with postgres.connect() as conn:
-        progress = stream_progress(conn)
-        if progress is None:
-            return dg.SkipReason("the speed layer has committed no batch yet")
-        start, end = closed_hour_window(progress, HOUR_CLOSE_GRACE, BATCH_LOOKBACK_HOURS)
-        hours = landed_hours(conn, max(start, hourly_partitions.start.replace(tzinfo=None)), end)
-    done = context.instance.get_materialized_partitions(dg.AssetKey("raw_devices"))
-    pending = [key for key in (f"{hour:%Y-%m-%d-%H:%M}" for hour in hours) if key not in done]
-    if not pending:
-        return dg.SkipReason(f"every closed hour with data up to stream time {progress:%Y-%m-%d %H:%M} is materialized")
-    # The run key makes each hour's run happen once; a failed hour is re-run from the UI.
-    return [dg.RunRequest(run_key=f"hourly-{key}", partition_key=key) for key in pending]
+        return hourly_batch_decision(context.instance, conn, Settings.from_env(), utc_now(), time.time())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -28,6 +29,16 @@ def _env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not an integer") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
 
 
 def _env_str(name: str, default: str) -> str:
@@ -69,6 +80,16 @@ class Settings:
     gcs_endpoint: str = ""  # http://127.0.0.1:N of a GCS API emulator; empty: the real service
     gcs_emulator_port: int = 14443
     gcs_credentials_file: str = ""
+    # Orchestration: one definition of a closed hour (its end plus the grace has passed, UTC wall
+    # clock), how far back the hourly sensor looks, and the back-off of relaunches after failures.
+    hour_close_grace_minutes: int = 5
+    batch_lookback_hours: int = 48
+    stream_backoff_seconds: float = 30.0
+    stream_backoff_max_seconds: float = 900.0
+    batch_backoff_seconds: float = 60.0
+    batch_backoff_max_seconds: float = 3600.0
+    autostart_streaming: bool = False  # the streaming sensor is on when Dagster starts
+    automation: bool = False  # the hourly batch sensor is on when Dagster starts
     # The operators' page (antenna_assets/operators).
     operators_page: bool = False  # started by `antenna stack up` too
     operators_host: str = "127.0.0.1"
@@ -105,6 +126,14 @@ class Settings:
             gcs_endpoint=_env_str("ANTENNA_GCS_ENDPOINT", "").rstrip("/"),
             gcs_emulator_port=_env_int("ANTENNA_GCS_EMULATOR_PORT", 14443),
             gcs_credentials_file=_env_str("GOOGLE_APPLICATION_CREDENTIALS", ""),
+            hour_close_grace_minutes=_env_int("ANTENNA_HOUR_CLOSE_GRACE_MINUTES", cls.hour_close_grace_minutes),
+            batch_lookback_hours=_env_int("ANTENNA_BATCH_LOOKBACK_HOURS", cls.batch_lookback_hours),
+            stream_backoff_seconds=_env_float("ANTENNA_STREAM_BACKOFF_SECONDS", cls.stream_backoff_seconds),
+            stream_backoff_max_seconds=_env_float("ANTENNA_STREAM_BACKOFF_MAX_SECONDS", cls.stream_backoff_max_seconds),
+            batch_backoff_seconds=_env_float("ANTENNA_BATCH_BACKOFF_SECONDS", cls.batch_backoff_seconds),
+            batch_backoff_max_seconds=_env_float("ANTENNA_BATCH_BACKOFF_MAX_SECONDS", cls.batch_backoff_max_seconds),
+            autostart_streaming=_env_str("ANTENNA_AUTOSTART_STREAMING", "") == "1",
+            automation=_env_str("ANTENNA_AUTOMATION", "") == "1",
             operators_page=_env_flag("ANTENNA_OPERATORS_PAGE"),
             operators_host=_env_str("ANTENNA_OPERATORS_HOST", "127.0.0.1"),
             operators_port=_env_int("ANTENNA_OPERATORS_PORT", 8080),
@@ -117,6 +146,8 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        if self.hour_close_grace_minutes < 0 or self.batch_lookback_hours < 1:
+            raise SettingsError("ANTENNA_HOUR_CLOSE_GRACE_MINUTES must be >= 0 and ANTENNA_BATCH_LOOKBACK_HOURS >= 1")
         if self.topic_partitions < 1:
             raise SettingsError(f"ANTENNA_TOPIC_PARTITIONS must be >= 1, got {self.topic_partitions}")
         parsed = urlparse(self.postgres_url)
@@ -134,6 +165,10 @@ class Settings:
                             ("ANTENNA_OPERATORS_LOGIN_WINDOW_SECONDS", self.operators_login_window_seconds)):
             if value < 1:
                 raise SettingsError(f"{name} must be >= 1, got {value}")
+
+    @property
+    def hour_close_grace(self) -> timedelta:
+        return timedelta(minutes=self.hour_close_grace_minutes)
 
     def postgres_url_for(self, database: str) -> str:
         """The same server as `postgres_url`, another database on it."""

@@ -126,12 +126,12 @@ def test_empty_hour_materializes_empty_with_a_warning(landed):
     assert materialization.metadata["empty_hours"].value == 1
 
 
-def test_hour_within_its_grace_is_refused(landed):
+def test_hour_within_its_grace_is_refused(landed, monkeypatch):
     _, url, lake = landed
     last_hour = datetime.utcnow().replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
     # With a grace of a day, the last hour is not closed yet: the stream may still land messages there.
+    monkeypatch.setenv("ANTENNA_HOUR_CLOSE_GRACE_MINUTES", "1440")
     result = dg.materialize([raw_devices], resources=_resources(url, lake), partition_key=f"{last_hour:%Y-%m-%d-%H:%M}",
-                            run_config={"ops": {"raw_devices": {"config": {"grace_minutes": 1440}}}},
                             instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
     assert not result.success
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]

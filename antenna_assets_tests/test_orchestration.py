@@ -19,7 +19,8 @@ from dagster._core.utils import make_new_run_id
 from antenna_assets.assets.speed import speed_layer
 from antenna_assets.db.schema import BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP_1H, BYTES_AGG_USER_1H
 from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
-from antenna_assets.sensors import closed_hour_window, hourly_batch_sensor, speed_layer_decision, speed_layer_sensor
+from antenna_assets.partitions import hour_closes_at
+from antenna_assets.sensors import hourly_batch_sensor, speed_layer_decision, speed_layer_sensor
 from antenna_assets.simulator import SimulatorConfig, run_simulation
 from antenna_assets.users import PROVISIONED_USERS
 from antenna_assets_tests.truth import expected, query
@@ -74,11 +75,8 @@ def test_instance_allows_one_streaming_run_at_a_time(settings):
     assert {"key": "antenna/streaming", "limit": 1} in [dict(limit) for limit in limits]
 
 
-def test_closed_hours_wait_for_the_grace():
-    progress = datetime(2025, 7, 1, 10, 4)
-    assert closed_hour_window(progress, timedelta(minutes=5), 2) == (datetime(2025, 7, 1, 7), datetime(2025, 7, 1, 9))
-    assert closed_hour_window(progress + timedelta(minutes=1), timedelta(minutes=5), 1) == (
-        datetime(2025, 7, 1, 9), datetime(2025, 7, 1, 10))
+def test_an_hour_closes_at_its_end_plus_the_grace():
+    assert hour_closes_at(datetime(2025, 7, 1, 9), timedelta(minutes=5)) == datetime(2025, 7, 1, 10, 5)
 
 
 def test_streaming_job_reports_counts_and_the_batch_sensor_follows(settings, topic, serving_db, tmp_path, spark, monkeypatch):
@@ -101,14 +99,15 @@ def test_streaming_job_reports_counts_and_the_batch_sensor_follows(settings, top
     assert by_key["devices_landing"]["good_messages"].value == truth.messages
     assert by_key["devices_dead_letter"]["dead_letters"].value == truth.malformed
 
-    # The stream reached 03:14: hour 02:00 is closed (end plus 5 minutes' grace), 03:00 is not.
+    # Both landed hours are long closed: the sensor asks for each, once.
+    monkeypatch.setenv("ANTENNA_BATCH_LOOKBACK_HOURS", str(24 * 365 * 5))
     instance = dg.DagsterInstance.ephemeral()
     from antenna_assets.definitions import defs
 
     context = dg.build_sensor_context(instance=instance, resources={"postgres": PostgresResource(url=serving_db)},
                                       definitions=defs)
-    [request] = hourly_batch_sensor.evaluate_tick(context).run_requests
-    assert request.partition_key == "2025-07-02-02:00"
+    requests = hourly_batch_sensor.evaluate_tick(context).run_requests
+    assert [r.partition_key for r in requests] == ["2025-07-02-02:00", "2025-07-02-03:00"]
 
 
 def _run(args, env, timeout=600):
@@ -144,3 +143,62 @@ def test_command_lines_end_to_end(settings, postgres):
     quota = {u.email: u.quota for u in PROVISIONED_USERS}
     over = {(e, d) for (e, d), v in table(BYTES_AGG_USER_1H).items() if v > quota[e]}
     assert set(query(url, "SELECT email, date FROM users_over_quota_1h WHERE date = %s", (hour,))) == over
+
+
+def test_the_hourly_sensor_retries_a_failed_hour_and_reruns_an_hour_with_late_data(settings, topic, serving_db, tmp_path,
+                                                                                   spark, monkeypatch):
+    from antenna_assets.definitions import defs
+    from antenna_assets.sensors import hourly_batch_decision
+    from antenna_assets.settings import Settings
+    from antenna_assets.streaming.config import SpeedLayerConfig
+    from antenna_assets.streaming.runtime import speed_layer_targets
+    from antenna_assets.streaming.speed_layer import SpeedLayer, run_until_stopped
+    from antenna_assets.timeutil import utc_now
+
+    monkeypatch.setenv("ANTENNA_TOPIC", topic)
+    monkeypatch.setenv("ANTENNA_BATCH_LOOKBACK_HOURS", str(24 * 365 * 5))
+    monkeypatch.setenv("ANTENNA_BATCH_BACKOFF_SECONDS", "0")
+    hour = datetime(2025, 7, 3, 5)
+    key = f"{hour:%Y-%m-%d-%H:%M}"
+    lake = LakeResource(root=str(tmp_path))
+    config = SpeedLayerConfig(trigger="available_now", watermark="3650 days", query_name=topic)
+
+    def stream():
+        run_until_stopped(SpeedLayer(spark, config, speed_layer_targets(Settings.from_env(), lake, serving_db, config)))
+
+    instance = dg.DagsterInstance.ephemeral()
+    job = defs.resolve_job_def("hourly_batch_job")
+
+    def tick() -> list[str]:
+        with PostgresResource(url=serving_db).connect() as conn:
+            decision = hourly_batch_decision(instance, conn, Settings.from_env(), utc_now(), time.time())
+        return [] if isinstance(decision, dg.SkipReason) else [r.partition_key for r in decision]
+
+    def run(postgres_url: str) -> bool:
+        return job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False, resources={
+            "postgres": PostgresResource(url=postgres_url), "lake": lake, "spark": SparkResource()}).success
+
+    def hourly_antenna_totals():
+        return {(k, d): int(v) for k, d, v in query(serving_db, "SELECT antenna_id, date, sum_antenna_bytes "
+                                                                "FROM bytes_agg_antenna_1h")}
+
+    on_time = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=0.25,
+                                             start=hour, seed=31, progress=False))
+    stream()
+    assert tick() == [key]
+    assert not run(settings.postgres_url_for("no_such_database"))  # the hour's run fails
+    assert tick() == [key]  # retried on the next tick (back-off 0 here)
+    assert run(serving_db)
+    assert hourly_antenna_totals() == expected(on_time, "antenna", hourly=True)
+    assert tick() == []  # done, with all its landed data
+
+    late = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=0.25,
+                                          start=hour + timedelta(minutes=30), seed=32, progress=False))
+    stream()  # lands more data for the hour after its run
+    assert tick() == [key]
+    assert run(serving_db)
+    both = expected(on_time, "antenna", hourly=True)
+    for k, v in expected(late, "antenna", hourly=True).items():
+        both[k] = both.get(k, 0) + v
+    assert hourly_antenna_totals() == both
+    assert tick() == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +18,11 @@ import psycopg2
 import pytest
 from confluent_kafka import Producer
 
-from antenna_assets.db.ledger import APPLIED, LANDED, apply_micro_batch, batch_state
+from antenna_assets.db.ledger import APPLIED, LANDED, BatchKey, apply_micro_batch, batch_state
 from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER, migrate
 from antenna_assets.simulator import SimulatorConfig, run_simulation
 from antenna_assets.streaming.config import SpeedLayerConfig
-from antenna_assets.streaming.speed_layer import SpeedLayer, SpeedLayerTargets, run_until_stopped
+from antenna_assets.streaming.speed_layer import MicroBatchFailed, SpeedLayer, SpeedLayerTargets, run_until_stopped
 from antenna_assets_tests.truth import expected, query, read_table
 
 # Backfilled history reaches Kafka out of event-time order across partitions; these tests check
@@ -69,19 +70,19 @@ def test_available_now_equals_ground_truth(settings, spark, topic, serving_db, t
 class _CrashBeforeLanding(SpeedLayer):
     """Fails the first lake write: the batch's totals are committed, its files are not."""
 
-    def _land(self, events, batch_id, user_metadata):
+    def _land(self, events, key, user_metadata):
         if not getattr(self, "crashed", False):
             self.crashed = True
             raise RuntimeError("crash between the totals and the lake write")
-        super()._land(events, batch_id, user_metadata)
+        super()._land(events, key, user_metadata)
 
 
 def test_crash_between_totals_and_lake_write_lands_the_batch_on_replay(settings, spark, topic, serving_db, tmp_path):
     truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=0.5,
                                            start=datetime(2025, 3, 2, 10), seed=12, progress=False))
     config = SpeedLayerConfig(trigger="available_now", watermark=NO_LATE_DROPS, max_offsets_per_trigger=100,
-                              query_name=topic)
-    with pytest.raises(RuntimeError, match="crash between the totals and the lake write"):
+                              query_name=topic, batch_attempts=1)
+    with pytest.raises(MicroBatchFailed, match="micro-batch 0 .* failed 1 times: RuntimeError: crash between the totals and the lake write"):
         run_until_stopped(_CrashBeforeLanding(spark, config, _targets(settings, topic, serving_db, tmp_path)))
     assert query(serving_db, "SELECT batch_id, landed_at IS NULL FROM streaming_batches WHERE query = %s",
                  (topic,)) == [(0, True)]
@@ -131,8 +132,8 @@ def test_migration_marks_an_older_ledgers_batches_landed(serving_db):
             cur.execute("INSERT INTO streaming_batches (query, batch_id, good_messages, bad_messages, late_messages) "
                         "VALUES ('q', 1, 1, 0, 0)")  # applied, not landed yet
         migrate(conn)
-        assert batch_state(conn, "q", 0) == LANDED
-        assert batch_state(conn, "q", 1) == APPLIED
+        assert batch_state(conn, BatchKey("q", "", 0)) == LANDED
+        assert batch_state(conn, BatchKey("q", "", 1)) == APPLIED
     finally:
         conn.close()
 
@@ -246,3 +247,110 @@ def test_stream_stops_cleanly_on_a_signal_and_resumes(settings, topic, serving_d
     assert stream.returncode == 0 and "stopped cleanly" in out, err[-3000:]
     subprocess.run([*command, "--available-now"], env=env, check=True, capture_output=True, timeout=300)
     _assert_tables_equal_truth(serving_db, truth)
+
+
+def _now_epoch() -> int:
+    return int(time.time())
+
+
+def _dead_letters(url: str) -> dict[tuple[int, int], tuple[bytes | None, str]]:
+    return {(partition, offset): (bytes(raw) if raw is not None else None, reason) for partition, offset, raw, reason
+            in query(url, "SELECT kafka_partition, kafka_offset, raw_value, reason FROM dead_letter")}
+
+
+# One class of record that used to stop the stream or empty it, each sent in its own micro-batch
+# before a normal load: a poisoned watermark or a crash loop would show in the next load's totals.
+POISON = {
+    "not_utf8": [b'\xff\xfe\x00garbage', b'{"bytes":1,"timestamp":%(now)d,"app":"\xc3\x28","id":"u","antenna_id":"a"}'],
+    "nul": [b'{"bytes":1,"timestamp":%(now)d,"app":"SKY\x00PE","id":"u","antenna_id":"a"}',
+            b'{"bytes":1,"timestamp":%(now)d,"app":"SKYPE","id":"u\\u0000","antenna_id":"a"}',
+            b'{"bytes":1,"timestamp":%(now)d,"app":"SKYPE","id":"u","antenna_id":"\\u0000"}'],
+    "overflowing_bytes": [b'{"bytes":4611686018427387904,"timestamp":%(now)d,"app":"SKYPE","id":"u","antenna_id":"a"}'] * 2,
+    "future_clock": [b'{"bytes":5,"timestamp":%(years_ahead)d,"app":"SKYPE","id":"u","antenna_id":"a"}',
+                     b'{"bytes":5,"timestamp":%(millis)d,"app":"SKYPE","id":"u","antenna_id":"a"}'],
+    "wrong_text_type": [b'{"bytes":5,"timestamp":%(now)d,"app":"SKYPE","id":123,"antenna_id":"a"}',
+                        b'{"bytes":5,"timestamp":%(now)d,"app":["SKYPE"],"id":"u","antenna_id":"a"}'],
+    "huge_and_empty": [b'{"pad":"' + b"x" * 900_000 + b'"}', b"", b"null"],
+}
+
+
+def test_no_record_stops_the_stream_or_changes_a_total(settings, topic, serving_db, spark, tmp_path):
+    config = SpeedLayerConfig(metadata_refresh_seconds=0, trigger_interval="1 seconds", query_name=topic)
+    layer = SpeedLayer(spark, config, _targets(settings, topic, serving_db, tmp_path))
+    handle = layer.start()
+    sent_good: list[dict] = []
+    sent_poison: list[bytes] = []
+    try:
+        base = _now_epoch() - 30  # a live stream: the contract's 1-minute watermark applies
+        for n, (kind, records) in enumerate(POISON.items()):
+            values = {b"now": base + n, b"years_ahead": base + 5 * 365 * 86400, b"millis": (base + n) * 1000}
+            poison = [r % values if b"%(" in r else r for r in records]
+            _produce(settings, topic, poison)
+            handle.processAllAvailable()
+            sent_poison += poison
+            # A device whose clock is 9 minutes ahead is accepted, but cannot make the next load late.
+            good = [_message(base + n, f"user-{kind}", 100 + n, app="WHATSAPP"),
+                    _message(base + n + 540, "ahead", 1, app="WHATSAPP")]
+            _produce(settings, topic, good)
+            handle.processAllAvailable()
+            sent_good += good
+        assert handle.isActive and handle.exception() is None
+    finally:
+        handle.stop()
+
+    expected_users: dict = {}
+    for message in sent_good:
+        window = datetime.utcfromtimestamp(message["timestamp"] - message["timestamp"] % 300)
+        expected_users[(message["id"], window)] = expected_users.get((message["id"], window), 0) + message["bytes"]
+    assert read_table(serving_db, BYTES_AGG_USER) == expected_users
+    assert layer.stats.late_messages == 0
+    assert layer.stats.good_messages == len(sent_good)
+    # Every other record is a dead letter, byte for byte.
+    dead = _dead_letters(serving_db)
+    assert sorted(raw for raw, _ in dead.values()) == sorted(sent_poison)
+    assert layer.stats.bad_messages == len(sent_poison)
+    assert all(reason for _, reason in dead.values())
+    [(readable,)] = query(serving_db, "SELECT count(*) FROM dead_letter WHERE preview IS NOT NULL OR raw_value IS NULL")
+    assert readable == len(dead)
+    assert spark.read.parquet(str(tmp_path / "landing")).count() == len(sent_good)
+
+
+def test_a_lost_checkpoint_skips_nothing_and_adds_nothing_twice(settings, spark, topic, serving_db, tmp_path):
+    first = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=0.25,
+                                           start=datetime(2025, 10, 1, 10), seed=21, progress=False))
+    config = SpeedLayerConfig(trigger="available_now", watermark=NO_LATE_DROPS, max_offsets_per_trigger=70,
+                              query_name=topic)
+    run_until_stopped(SpeedLayer(spark, config, _targets(settings, topic, serving_db, tmp_path)))
+    shutil.rmtree(tmp_path / "checkpoints" / topic)  # lost: the next run starts at batch 0, from the earliest offsets
+    second = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=0.25,
+                                            start=datetime(2025, 10, 1, 11), seed=22, progress=False))
+    # Other batch boundaries than the first run's: batch ids alone would skip or double records.
+    resumed = SpeedLayer(spark, config.model_copy(update={"max_offsets_per_trigger": 110}),
+                         _targets(settings, topic, serving_db, tmp_path))
+    run_until_stopped(resumed)
+    for table, per in TABLES:
+        assert read_table(serving_db, table) == {**expected(first, per), **expected(second, per)}, table.name
+    assert resumed.stats.good_messages == second.messages
+    assert spark.read.parquet(str(tmp_path / "landing")).count() == first.messages + second.messages
+
+
+class _AlwaysFailingLake(SpeedLayer):
+    def _land(self, events, key, user_metadata):
+        raise OSError("the lake refuses writes")
+
+
+def test_a_batch_that_keeps_failing_fails_the_run_in_one_line_and_is_recorded(settings, spark, topic, serving_db,
+                                                                             tmp_path):
+    _produce(settings, topic, [_message(_epoch(datetime(2025, 10, 2, 9)), "u1")])
+    config = SpeedLayerConfig(trigger="available_now", query_name=topic, batch_attempts=2)
+    with pytest.raises(MicroBatchFailed) as failure:
+        run_until_stopped(_AlwaysFailingLake(spark, config, _targets(settings, topic, serving_db, tmp_path)))
+    message = str(failure.value)
+    assert "\n" not in message and "micro-batch 0" in message and f"{topic}/" in message
+    assert "failed 2 times: OSError: the lake refuses writes" in message
+    [(attempts, error)] = query(serving_db, "SELECT attempts, error FROM streaming_failures WHERE query = %s", (topic,))
+    assert attempts == 2 and "the lake refuses writes" in error
+    # Applied once, not twice, although tried twice; the next run lands it.
+    assert read_table(serving_db, BYTES_AGG_USER) == {("u1", datetime(2025, 10, 2, 9)): 100}
+    run_until_stopped(SpeedLayer(spark, config, _targets(settings, topic, serving_db, tmp_path)))
+    assert spark.read.parquet(str(tmp_path / "landing")).count() == 1

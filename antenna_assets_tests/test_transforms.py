@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from pyspark.sql import functions as F
@@ -14,31 +14,32 @@ from antenna_assets.transforms.devices import parse_device_messages, valid_event
 GOOD = '{"bytes":9082,"timestamp":1600545287,"app":"SKYPE","id":"u1","antenna_id":"a0"}'
 
 
-def _kafka_rows(spark, values):
-    rows = [(v.encode() if v is not None else None, "devices", 0, offset, datetime(2026, 1, 1))
+def _kafka_rows(spark, values, kafka_time=datetime(2026, 1, 1)):
+    rows = [(None, v.encode() if isinstance(v, str) else v, "devices", 0, offset, kafka_time)
             for offset, v in enumerate(values)]
-    return spark.createDataFrame(rows, "value binary, topic string, partition int, offset long, timestamp timestamp")
+    return spark.createDataFrame(rows, "key binary, value binary, topic string, partition int, offset long, "
+                                       "timestamp timestamp")
 
 
 @pytest.mark.parametrize("value, reason", [
     (GOOD, None),
-    ('{"bytes":1,"timestamp":1,"app":"A","id":"u","antenna_id":"a","signal":-71,"nested":{"x":[1]}}', None),
+    ('{"bytes":1,"timestamp":1600545287,"app":"A","id":"u","antenna_id":"a","signal":-71,"nested":{"x":[1]}}', None),
     ('{"bytes":9082,"timestamp":16005', "broken_json"),
     ("not json at all", "broken_json"),
     ("[1, 2]", "broken_json"),
     ("", "broken_json"),
     (None, "broken_json"),
-    ('{"bytes":"many","timestamp":1,"app":"A","id":"u","antenna_id":"a"}', "wrong_type"),
-    ('{"bytes":12.5,"timestamp":1,"app":"A","id":"u","antenna_id":"a"}', "wrong_type"),
+    ('{"bytes":"many","timestamp":1600545287,"app":"A","id":"u","antenna_id":"a"}', "wrong_type"),
+    ('{"bytes":12.5,"timestamp":1600545287,"app":"A","id":"u","antenna_id":"a"}', "wrong_type"),
     ('{"bytes":1,"timestamp":"yesterday","app":"A","id":"u","antenna_id":"a"}', "wrong_type"),
-    ('{"bytes":1,"timestamp":1,"app":"A","antenna_id":"a"}', "missing_field"),
-    ('{"bytes":1,"timestamp":1,"app":null,"id":"u","antenna_id":"a"}', "missing_field"),
-    ('{"bytes":-1,"timestamp":1,"app":"A","id":"u","antenna_id":"a"}', "negative_bytes"),
+    ('{"bytes":1,"timestamp":1600545287,"app":"A","antenna_id":"a"}', "missing_field"),
+    ('{"bytes":1,"timestamp":1600545287,"app":null,"id":"u","antenna_id":"a"}', "missing_field"),
+    ('{"bytes":-1,"timestamp":1600545287,"app":"A","id":"u","antenna_id":"a"}', "negative_bytes"),
 ])
 def test_parse_classifies_every_message(spark, value, reason):
     [row] = parse_device_messages(_kafka_rows(spark, [value])).collect()
     assert row.reason == reason
-    assert row.raw_value == value and row.offset == 0
+    assert row.value == (value.encode() if value is not None else None) and row.offset == 0
 
 
 def test_event_time_and_lake_partitions_are_utc(spark):
@@ -84,3 +85,56 @@ def test_hourly_totals_quota_is_strict_and_per_hour_snapshot(spark):
     assert sorted(tables["bytes_agg_app_1h"]) == [
         ("SKYPE", d0, 1651), ("SKYPE", d1, 800), ("TELEGRAM", d0, 400)]
     assert sorted(tables["unknown_users"]) == [("ghost", d0, 50)]
+
+
+def test_every_record_is_classified_as_the_contract_rules_say(spark):
+    """Property: whatever the bytes, the parser raises nothing, gives each record one of the documented
+    reasons, and accepts exactly the records the contract's plain-Python reading accepts, with the same fields."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from antenna_assets.transforms.devices import REASONS
+    from antenna_assets_tests.contract import KAFKA_SECONDS, records, valid_fields
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(records, min_size=1, max_size=40))
+    def check(values):
+        kafka_time = datetime(1970, 1, 1) + timedelta(seconds=KAFKA_SECONDS)
+        rows = parse_device_messages(_kafka_rows(spark, values, kafka_time)).orderBy("offset").collect()
+        assert len(rows) == len(values)
+        for value, row in zip(values, rows):
+            expected = valid_fields(value, KAFKA_SECONDS)
+            assert row.reason in (None, *REASONS), row.reason
+            assert (row.reason is None) == (expected is not None), (value, row.reason)
+            if expected is not None:
+                assert {f: row[f] for f in expected} == expected
+
+    check()
+
+
+@pytest.mark.parametrize("value, reason", [
+    (b'{"bytes":1,"timestamp":1767225000,"app":"A","id":"u","antenna_id":"\xff\xfe"}', "not_utf8"),
+    (b'{"bytes":1,"timestamp":1767225000,"app":"A\\u0000","id":"u","antenna_id":"a"}', "control_characters"),
+    (b'{"bytes":1,"timestamp":1767225000,"app":"A\x00","id":"u","antenna_id":"a"}', "broken_json"),
+    (b'{"bytes":4611686018427387904,"timestamp":1767225000,"app":"A","id":"u","antenna_id":"a"}', "bytes_too_large"),
+    (b'{"bytes":1,"timestamp":1767225000000,"app":"A","id":"u","antenna_id":"a"}', "timestamp_in_future"),
+    (b'{"bytes":1,"timestamp":1893456000,"app":"A","id":"u","antenna_id":"a"}', "timestamp_in_future"),
+    (b'{"bytes":1,"timestamp":1767226200,"app":"A","id":"u","antenna_id":"a"}', None),  # 10 minutes ahead: tolerated
+    (b'{"bytes":1,"timestamp":12,"app":"A","id":"u","antenna_id":"a"}', "timestamp_too_old"),
+    (b'{"bytes":1,"timestamp":1767225000,"app":"A","id":123,"antenna_id":"a"}', "wrong_type"),
+    (b'{"bytes":1,"timestamp":1767225000,"app":{"x":1},"id":"u","antenna_id":"a"}', "wrong_type"),
+    (b'{"bytes":1,"timestamp":1767225000,"app":"A","id":"123","antenna_id":"a"}', None),
+    (b'{"bytes":1,"timestamp":1767225000,"app":"","id":"u","antenna_id":"a"}', "empty_text"),
+    (b'{"bytes":1,"timestamp":1767225000,"app":"\\ud800","id":"u","antenna_id":"a"}', "broken_json"),
+])
+def test_contract_rules_reject_implausible_records(spark, value, reason):
+    [row] = parse_device_messages(_kafka_rows(spark, [value], datetime(2026, 1, 1))).collect()
+    assert row.reason == reason
+    assert (row.event_time is None) == (reason is not None)
+
+
+def test_a_clock_ahead_does_not_move_the_watermark_past_the_record_time(spark):
+    ahead = b'{"bytes":1,"timestamp":1767226500,"app":"A","id":"u","antenna_id":"a"}'  # 15 min past 00:00
+    [row] = parse_device_messages(_kafka_rows(spark, [ahead], datetime(2026, 1, 1, 0, 10))).collect()
+    assert row.reason is None
+    assert row.watermark_time == datetime(2026, 1, 1, 0, 10)

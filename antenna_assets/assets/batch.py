@@ -1,15 +1,14 @@
 """The batch layer: hourly-partitioned assets computed with Spark from closed hours of the lake."""
 
-from datetime import timedelta
-
 import dagster as dg
 from pydantic import Field
 
 from antenna_assets import batch_layer, checks
 from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP, BYTES_AGG_APP_1H
-from antenna_assets.db.speed_comparison import hourly_sums_from_speed
-from antenna_assets.partitions import hourly_partitions, run_hours
+from antenna_assets.db.speed_comparison import hourly_sums_from_speed, landing_marks, record_compaction
+from antenna_assets.partitions import hour_closes_at, hourly_partitions, run_hours
 from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
+from antenna_assets.settings import Settings
 from antenna_assets.timeutil import utc_now
 
 BATCH_GROUP = "batch_layer"
@@ -17,7 +16,6 @@ BATCH_TAG = "antenna/batch"
 
 
 class RawDevicesConfig(dg.Config):
-    grace_minutes: int = Field(default=5, ge=0, description="an hour is closed this long after its end")
     max_records_per_file: int = Field(default=5_000_000, gt=0, description="rows per compacted Parquet file at most")
 
 
@@ -29,16 +27,22 @@ def _hour_range(context: dg.AssetExecutionContext):
 @dg.asset(partitions_def=hourly_partitions, backfill_policy=dg.BackfillPolicy.single_run(), deps=["devices_landing"],
           group_name=BATCH_GROUP, kinds={"spark", "parquet"})
 def raw_devices(context: dg.AssetExecutionContext, config: RawDevicesConfig, spark: SparkResource,
-                lake: LakeResource) -> dg.MaterializeResult:
+                lake: LakeResource, postgres: PostgresResource) -> dg.MaterializeResult:
     """One closed UTC hour of the raw lake: the stream's small files compacted under raw_devices/year=/month=/day=/hour=."""
     hours, start, end = _hour_range(context)
-    closes_at = end + timedelta(minutes=config.grace_minutes)
+    closes_at = hour_closes_at(hours[-1], Settings.from_env().hour_close_grace)
     if closes_at > utc_now():
         raise dg.Failure(f"hour(s) up to {end:%Y-%m-%d %H:%M} UTC are not closed until {closes_at:%H:%M} UTC "
-                         "(end plus grace_minutes): the stream may still land messages there")
+                         "(end plus ANTENNA_HOUR_CLOSE_GRACE_MINUTES): the stream may still land messages there")
     lake.validate()
+    # Read before the files: whatever lands after this is newer than the compaction, and the hourly
+    # sensor runs the hour again for it.
+    with postgres.connect() as conn:
+        landed_through = landing_marks(conn, hours)
     stats = batch_layer.compact_hours(spark.spark_session, lake.landing_path, lake.raw_devices_path, hours,
                                       config.max_records_per_file)
+    with postgres.connect() as conn:
+        record_compaction(conn, landed_through, hours)
     empty = [s.hour for s in stats if s.rows == 0]
     if empty:
         context.log.warning(f"no data in {len(empty)} hour(s): {', '.join(f'{h:%Y-%m-%d %H:00}' for h in empty[:10])}")

@@ -6,7 +6,7 @@ from antenna_assets.resources import LakeResource, PostgresResource, SparkResour
 from antenna_assets.settings import Settings
 from antenna_assets.streaming.config import SpeedLayerConfig
 from antenna_assets.streaming.runtime import progress_summary, speed_layer_targets
-from antenna_assets.streaming.speed_layer import SpeedLayer, run_until_stopped
+from antenna_assets.streaming.speed_layer import MicroBatchFailed, SpeedLayer, run_until_stopped
 
 DEVICES_TOPIC = dg.AssetSpec(
     "devices_topic",
@@ -49,7 +49,13 @@ def speed_layer(context: dg.AssetExecutionContext, config: SpeedLayerConfig, spa
         context.log.info(f"speed layer progress: {summary}")
         context.log_event(dg.AssetObservation(asset_key="devices_landing", metadata=summary))
 
-    query = run_until_stopped(layer, on_progress=report)
+    try:
+        query = run_until_stopped(layer, on_progress=report)
+    except MicroBatchFailed as exc:
+        # Seen on the asset's page as well as on the failed run; the sensor relaunches with back-off.
+        context.log_event(dg.AssetObservation(asset_key="devices_landing", metadata={
+            "failing_micro_batch": dg.MetadataValue.text(str(exc))}))
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
     summary = {k: v for k, v in progress_summary(query, layer).items() if v is not None}
     for spec in SPEED_LAYER_SPECS:
         yield dg.MaterializeResult(asset_key=spec.key, metadata=summary)

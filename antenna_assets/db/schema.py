@@ -66,10 +66,13 @@ DDL = [
         quota BIGINT NOT NULL,
         sum_user_bytes BIGINT NOT NULL,
         PRIMARY KEY (email, date))""",
-    # Micro-batches already applied to the speed tables (a replayed batch id adds nothing) and
-    # landed in the lake (landed_at; a batch is applied first, so its totals show without waiting for its files).
+    # Micro-batches applied to the speed tables (their sums, dead letters and offsets committed) and
+    # landed in the lake (landed_at; a batch is applied first, so its totals show without waiting for
+    # its files). checkpoint_id is the streaming query's id, which a new checkpoint changes: batch ids
+    # restart at 0 there, so they identify a batch only together with it.
     """CREATE TABLE IF NOT EXISTS streaming_batches (
         query TEXT NOT NULL,
+        checkpoint_id TEXT NOT NULL DEFAULT '',
         batch_id BIGINT NOT NULL,
         applied_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
         good_messages BIGINT NOT NULL,
@@ -77,7 +80,9 @@ DDL = [
         late_messages BIGINT NOT NULL,
         max_event_time TIMESTAMP,
         landed_at TIMESTAMP,
-        PRIMARY KEY (query, batch_id))""",
+        end_offsets JSONB,
+        hours TIMESTAMP[],
+        PRIMARY KEY (query, checkpoint_id, batch_id))""",
     # Ledgers from before landed_at: their batches were written to the lake before being applied.
     """DO $$ BEGIN
         IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
@@ -85,21 +90,67 @@ DDL = [
             ALTER TABLE streaming_batches ADD COLUMN landed_at TIMESTAMP;
             UPDATE streaming_batches SET landed_at = applied_at;
         END IF;
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                       AND table_name = 'streaming_batches' AND column_name = 'checkpoint_id') THEN
+            ALTER TABLE streaming_batches ADD COLUMN checkpoint_id TEXT NOT NULL DEFAULT '',
+                ADD COLUMN end_offsets JSONB, ADD COLUMN hours TIMESTAMP[];
+            ALTER TABLE streaming_batches DROP CONSTRAINT streaming_batches_pkey;
+            ALTER TABLE streaming_batches ADD PRIMARY KEY (query, checkpoint_id, batch_id);
+        END IF;
     END $$""",
-    # UTC hours the speed layer has landed data for: the hourly batch runs only for these.
+    # Per query and Kafka partition, the offsets below which every record is applied to the speed
+    # tables, and landed in the lake. Records are filtered by these, not by batch ids, so a lost or
+    # replaced checkpoint that reads the topic again adds nothing twice and skips nothing.
+    """CREATE TABLE IF NOT EXISTS streaming_offsets (
+        query TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        kafka_partition INT NOT NULL,
+        applied_until BIGINT NOT NULL,
+        landed_until BIGINT NOT NULL,
+        PRIMARY KEY (query, topic, kafka_partition))""",
+    # A micro-batch that failed every retry: what the operator sees (README: a failing batch).
+    """CREATE TABLE IF NOT EXISTS streaming_failures (
+        query TEXT NOT NULL,
+        checkpoint_id TEXT NOT NULL,
+        batch_id BIGINT NOT NULL,
+        failed_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+        attempts INT NOT NULL,
+        offsets TEXT NOT NULL,
+        error TEXT NOT NULL,
+        PRIMARY KEY (query, checkpoint_id, batch_id, failed_at))""",
+    # UTC hours the speed layer has landed data for, and when it last landed some: the hourly batch
+    # runs for these, and again for an hour that received data after its run.
     """CREATE TABLE IF NOT EXISTS landing_hours (
         hour TIMESTAMP PRIMARY KEY,
         last_batch_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'))""",
-    # Messages that failed validation, with where they came from; the key makes replays idempotent.
+    # The hours raw_devices compacted, with the landing time of the newest data they included: an
+    # hour whose landing_hours.last_batch_at is later received data since, and is compacted again.
+    """CREATE TABLE IF NOT EXISTS compacted_hours (
+        hour TIMESTAMP PRIMARY KEY,
+        landed_through TIMESTAMP,
+        compacted_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'))""",
+    # Records that failed validation, byte for byte as received (value and key), with a readable
+    # preview, the reason and where they came from; the key makes replays idempotent.
     """CREATE TABLE IF NOT EXISTS dead_letter (
         topic TEXT NOT NULL,
         kafka_partition INT NOT NULL,
         kafka_offset BIGINT NOT NULL,
-        raw_value TEXT,
+        raw_value BYTEA,
+        raw_key BYTEA,
+        preview TEXT,
         reason TEXT NOT NULL,
         kafka_timestamp TIMESTAMP,
         ingest_time TIMESTAMP NOT NULL,
         PRIMARY KEY (topic, kafka_partition, kafka_offset))""",
+    # Dead letters from before BYTEA: the text they kept becomes its UTF-8 bytes.
+    """DO $$ BEGIN
+        IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'dead_letter' AND column_name = 'raw_value' AND data_type = 'text') THEN
+            ALTER TABLE dead_letter ADD COLUMN raw_key BYTEA, ADD COLUMN preview TEXT;
+            UPDATE dead_letter SET preview = left(raw_value, 200);
+            ALTER TABLE dead_letter ALTER COLUMN raw_value TYPE BYTEA USING convert_to(raw_value, 'UTF8');
+        END IF;
+    END $$""",
 ]
 
 

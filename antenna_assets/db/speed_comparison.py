@@ -1,4 +1,4 @@
-"""Reads of the speed tables for the batch layer's lambda check."""
+"""What the batch layer reads of the speed layer's bookkeeping: the lambda check's sums, the landed hours."""
 
 from __future__ import annotations
 
@@ -16,15 +16,27 @@ def hourly_sums_from_speed(conn, table: AggregateTable, start: datetime, end: da
         return {(k, hour): int(total) for k, hour, total in cur.fetchall()}
 
 
-def stream_progress(conn) -> datetime | None:
-    """The latest event time the speed layer has committed to its tables and the lake, over all its queries."""
+def landed_hours(conn, start: datetime, end: datetime) -> list[tuple[datetime, bool]]:
+    """The hours in [start, end) that the speed layer has landed any message for, each with whether
+    it is stale: never compacted, or data landed for it after its last compaction read the landing."""
     with conn.cursor() as cur:
-        cur.execute("SELECT max(max_event_time) FROM streaming_batches WHERE landed_at IS NOT NULL")
-        return cur.fetchone()[0]
+        cur.execute("SELECT l.hour, c.hour IS NULL OR l.last_batch_at > c.landed_through "
+                    "FROM landing_hours l LEFT JOIN compacted_hours c ON c.hour = l.hour "
+                    "WHERE l.hour >= %s AND l.hour < %s ORDER BY l.hour", (start, end))
+        return cur.fetchall()
 
 
-def landed_hours(conn, start: datetime, end: datetime) -> list[datetime]:
-    """The hours in [start, end) that the speed layer has landed any message for."""
+def landing_marks(conn, hours) -> dict[datetime, datetime]:
+    """When data last landed for each of `hours` (those that have any)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT hour FROM landing_hours WHERE hour >= %s AND hour < %s ORDER BY hour", (start, end))
-        return [row[0] for row in cur.fetchall()]
+        cur.execute("SELECT hour, last_batch_at FROM landing_hours WHERE hour = ANY(%s)", (list(hours),))
+        return dict(cur.fetchall())
+
+
+def record_compaction(conn, landed_through: dict[datetime, datetime | None], hours) -> None:
+    """raw_devices compacted `hours`, having read the landing as of `landed_through` (per hour)."""
+    with conn.cursor() as cur:
+        for hour in hours:
+            cur.execute("INSERT INTO compacted_hours (hour, landed_through) VALUES (%s, %s) ON CONFLICT (hour) DO UPDATE "
+                        "SET landed_through = EXCLUDED.landed_through, compacted_at = now() AT TIME ZONE 'UTC'",
+                        (hour, landed_through.get(hour)))

@@ -5,7 +5,9 @@ from datetime import timedelta
 from typing import Literal
 
 from dagster import Config
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
+
+from antenna_assets.transforms.devices import BIGINT_MAX, MessageRules
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day)s?\s*$")
 _UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
@@ -25,7 +27,7 @@ class SpeedLayerConfig(Config):
     trigger: Literal["processing_time", "available_now"] = Field(
         default="processing_time", description="processing_time: run forever; available_now: drain the topic, then stop")
     trigger_interval: str = Field(default="1 second", description="micro-batch interval of the processing_time trigger")
-    max_offsets_per_trigger: int = Field(default=1_000_000, ge=0, description="messages per micro-batch at most; 0: no limit")
+    max_offsets_per_trigger: int = Field(default=1_000_000, ge=1, description="messages per micro-batch at most")
     kafka_min_partitions: int = Field(
         default=0, ge=0, description="Spark tasks reading Kafka per micro-batch, at least; 0: twice Spark's default parallelism")
     starting_offsets: str = Field(default="earliest", description="where a query without checkpoint starts: earliest or latest")
@@ -33,6 +35,30 @@ class SpeedLayerConfig(Config):
     metadata_refresh_seconds: float = Field(default=30.0, ge=0, description="re-read user_metadata at most this often; 0: every batch")
     progress_interval_seconds: float = Field(default=60.0, gt=0, description="how often progress is reported")
     query_name: str = Field(default="speed_layer", description="names the checkpoint folder and the ledger rows")
+    batch_attempts: int = Field(default=3, ge=1, description="tries of a failing micro-batch before the run fails")
+    # The contract rules (README): a message outside them is a dead letter with its own reason.
+    max_bytes: int = Field(default=MessageRules.max_bytes, ge=0, le=BIGINT_MAX,
+                           description="largest `bytes` of one message (bytes_too_large above)")
+    min_timestamp: int = Field(default=MessageRules.min_timestamp,
+                               description="earliest `timestamp`, epoch seconds (timestamp_too_old below)")
+    future_tolerance_seconds: int = Field(
+        default=MessageRules.future_tolerance_seconds, ge=0,
+        description="how far `timestamp` may be after the Kafka record's own timestamp (timestamp_in_future beyond)")
+    max_text_length: int = Field(default=MessageRules.max_text_length, ge=1,
+                                 description="longest id, antenna_id or app, in characters (text_too_long above)")
+
+    def message_rules(self) -> MessageRules:
+        return MessageRules(max_bytes=self.max_bytes, min_timestamp=self.min_timestamp,
+                            future_tolerance_seconds=self.future_tolerance_seconds,
+                            max_text_length=self.max_text_length)
+
+    @model_validator(mode="after")
+    def _sums_fit_a_bigint(self):
+        # A batch's partial sum of one key is at most max_offsets_per_trigger x max_bytes (MessageRules).
+        if self.max_offsets_per_trigger == 0 or self.max_offsets_per_trigger * self.max_bytes > BIGINT_MAX:
+            raise ValueError(f"max_offsets_per_trigger ({self.max_offsets_per_trigger}) x max_bytes ({self.max_bytes}) "
+                             f"must be between 1 and {BIGINT_MAX}: a micro-batch's sums must fit a BIGINT")
+        return self
 
     @field_validator("window", "watermark", "trigger_interval")
     @classmethod

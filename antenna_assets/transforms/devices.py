@@ -1,12 +1,19 @@
-"""Device usage messages: the contract's schema, parsing and validation (DATA_CONTRACT.md section 1)."""
+"""Device usage messages: the contract's schema, parsing and validation (DATA_CONTRACT.md section 1).
+
+Any Kafka record is input: whatever its bytes, parsing classifies it as a valid event or as a
+rejected one with a `reason`, and nothing here raises on bad input.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 EVENT_FIELDS = ("timestamp", "id", "antenna_id", "bytes", "app")
+TEXT_FIELDS = ("id", "antenna_id", "app")
 _CORRUPT = "_corrupt_record"
 
 DEVICE_MESSAGE_SCHEMA = T.StructType([
@@ -29,51 +36,139 @@ EVENT_SCHEMA = T.StructType([
     T.StructField("event_time", T.TimestampType(), False),
 ])
 LAKE_PARTITION_COLUMNS = ("year", "month", "day", "hour")
+# The time that may advance the speed layer's watermark: an accepted event's time, but never past
+# its Kafka record's own timestamp, so a device clock running ahead (within the tolerance below)
+# cannot make everybody else's events late.
+WATERMARK_TIME = "watermark_time"
 
-# Rejection reasons, in the order they are tested.
+# Rejection reasons, in the order they are tested: a record gets the first that applies.
+NOT_UTF8 = "not_utf8"
 BROKEN_JSON = "broken_json"
 WRONG_TYPE = "wrong_type"
 MISSING_FIELD = "missing_field"
 NEGATIVE_BYTES = "negative_bytes"
+BYTES_TOO_LARGE = "bytes_too_large"
+TIMESTAMP_TOO_OLD = "timestamp_too_old"
+TIMESTAMP_IN_FUTURE = "timestamp_in_future"
+EMPTY_TEXT = "empty_text"
+TEXT_TOO_LONG = "text_too_long"
+CONTROL_CHARACTERS = "control_characters"
+REASONS = (NOT_UTF8, BROKEN_JSON, WRONG_TYPE, MISSING_FIELD, NEGATIVE_BYTES, BYTES_TOO_LARGE, TIMESTAMP_TOO_OLD,
+           TIMESTAMP_IN_FUTURE, EMPTY_TEXT, TEXT_TOO_LONG, CONTROL_CHARACTERS)
+
+BIGINT_MAX = 2**63 - 1
 
 
-def _rejection_reason(msg: Column) -> Column:
+@dataclass(frozen=True)
+class MessageRules:
+    """Plausibility limits of a message (README: contract rules). Each violation is a dead letter.
+
+    Sums cannot overflow in Spark: a micro-batch holds at most `max_offsets_per_trigger` messages,
+    and the speed layer refuses a configuration where that many messages of `max_bytes` each could
+    exceed a BIGINT (10^6 x 10^12 = 10^18 < 9.22 x 10^18 at the defaults). A running total in
+    PostgreSQL or an hourly sum would need 9.2 million maximal messages for one key in one window
+    (30,000 a second for 5 minutes) to overflow; that fails the batch visibly rather than wrap.
+    """
+
+    max_bytes: int = 10**12
+    min_timestamp: int = 946_684_800  # 2000-01-01T00:00:00Z
+    future_tolerance_seconds: int = 600
+    max_text_length: int = 256
+
+    def __post_init__(self):
+        if not 0 <= self.max_bytes <= BIGINT_MAX:
+            raise ValueError(f"max_bytes must be between 0 and {BIGINT_MAX}, got {self.max_bytes}")
+        if self.future_tolerance_seconds < 0 or self.max_text_length < 1:
+            raise ValueError("future_tolerance_seconds must be >= 0 and max_text_length >= 1")
+
+
+# ASCII's control characters: C0 and DEL. A JSON string holds C0 only as an escape (raw ones are
+# broken JSON) and DEL raw or escaped, so only records with a backslash or a DEL are checked.
+_CONTROL_CHARACTERS = "".join(map(chr, (*range(0x20), 0x7F)))
+
+
+def _has_control_character(raw: Column, text: Column) -> Column:
+    gate = raw.contains("\\") | raw.contains("\x7f")
+    return gate & (F.length(F.translate(text, _CONTROL_CHARACTERS, "")) != F.length(text))
+
+
+def _is_plain_json_string(raw: Column, field: str, text: Column) -> Column:
+    """Whether the record shows `field` as a JSON string holding exactly `text` (compact or with a
+    space after the colon). Spark reads a JSON number, boolean, object or array into a string field
+    as its JSON text; a record where this check fails pays for the strict second parse that tells
+    them apart. String searches, not a regex: a regex per field and row halved the parse's speed
+    (BENCHMARKS.md)."""
+    return (raw.contains(F.concat(F.lit(f'"{field}":"'), text))
+            | raw.contains(F.concat(F.lit(f'"{field}": "'), text)))
+
+
+def _first(cases: list[tuple[Column, str]]) -> Column:
+    result = F.when(cases[0][0], F.lit(cases[0][1]))
+    for condition, reason in cases[1:]:
+        result = result.when(condition, F.lit(reason))
+    return result
+
+
+def _any(columns: list[Column]) -> Column:
+    result = columns[0]
+    for column in columns[1:]:
+        result = result | column
+    return result
+
+
+def _strictly_parsed_types(raw: Column, msg: Column) -> Column:
+    """For rows whose text fields might not be JSON strings, or whose text has unicode escapes (a lone
+    surrogate escape decodes to no valid character): the JSON types of the text fields, read by
+    Spark's strict parser (null types when it refuses the document). Null for every other row."""
+    suspicious = _any([raw.contains("\\u"), *(~_is_plain_json_string(raw, f, msg[f]) for f in TEXT_FIELDS)])
+    variant = F.try_parse_json(raw)
+    types = F.struct(F.lit(True).alias("checked"), variant.isNull().alias("unparsable"),
+                     *(F.schema_of_variant(F.variant_get(variant, f"$.{f}", "variant")).alias(f) for f in TEXT_FIELDS))
+    return F.when(suspicious, types)
+
+
+def _rejection_reason(value: Column, raw: Column, msg: Column, kafka_seconds: Column, rules: MessageRules) -> Column:
     fields = [msg[f] for f in EVENT_FIELDS]
-    return (F.when(msg.isNull() | _all_null(fields), F.lit(BROKEN_JSON))
-            .when(msg[_CORRUPT].isNotNull(), F.lit(WRONG_TYPE))
-            .when(_any_null(fields), F.lit(MISSING_FIELD))
-            .when(msg["bytes"] < 0, F.lit(NEGATIVE_BYTES)))
+    strict = _strictly_parsed_types(raw, msg)
+    texts = [msg[f] for f in TEXT_FIELDS]
+    return _first([
+        (value.isNotNull() & ~F.is_valid_utf8(raw), NOT_UTF8),
+        (msg.isNull() | ~_any([c.isNotNull() for c in fields]) | F.coalesce(strict["unparsable"], F.lit(False)),
+         BROKEN_JSON),
+        (msg[_CORRUPT].isNotNull(), WRONG_TYPE),
+        (_any([c.isNull() for c in fields]), MISSING_FIELD),
+        (F.coalesce(strict["checked"], F.lit(False))
+         & _any([strict[f] != F.lit("STRING") for f in TEXT_FIELDS]), WRONG_TYPE),
+        (msg["bytes"] < 0, NEGATIVE_BYTES),
+        (msg["bytes"] > rules.max_bytes, BYTES_TOO_LARGE),
+        (msg["timestamp"] < rules.min_timestamp, TIMESTAMP_TOO_OLD),
+        # Compared with the record's own timestamp, not the wall clock: a replay decides the same way.
+        (msg["timestamp"] > kafka_seconds + rules.future_tolerance_seconds, TIMESTAMP_IN_FUTURE),
+        (_any([F.length(c) == 0 for c in texts]), EMPTY_TEXT),
+        (_any([F.length(c) > rules.max_text_length for c in texts]), TEXT_TOO_LONG),
+        (_any([_has_control_character(raw, c) for c in texts]), CONTROL_CHARACTERS),
+    ])
 
 
-def _all_null(columns: list[Column]) -> Column:
-    result = columns[0].isNull()
-    for column in columns[1:]:
-        result = result & column.isNull()
-    return result
-
-
-def _any_null(columns: list[Column]) -> Column:
-    result = columns[0].isNull()
-    for column in columns[1:]:
-        result = result | column.isNull()
-    return result
-
-
-def parse_device_messages(kafka_rows: DataFrame) -> DataFrame:
-    """Kafka rows (value, topic, partition, offset, timestamp) -> one row per message with the
-    contract's fields, `event_time`, and `reason` (null for a valid message, else why it is rejected).
+def parse_device_messages(kafka_rows: DataFrame, rules: MessageRules = MessageRules()) -> DataFrame:
+    """Kafka rows (key, value, topic, partition, offset, timestamp) -> one row per record with the
+    contract's fields, `event_time` and `watermark_time` (null unless valid), `reason` (null for a
+    valid message, else why it is rejected), and the record's raw `key`/`value` bytes.
 
     Unknown extra fields are ignored; nothing raises on bad input.
     """
-    raw = F.col("value").cast("string")
+    value = F.col("value")
+    raw = value.cast("string")
     msg = F.from_json(raw, DEVICE_MESSAGE_SCHEMA, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT})
-    return (kafka_rows
-            .select(raw.alias("raw_value"), msg.alias("msg"), "topic", "partition", "offset",
-                    F.col("timestamp").alias("kafka_timestamp"))
-            .select(*[F.col("msg")[f].alias(f) for f in EVENT_FIELDS],
-                    F.timestamp_seconds(F.col("msg")["timestamp"]).alias("event_time"),
-                    _rejection_reason(F.col("msg")).alias("reason"),
-                    "raw_value", "topic", "partition", "offset", "kafka_timestamp"))
+    with_msg = kafka_rows.select("key", "value", msg.alias("msg"), "topic", "partition", "offset",
+                                 F.col("timestamp").alias("kafka_timestamp"))
+    reason = _rejection_reason(value, raw, F.col("msg"), F.unix_seconds(F.col("kafka_timestamp")), rules)
+    parsed = with_msg.select(*[F.col("msg")[f].alias(f) for f in EVENT_FIELDS], reason.alias("reason"),
+                             "key", "value", "topic", "partition", "offset", "kafka_timestamp")
+    # Only a valid timestamp becomes a time: a huge one would overflow Spark's microseconds.
+    event_time = F.timestamp_seconds(F.when(F.col("reason").isNull(), F.col("timestamp")))
+    watermark_time = F.when(event_time.isNotNull(), F.least(event_time, F.col("kafka_timestamp")))
+    return parsed.select("*", event_time.alias("event_time"), watermark_time.alias(WATERMARK_TIME))
 
 
 def valid_events(parsed: DataFrame) -> DataFrame:
@@ -82,10 +177,10 @@ def valid_events(parsed: DataFrame) -> DataFrame:
 
 
 def rejected_messages(parsed: DataFrame) -> DataFrame:
-    """The invalid messages with their raw value, reason and Kafka coordinates (the dead letters)."""
+    """The invalid records with their exact key and value bytes, reason and Kafka coordinates (the dead letters)."""
     return parsed.where(F.col("reason").isNotNull()).select(
         "topic", F.col("partition").alias("kafka_partition"), F.col("offset").alias("kafka_offset"),
-        "raw_value", "reason", "kafka_timestamp")
+        F.col("key").alias("raw_key"), F.col("value").alias("raw_value"), "reason", "kafka_timestamp")
 
 
 def with_lake_partitions(events: DataFrame) -> DataFrame:
