@@ -3,7 +3,11 @@ connected as the page's own role, one fresh database for the module."""
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import subprocess
+import sys
 from contextlib import closing
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -16,6 +20,8 @@ from antenna_assets.operators.app import SESSION_COOKIE, create_app
 from antenna_assets.operators.auth import add_operator
 from antenna_assets.operators.config import PageConfig, prepare_database
 from antenna_assets.operators.schema import OPERATORS_ROLE
+from antenna_assets.stack.errors import StackError
+from antenna_assets.stack.operators_page import OperatorsPage
 from antenna_assets.users import PROVISIONED_USERS
 from antenna_assets_tests.conftest import fresh_database
 
@@ -422,3 +428,37 @@ def test_database_outage_is_a_page_without_a_trace(page):
 
 def test_health_needs_no_sign_in(page):
     assert _client(page[1]).get("/healthz").text == "ok"
+
+
+# -- command line and service --------------------------------------------------------------
+
+def _antenna(args: list[str], url: str, stdin: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ANTENNA_POSTGRES_URL": url}
+    return subprocess.run([sys.executable, "-m", "antenna_assets.cli", *args], input=stdin, capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+def test_operators_add_reads_the_password_from_stdin_and_stores_an_argon2_hash(page):
+    url, config = page
+    created = _antenna(["operators", "add", "carol"], url, "carol's long password\n")
+    assert created.returncode == 0 and "operator 'carol' created" in created.stdout
+    stored = _query(url, "SELECT password_hash FROM operators WHERE name = 'carol'")[0][0]
+    assert stored.startswith("$argon2id$") and "carol's long password" not in stored
+    assert _sign_in(_client(config), "carol", "carol's long password").status_code == 303
+    for args, stdin, message in ((["operators", "add", "carol"], "another long password\n", "already exists"),
+                                 (["operators", "add", "dave"], "short\n", "at least 10 characters"),
+                                 (["operators", "add", " "], "a long enough password\n", "operator name")):
+        refused = _antenna(args, url, stdin)
+        assert refused.returncode == 1 and message in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    reset = _antenna(["operators", "add", "carol", "--reset-password"], url, "carol's new password\n")
+    assert reset.returncode == 0 and _sign_in(_client(config), "carol", "carol's new password").status_code == 303
+
+
+def test_page_service_reports_a_port_in_use_in_one_line(settings, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        service = OperatorsPage(replace(settings, operators_port=busy.getsockname()[1], stack_dir=tmp_path))
+        with pytest.raises(StackError, match=r"^port \d+ is already in use: .*ANTENNA_OPERATORS_PORT$"):
+            service.up()
+    assert service.status() == (False, "operators page: not running")
