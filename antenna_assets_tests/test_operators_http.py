@@ -462,3 +462,17 @@ def test_page_service_reports_a_port_in_use_in_one_line(settings, tmp_path):
         with pytest.raises(StackError, match=r"^port \d+ is already in use: .*ANTENNA_OPERATORS_PORT$"):
             service.up()
     assert service.status() == (False, "operators page: not running")
+
+
+def test_an_unexpected_error_is_a_page_without_a_trace(page, alice):
+    url, config = page
+    client = TestClient(alice.app, follow_redirects=False, raise_server_exceptions=False, cookies=alice.cookies)
+    with closing(psycopg2.connect(url)) as conn, conn, conn.cursor() as cur:
+        cur.execute(f"REVOKE SELECT ON serving_user_1h FROM {OPERATORS_ROLE}")
+    try:
+        response = client.get("/users")
+    finally:
+        with closing(psycopg2.connect(url)) as conn, conn, conn.cursor() as cur:
+            cur.execute(f"GRANT SELECT ON serving_user_1h TO {OPERATORS_ROLE}")
+    assert response.status_code == 500 and "Something went wrong; nothing was saved" in response.text
+    assert "Traceback" not in response.text and "permission denied" not in response.text
