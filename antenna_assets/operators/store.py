@@ -76,15 +76,18 @@ def list_users(conn, now: datetime, search: str = "", sort: str = "id", descendi
     order = SORTS.get(sort, SORTS["id"]) + (" DESC" if descending else "")
     where = "WHERE u.id ILIKE %(q)s OR u.name ILIKE %(q)s OR u.email ILIKE %(q)s" if search else ""
     params = {"q": _like(search), "hour": hour, "previous": hour - timedelta(hours=1), "limit": limit}
-    hours = ("LEFT JOIN serving_user_1h cur ON cur.email = u.email AND cur.date = %(hour)s "
-             "LEFT JOIN serving_user_1h prev ON prev.email = u.email AND prev.date = %(previous)s " if usage else
-             "CROSS JOIN (SELECT NULL::bigint AS sum_user_bytes, NULL AS source) cur "
-             "CROSS JOIN (SELECT NULL::bigint AS sum_user_bytes, NULL AS source) prev ")
+    # The two hours are read from the view once (a view over every speed-layer row: filter it first).
+    usage_rows = ("SELECT email, date, sum_user_bytes, source FROM serving_user_1h WHERE date IN (%(hour)s, %(previous)s)"
+                  if usage else "SELECT NULL::text AS email, NULL::timestamp AS date, NULL::bigint AS sum_user_bytes, "
+                                "NULL::text AS source WHERE false")
     with conn.cursor() as cur:
         cur.execute(
+            f"WITH usage AS ({usage_rows}) "
             "SELECT u.id, u.name, u.email, u.quota, cur.sum_user_bytes, prev.sum_user_bytes, cur.source, prev.source, "
-            "count(*) OVER () "
-            f"FROM user_metadata u {hours}{where} ORDER BY {order}, u.id LIMIT %(limit)s", params)
+            "count(*) OVER () FROM user_metadata u "
+            "LEFT JOIN usage cur ON cur.email = u.email AND cur.date = %(hour)s "
+            "LEFT JOIN usage prev ON prev.email = u.email AND prev.date = %(previous)s "
+            f"{where} ORDER BY {order}, u.id LIMIT %(limit)s", params)
         rows = cur.fetchall()
     return [UserRow(*row[:8]) for row in rows], (rows[0][8] if rows else 0)
 
