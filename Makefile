@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-8)
 
-.PHONY: venv jars demo test stack-up stack-down stop bench clean
+.PHONY: venv jars browser demo test stack-up stack-down stop bench clean
 
 $(STAMP): setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,14 @@ stack-down:
 
 stop: stack-down
 
+# Debian's chromium for the real-browser tests (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
 demo: jars
 	$(BIN)/antenna demo
 
-test: jars
+test: jars browser
 	$(BIN)/python -m pytest antenna_assets_tests $(PYTEST_ARGS)
 
 bench: jars

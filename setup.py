@@ -5,8 +5,9 @@ setup(
     version="0.1.0",
     description="A lambda architecture for mobile-network usage data, as Dagster software-defined assets.",
     packages=find_packages(exclude=["antenna_assets_tests", "bench"]),
-    # Superset's pinned install and the dashboards it imports at every start.
-    package_data={"antenna_assets.serving": ["superset-constraints.txt", "superset_assets/*.yaml",
+    # The operators' page templates; Superset's pinned install and the dashboards it imports at every start.
+    package_data={"antenna_assets.operators": ["templates/*.html"],
+                  "antenna_assets.serving": ["superset-constraints.txt", "superset_assets/*.yaml",
                                              "superset_assets/*/*.yaml", "superset_assets/*/*/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
@@ -24,9 +25,16 @@ setup(
         "pyarrow>=15",
         "pandas>=2",
         "numpy>=1.26",
+        # The operators' page (antenna_assets/operators): server-rendered forms on FastAPI.
+        "fastapi>=0.115",
+        "uvicorn>=0.30",
+        "jinja2>=3.1",
+        "python-multipart>=0.0.9",
+        "argon2-cffi>=23.1",
+        "itsdangerous>=2.1",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "duckdb>=1.1", "hypothesis>=6.100",
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "duckdb>=1.1", "hypothesis>=6.100", "httpx>=0.27",
                 # drives Debian's /usr/bin/chromium in the browser tests; no browser download
                 "playwright>=1.50,<2"],
     },

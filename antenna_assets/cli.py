@@ -16,17 +16,21 @@ def _stack(args: argparse.Namespace) -> int:
     from antenna_assets.stack.gcs_emulator import GcsEmulator
     from antenna_assets.stack.kafka import KafkaBroker
     from antenna_assets.stack.live_traffic import LiveTraffic
+    from antenna_assets.stack.operators_page import OperatorsPage
     from antenna_assets.stack.postgres import EmbeddedPostgres
     from antenna_assets.stack.superset import Superset
 
     settings = Settings.from_env()
     services = [EmbeddedPostgres(settings), KafkaBroker(settings)]
-    superset = Superset(settings)
-    # Optional: started by `antenna demo`, `stack up --superset` or the tests, stopped with the stack.
-    extras = [superset, DagsterUI(settings), LiveTraffic(settings), GcsEmulator(settings)]
+    superset, operators_page = Superset(settings), OperatorsPage(settings)
+    # Optional: started by `antenna demo`, `stack up --superset/--operators` or the tests, stopped with the stack.
+    extras = [superset, operators_page, DagsterUI(settings), LiveTraffic(settings), GcsEmulator(settings)]
     if args.action == "up":
         for service in services:
             print(service.up(), flush=True)
+        if args.operators or settings.operators_page:
+            print(operators_page.up(), flush=True)
+            print("create an operator with: antenna operators add NAME")
         print('point a shell at it with: eval "$(antenna stack env)"')
         if args.superset or settings.superset:
             # Kafka and PostgreSQL stay up if Superset cannot start: its error is the command's own.
@@ -65,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("action", choices=["up", "down", "status", "env"])
     stack.add_argument("--superset", action="store_true",
                        help="up: also start Apache Superset with the dashboards (or set ANTENNA_SUPERSET=1)")
+    stack.add_argument("--operators", action="store_true",
+                       help="up: also start the operators' web page (or set ANTENNA_OPERATORS_PAGE=1)")
     stack.set_defaults(handler=_stack)
     commands.add_parser("jars", help="fetch and cache the Kafka broker and Spark connector jars").set_defaults(handler=_jars)
     for register in _command_modules():

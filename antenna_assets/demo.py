@@ -23,7 +23,7 @@ def register(commands) -> None:
                         help="minutes of live traffic after the batch (default 30; 0: none)")
     parser.add_argument("--live-interval", type=float, default=60,
                         help="seconds between two messages of a user in live traffic (contract: 60)")
-    parser.add_argument("--no-ui", action="store_true", help="do not start the Dagster UI")
+    parser.add_argument("--no-ui", action="store_true", help="do not start the web UIs (Dagster UI, operators' page)")
     parser.add_argument("--no-superset", action="store_true", help="do not start Apache Superset (the dashboards)")
     parser.set_defaults(handler=_demo)
 
@@ -55,6 +55,7 @@ def _demo(args: argparse.Namespace) -> int:
     from antenna_assets.stack.errors import StackError
     from antenna_assets.stack.kafka import KafkaBroker
     from antenna_assets.stack.live_traffic import LiveTraffic
+    from antenna_assets.stack.operators_page import OperatorsPage
     from antenna_assets.stack.postgres import EmbeddedPostgres
     from antenna_assets.stack.superset import Superset
     from antenna_assets.timeutil import utc_now
@@ -117,6 +118,9 @@ def _demo(args: argparse.Namespace) -> int:
         ui = DagsterUI(settings)
         print(ui.up())
         _say(f"Dagster UI: {ui.url}  (the sensors keep the stream alive and compute each hour as it closes)")
+        operators_page = OperatorsPage(settings)
+        print(operators_page.up())
+        _say(f"operators' page: {operators_page.url}  (create an operator first: antenna operators add NAME)")
     if not args.no_superset:
         superset = Superset(settings)
         try:

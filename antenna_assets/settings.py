@@ -47,10 +47,12 @@ def _env_str(name: str, default: str) -> str:
 
 
 def _env_flag(name: str) -> bool:
-    raw = _env_str(name, "0")
-    if raw not in ("0", "1"):
-        raise SettingsError(f"{name}={raw!r}: expected 1 (on) or 0 (off)")
-    return raw == "1"
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise SettingsError(f"{name}={raw!r}: expected 1 or 0")
 
 
 def default_stack_dir() -> Path:
@@ -92,6 +94,14 @@ class Settings:
     superset: bool = False
     superset_port: int = 8088
     superset_db: str = "superset"
+    # The operators' page (antenna_assets/operators).
+    operators_page: bool = False  # started by `antenna stack up` too
+    operators_host: str = "127.0.0.1"
+    operators_port: int = 8080
+    operators_secure_cookie: bool = False  # set when served over https (behind a TLS proxy)
+    operators_session_hours: int = 8
+    operators_login_attempts: int = 5  # failed sign-ins per window, per operator name and per client address
+    operators_login_window_seconds: int = 900
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -131,6 +141,13 @@ class Settings:
             superset=_env_flag("ANTENNA_SUPERSET"),
             superset_port=_env_int("ANTENNA_SUPERSET_PORT", 8088),
             superset_db=_env_str("ANTENNA_SUPERSET_DB", "superset"),
+            operators_page=_env_flag("ANTENNA_OPERATORS_PAGE"),
+            operators_host=_env_str("ANTENNA_OPERATORS_HOST", "127.0.0.1"),
+            operators_port=_env_int("ANTENNA_OPERATORS_PORT", 8080),
+            operators_secure_cookie=_env_flag("ANTENNA_OPERATORS_SECURE_COOKIE"),
+            operators_session_hours=_env_int("ANTENNA_OPERATORS_SESSION_HOURS", 8),
+            operators_login_attempts=_env_int("ANTENNA_OPERATORS_LOGIN_ATTEMPTS", 5),
+            operators_login_window_seconds=_env_int("ANTENNA_OPERATORS_LOGIN_WINDOW_SECONDS", 900),
         )
         settings.validate()
         return settings
@@ -148,6 +165,13 @@ class Settings:
         if not (self.spark_master.startswith("local") or self.spark_master.startswith("spark://")
                 or self.spark_master in ("yarn",) or self.spark_master.startswith("k8s://")):
             raise SettingsError(f"ANTENNA_SPARK_MASTER={self.spark_master!r}: expected local[*], spark://host:port, yarn or k8s://")
+        if not 0 < self.operators_port < 65536:
+            raise SettingsError(f"ANTENNA_OPERATORS_PORT must be a TCP port (1-65535), got {self.operators_port}")
+        for name, value in (("ANTENNA_OPERATORS_SESSION_HOURS", self.operators_session_hours),
+                            ("ANTENNA_OPERATORS_LOGIN_ATTEMPTS", self.operators_login_attempts),
+                            ("ANTENNA_OPERATORS_LOGIN_WINDOW_SECONDS", self.operators_login_window_seconds)):
+            if value < 1:
+                raise SettingsError(f"{name} must be >= 1, got {value}")
 
     @property
     def hour_close_grace(self) -> timedelta:

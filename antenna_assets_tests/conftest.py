@@ -24,6 +24,7 @@ os.environ.setdefault("ANTENNA_LAKE_ROOT", str(Path(os.environ["ANTENNA_STACK_DI
 # A GCS API emulator for the gs:// lake tests. The connector jar must be on the classpath when the
 # run's one SparkContext starts, and spark_conf() adds it whenever an emulator endpoint is set.
 os.environ.setdefault("ANTENNA_GCS_EMULATOR_PORT", "24443")
+os.environ.setdefault("ANTENNA_OPERATORS_PORT", "28080")
 os.environ.setdefault("ANTENNA_GCS_ENDPOINT", f"http://127.0.0.1:{os.environ['ANTENNA_GCS_EMULATOR_PORT']}")
 GCS_BUCKET = "antenna-lake-test"
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from antenna_assets.operators.schema import migrate_operators
+
 MIGRATION_LOCK_ID = 7_286_001
 
 
@@ -161,4 +163,5 @@ def migrate(conn) -> None:
         for statement in DDL:
             cur.execute(statement)
         create_views(cur)
+        migrate_operators(cur)
     conn.commit()
