@@ -129,14 +129,18 @@ def test_missing_java_is_a_clear_error(tmp_path, monkeypatch):
         broker.up()
 
 
-def test_unreachable_external_postgres_is_a_clear_error(tmp_path):
+def _closed_port() -> int:
+    """A port nothing listens on: bound, then released."""
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+def test_unreachable_external_postgres_is_a_clear_error(tmp_path):
     env = {**os.environ, "ANTENNA_STACK_DIR": str(tmp_path),
-           "ANTENNA_POSTGRES_URL": f"postgresql://postgres:x@127.0.0.1:{closed_port}/antenna"}
+           "ANTENNA_POSTGRES_URL": f"postgresql://postgres:x@127.0.0.1:{_closed_port()}/antenna"}
     proc = subprocess.run([sys.executable, "-m", "antenna_assets.cli", "stack", "up"], capture_output=True, text=True,
                           timeout=60, env=env)
     assert proc.returncode == 1
@@ -166,13 +170,8 @@ def test_a_bad_setting_is_one_line_for_the_cli_and_for_dagsters_load(tmp_path):
 
 
 def test_the_stream_against_an_unreachable_postgres_is_one_line(tmp_path):
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
     env = {**os.environ, "ANTENNA_LAKE_ROOT": str(tmp_path),
-           "ANTENNA_POSTGRES_URL": f"postgresql://postgres:secret@127.0.0.1:{closed_port}/antenna"}
+           "ANTENNA_POSTGRES_URL": f"postgresql://postgres:secret@127.0.0.1:{_closed_port()}/antenna"}
     proc = subprocess.run([sys.executable, "-m", "antenna_assets.cli", "stream", "--available-now"],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 1
