@@ -11,6 +11,7 @@ import pytest
 
 from antenna_assets.batch_layer import write_hourly_tables
 from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER, migrate
+from antenna_assets.stack.errors import StackError
 from antenna_assets.stack.postgres import connect
 from antenna_assets_tests.serving_seed import HOUR, RENAMED_EMAIL, UNKNOWN_ID, Seeded, fill_serving
 
@@ -145,7 +146,7 @@ def test_reader_role_reads_serving_only_and_cannot_write(settings, lambda_db):
             reader.rollback()
     finally:
         reader.close()
-    with pytest.raises(psycopg2.OperationalError, match="permission denied|not permitted"):
+    with pytest.raises(StackError, match="permission denied|not permitted"):
         connect(replace(settings, postgres_url=reader_url).postgres_url_for(settings.dagster_db)).close()
 
 

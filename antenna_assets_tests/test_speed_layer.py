@@ -424,7 +424,7 @@ def test_migration_keeps_older_dead_letters_as_bytes(serving_db):
     conn = psycopg2.connect(serving_db)
     try:
         with conn, conn.cursor() as cur:  # a dead_letter table from before BYTEA
-            cur.execute("DROP TABLE dead_letter")
+            cur.execute("DROP TABLE dead_letter CASCADE")  # its views come back with the migration
             cur.execute("CREATE TABLE dead_letter (topic TEXT NOT NULL, kafka_partition INT NOT NULL, "
                         "kafka_offset BIGINT NOT NULL, raw_value TEXT, reason TEXT NOT NULL, kafka_timestamp TIMESTAMP, "
                         "ingest_time TIMESTAMP NOT NULL, PRIMARY KEY (topic, kafka_partition, kafka_offset))")

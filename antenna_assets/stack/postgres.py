@@ -35,8 +35,10 @@ def connect(url: str, timeout: int = 5, **options):
     try:
         return psycopg2.connect(url, connect_timeout=timeout, **options)
     except psycopg2.OperationalError as exc:
-        raise StackError(f"cannot connect to PostgreSQL at {_redacted(url)}: {str(exc).strip().splitlines()[0]}. "
-                         "Start it with `antenna stack up` or fix ANTENNA_POSTGRES_URL") from None
+        reason = str(exc).strip().splitlines()[0]
+        # A server that refused the login answered: starting it again would not help.
+        hint = "" if "FATAL" in reason else ". Start it with `antenna stack up` or fix ANTENNA_POSTGRES_URL"
+        raise StackError(f"cannot connect to PostgreSQL at {_redacted(url)}: {reason}{hint}") from None
 
 
 def ensure_database(settings: Settings, name: str) -> None:
