@@ -1,8 +1,6 @@
 """A code location for the instance queue test: a job tagged exactly like `speed_layer_job`, which
 holds its run slot until a file appears, so the queue can be watched without starting Spark."""
 
-from __future__ import annotations
-
 import time
 from pathlib import Path
 
