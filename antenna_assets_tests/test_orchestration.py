@@ -77,6 +77,9 @@ def test_instance_queues_a_second_streaming_run_behind_a_live_one(settings, tmp_
     other QUEUED until the first ends."""
     instance = dg.DagsterInstance.get()
     assert isinstance(instance.run_coordinator, dg.QueuedRunCoordinator)
+    alive = instance.get_runs(dg.RunsFilter(tags={STREAMING_TAG: speed_layer_job.tags[STREAMING_TAG]},
+                                            statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]))
+    assert not alive, f"a streaming run is already alive on this instance: {[r.run_id for r in alive]}"
     location = ["-f", str(REPO / "antenna_assets_tests" / "streaming_stand_in.py")]
     bin_dir = Path(sys.executable).parent
     runs = {}
