@@ -81,6 +81,14 @@ def spark_conf(settings: Settings, roots: Iterable[str] = ()) -> dict[str, str]:
     return {f"spark.hadoop.{key}": value for key, value in hadoop_conf(settings).items()}
 
 
+def configure_hadoop(session, settings: Settings) -> None:
+    """Set the connector's keys on a running session's Hadoop configuration, which every later
+    gs:// file system of the session is built from."""
+    hadoop = session.sparkContext._jsc.hadoopConfiguration()
+    for key, value in hadoop_conf(settings).items():
+        hadoop.set(key, value)
+
+
 def gcs_client(settings: Settings):
     """A google-cloud-storage client from dagster-gcp's `GCSResource`; anonymous on an emulator."""
     from dagster_gcp import GCSResource

@@ -195,3 +195,57 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def test_a_gcs_lake_named_only_in_resource_config_works(settings, gcs_emulator, spark, topic, serving_db, monkeypatch):
+    """gs:// root, project and emulator endpoint given only as LakeResource config: the speed layer
+    lands the hour in the bucket, then raw_devices and the hourly tables read it back from there."""
+    import dagster as dg
+
+    from antenna_assets.assets.batch import hourly_tables, raw_devices
+    from antenna_assets.assets.sources import user_metadata
+    from antenna_assets.assets.speed import speed_layer
+    from antenna_assets.db.schema import BYTES_AGG_APP_1H
+    from antenna_assets.resources import PostgresResource, SparkResource
+    from antenna_assets.simulator import SimulatorConfig, run_simulation
+    from antenna_assets_tests.truth import expected, query
+
+    # A bucket of its own: Hadoop caches one gs:// file system per bucket, built from the configuration
+    # of its first use, and the earlier tests' bucket was first used with the environment's endpoint.
+    bucket = f"antenna-resource-{uuid.uuid4().hex[:8]}"
+    gcs_emulator.ensure_bucket(bucket)
+    for variable in ("ANTENNA_GCS_ENDPOINT", "ANTENNA_LAKE_ROOT", "ANTENNA_CHECKPOINT_ROOT", "STORAGE_EMULATOR_HOST"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("ANTENNA_TOPIC", topic)
+    # The shared session started with the environment's emulator endpoint; point it nowhere, so only
+    # the resource can lead the connector to the emulator.
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    before = hadoop.get("fs.gs.storage.root.url")
+    hadoop.set("fs.gs.storage.root.url", "http://127.0.0.1:9")
+    hour = datetime(2025, 9, 3, 7)
+    try:
+        truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=0.25,
+                                               start=hour + timedelta(minutes=10), seed=5, progress=False))
+        lake = LakeResource(root=f"gs://{bucket}/lake", project="antenna-resource-test",
+                            endpoint=gcs_emulator.endpoint)
+        resources = {"postgres": PostgresResource(url=serving_db), "lake": lake, "spark": SparkResource()}
+        streamed = dg.materialize(
+            [speed_layer], instance=dg.DagsterInstance.ephemeral(), resources=resources,
+            run_config={"ops": {"speed_layer": {"config": {"trigger": "available_now", "watermark": "3650 days",
+                                                           "query_name": topic}}}})
+        assert streamed.success
+        batch = dg.materialize([user_metadata, raw_devices, hourly_tables], instance=dg.DagsterInstance.ephemeral(),
+                               resources=resources, partition_key=f"{hour:%Y-%m-%d-%H:%M}")
+        assert batch.success
+    finally:
+        if before is None:
+            hadoop.unset("fs.gs.storage.root.url")
+        else:
+            hadoop.set("fs.gs.storage.root.url", before)
+
+    files = lake.list_files(f"gs://{bucket}/lake")
+    assert any(f.startswith(f"gs://{bucket}/lake/landing/devices/{hour_partition_dir(hour)}/") for f in files), files
+    assert any(f.startswith(f"gs://{bucket}/lake/raw_devices/{hour_partition_dir(hour)}/part-") for f in files), files
+    assert any(f.startswith(f"gs://{bucket}/lake/_checkpoints/{topic}/commits/") for f in files), files
+    apps = query(serving_db, f"SELECT {BYTES_AGG_APP_1H.key}, date, {BYTES_AGG_APP_1H.value} FROM {BYTES_AGG_APP_1H.name}")
+    assert {(k, d): int(v) for k, d, v in apps} == expected(truth, "app", hourly=True)

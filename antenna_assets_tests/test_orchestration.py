@@ -3,10 +3,13 @@ and the whole path driven by the product's and Dagster's own command lines."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,7 +18,7 @@ import dagster as dg
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.utils import make_new_run_id
 
-from antenna_assets.assets.speed import speed_layer
+from antenna_assets.assets.speed import STREAMING_TAG, speed_layer, speed_layer_job
 from antenna_assets.db.schema import BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP_1H, BYTES_AGG_USER_1H
 from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
 from antenna_assets.partitions import hour_closes_at
@@ -68,10 +71,74 @@ def test_sensor_backs_off_after_failures(settings, topic):
     assert isinstance(speed_layer_decision(instance, on_topic, ended + 3600), dg.RunRequest)
 
 
-def test_instance_allows_one_streaming_run_at_a_time(settings):
-    coordinator = dg.DagsterInstance.get().run_coordinator
-    limits = coordinator.get_run_queue_config().tag_concurrency_limits
-    assert {"key": "antenna/streaming", "limit": 1} in [dict(limit) for limit in limits]
+def test_instance_queues_a_second_streaming_run_behind_a_live_one(settings, tmp_path):
+    """Two runs tagged like the streaming job, submitted to the stack's instance: its run coordinator
+    (dagster.yaml's tag concurrency limit, applied by a real `dagster-daemon`) starts one and keeps the
+    other QUEUED until the first ends."""
+    instance = dg.DagsterInstance.get()
+    assert isinstance(instance.run_coordinator, dg.QueuedRunCoordinator)
+    alive = instance.get_runs(dg.RunsFilter(tags={STREAMING_TAG: speed_layer_job.tags[STREAMING_TAG]},
+                                            statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]))
+    assert not alive, f"a streaming run is already alive on this instance: {[r.run_id for r in alive]}"
+    location = ["-f", str(REPO / "antenna_assets_tests" / "streaming_stand_in.py")]
+    bin_dir = Path(sys.executable).parent
+    runs = {}
+    for name in ("first", "second"):
+        release = tmp_path / f"release-{name}"
+        runs[name] = (str(uuid.uuid4()), release)
+        config = {"ops": {"hold_until_released": {"config": {"release_file": str(release)}}}}
+        _run([str(bin_dir / "dagster"), "job", "launch", *location, "-j", "streaming_stand_in",
+              "--run-id", runs[name][0], "--config-json", json.dumps(config)], os.environ.copy(), timeout=120)
+    (first, release_first), (second, release_second) = runs.values()
+    assert instance.get_run_by_id(second).tags[STREAMING_TAG] == speed_layer_job.tags[STREAMING_TAG]
+
+    def status(run_id: str) -> dg.DagsterRunStatus:
+        return instance.get_run_by_id(run_id).status
+
+    def wait_for(run_id: str, wanted: dg.DagsterRunStatus, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while status(run_id) != wanted:
+            assert time.monotonic() < deadline, f"run {run_id} is {status(run_id)}, not {wanted}"
+            time.sleep(0.5)
+
+    assert status(first) == status(second) == dg.DagsterRunStatus.QUEUED
+    log = (tmp_path / "daemon.log").open("w")
+    daemon = subprocess.Popen([str(bin_dir / "dagster-daemon"), "run", *location], cwd=REPO, env=os.environ.copy(),
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(first, dg.DagsterRunStatus.STARTED)
+        # Without the limit both leave the queue in the same dequeue pass; watch two more passes.
+        deadline = time.monotonic() + 2 * instance.run_coordinator.dequeue_interval_seconds + 1
+        while time.monotonic() < deadline:
+            assert status(second) == dg.DagsterRunStatus.QUEUED, (tmp_path / "daemon.log").read_text()[-3000:]
+            assert status(first) == dg.DagsterRunStatus.STARTED
+            time.sleep(0.5)
+
+        release_first.touch()
+        wait_for(first, dg.DagsterRunStatus.SUCCESS)
+        wait_for(second, dg.DagsterRunStatus.STARTED)
+        assert instance.get_run_record_by_id(second).start_time >= instance.get_run_record_by_id(first).end_time
+        release_second.touch()
+        wait_for(second, dg.DagsterRunStatus.SUCCESS)
+    finally:
+        release_first.touch()
+        release_second.touch()
+        _stop(daemon)
+        log.close()
+        for run_id in (first, second):
+            # A run left queued or started would hold the streaming slot of this instance.
+            if not instance.get_run_by_id(run_id).is_finished:
+                instance.report_run_canceled(instance.get_run_by_id(run_id))
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM, so the daemon shuts its code server down; SIGKILL to its process group if it hangs."""
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
 
 def test_an_hour_closes_at_its_end_plus_the_grace():

@@ -40,7 +40,7 @@ def raw_devices(context: dg.AssetExecutionContext, config: RawDevicesConfig, spa
     # sensor runs the hour again for it.
     with postgres.connect() as conn:
         landed_through = landing_marks(conn, hours)
-    stats = batch_layer.compact_hours(spark.spark_session, lake.landing_path, lake.raw_devices_path, hours,
+    stats = batch_layer.compact_hours(spark.session_for(lake), lake.landing_path, lake.raw_devices_path, hours,
                                       config.max_records_per_file)
     with postgres.connect() as conn:
         record_compaction(conn, landed_through, hours)
@@ -87,7 +87,7 @@ def hourly_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake:
     """The batch layer's four hourly tables from the raw hour(s) in one Spark run; each run replaces exactly its hours."""
     hours, start, end = _hour_range(context)
     selected = [key.path[-1] for key in context.selected_asset_keys]
-    session = spark.spark_session
+    session = spark.session_for(lake)
     events = batch_layer.read_hours(session, lake.raw_devices_path, hours)
     with postgres.connect() as conn:
         snapshots = batch_layer.user_metadata_snapshots(session, conn, hours)

@@ -41,7 +41,7 @@ def speed_layer(context: dg.AssetExecutionContext, config: SpeedLayerConfig, spa
     lake.validate()  # a missing bucket or credentials fail here, before any Spark work
     postgres.migrate()
     settings = Settings.from_env()
-    layer = SpeedLayer(spark.spark_session, config,
+    layer = SpeedLayer(spark.session_for(lake), config,
                        speed_layer_targets(settings, lake, postgres.effective_url, config))
 
     def report(query, layer: SpeedLayer) -> None:

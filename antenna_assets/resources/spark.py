@@ -3,7 +3,7 @@ from __future__ import annotations
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
-from antenna_assets.settings import Settings
+from antenna_assets.resources.lake import LakeResource
 from antenna_assets.spark_session import build_spark_session
 
 
@@ -18,12 +18,13 @@ class SparkResource(ConfigurableResource):
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._session = None
 
-    @property
-    def spark_session(self):
+    def session_for(self, lake: LakeResource):
+        """The session, able to read and write `lake`: a gs:// lake named only in the resource's config
+        still gets the connector jar (new session) and its endpoint, project and credentials."""
         if self._session is None:
-            settings = Settings.from_env()
             extra = dict(self.conf)
             if self.master:
                 extra["spark.master"] = self.master
-            self._session = build_spark_session(settings, self.app_name, extra)
+            self._session = build_spark_session(lake.settings(), self.app_name, extra)
+        lake.configure_session(self._session)
         return self._session
