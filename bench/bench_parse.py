@@ -2,7 +2,7 @@
 valid event or a dead-letter reason) against a plain `from_json` of the same records, in one Spark
 session, on generated Kafka-shaped rows (no broker: the parse alone).
 
-    python -m bench.bench_parse [--messages N] [--poison-fraction F] [--no-record]
+    python -m bench.bench_parse [--messages N] [--poison-fraction F] [--quick] [--no-record]
 """
 
 from __future__ import annotations
@@ -54,8 +54,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2_000_000)
     parser.add_argument("--poison-fraction", type=float, default=0.01)
+    parser.add_argument("--quick", action="store_true", help="200,000 records")
     parser.add_argument("--no-record", action="store_true", help="print the row instead of adding it to BENCHMARKS.md")
     args = parser.parse_args()
+    if args.quick:
+        args.messages = 200_000
     spark = build_spark_session(app_name="bench_parse")
     rows = kafka_rows(spark, args.messages, args.poison_fraction)
     rows.count()

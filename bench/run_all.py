@@ -3,7 +3,7 @@
     python -m bench.run_all [--quick] [--no-record]
 
 Needs the stack running (`antenna stack up`) and the environment pointing at it. Each benchmark
-also runs alone: python -m bench.bench_simulator | bench.bench_batch | bench.bench_speed_layer.
+also runs alone: python -m bench.bench_simulator | bench.bench_parse | bench.bench_batch | bench.bench_speed_layer.
 They run one after the other in fresh interpreters: each owns a Spark session and the machine's cores.
 """
 
@@ -13,7 +13,7 @@ import argparse
 import subprocess
 import sys
 
-BENCHMARKS = ("bench.bench_simulator", "bench.bench_batch", "bench.bench_speed_layer")
+BENCHMARKS = ("bench.bench_simulator", "bench.bench_parse", "bench.bench_batch", "bench.bench_speed_layer")
 
 
 def main(argv: list[str] | None = None) -> int:
