@@ -173,10 +173,11 @@ class SpeedLayer:
                                                     self.config.batch_attempts, error)
                 if attempt < self.config.batch_attempts:
                     time.sleep(min(2.0 ** (attempt - 1), 30.0))
-        self.failure = f"{key}, offsets {self._offsets_of(kafka_rows)}, failed {attempt} times: {error}"
+        offsets = self._offsets_of(kafka_rows)
+        self.failure = f"{key}, offsets {offsets}, failed {attempt} times: {error}"
         try:
             with closing(self._connect()) as conn:
-                record_failure(conn, key, attempt, self._offsets_of(kafka_rows), error)
+                record_failure(conn, key, attempt, offsets, error)
         except Exception as exc:  # noqa: BLE001 - the database may be what fails; the run still says why
             logging.getLogger(__name__).warning("could not record the failure in streaming_failures: %s", exc)
         raise MicroBatchFailed(self.failure)
