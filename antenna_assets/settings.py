@@ -21,24 +21,22 @@ class SettingsError(ValueError):
     """A setting has a value the product cannot use; the message says which and why."""
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_parsed(name: str, default, parse, kind: str):
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        return parse(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+        raise SettingsError(f"{name}={raw!r} is not {kind}") from None
+
+
+def _env_int(name: str, default: int) -> int:
+    return _env_parsed(name, default, int, "an integer")
 
 
 def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    return _env_parsed(name, default, float, "a number")
 
 
 def _env_str(name: str, default: str) -> str:
