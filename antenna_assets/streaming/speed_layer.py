@@ -41,8 +41,9 @@ from antenna_assets.streaming.config import SpeedLayerConfig, parse_duration
 from antenna_assets.timeutil import epoch_seconds, utc_from_epoch_millis, utc_from_epoch_seconds, utc_now
 from antenna_assets.transforms.aggregates import (MAX_EVENT_TIME, MESSAGES, bytes_per_antenna, bytes_per_app,
                                                   bytes_per_user)
-from antenna_assets.transforms.devices import (LAKE_PARTITION_COLUMNS, WATERMARK_TIME, parse_device_messages,
-                                               rejected_messages, valid_events, with_lake_partitions)
+from antenna_assets.transforms.devices import (ASCII_CONTROL, LAKE_PARTITION_COLUMNS, WATERMARK_TIME,
+                                               parse_device_messages, rejected_messages, valid_events,
+                                               with_lake_partitions)
 
 BATCH_PARTITION = "batch"
 # The row kinds of a micro-batch's summary besides the three speed tables.
@@ -268,7 +269,7 @@ class SpeedLayer:
                             known_ids: pa.Array) -> MicroBatchResult:
         kind = summary.column("table")
         ingest_time = utc_now()
-        # Raw bytes stay bytes (psycopg2 sends them as BYTEA): no record's content can fail this insert.
+        # Raw bytes stay bytes, sent as BYTEA: no record's content can fail this insert.
         dead_letters = [(row["topic"], row["kafka_partition"], row["kafka_offset"], _binary(row["raw_key"]),
                          _binary(row["raw_value"]), preview(row["raw_value"]), row["reason"],
                          utc_from_epoch_millis(row["kafka_timestamp"]), ingest_time)
@@ -328,10 +329,11 @@ def _not_below(marks: Offsets) -> Column:
 
 
 def _binary(value) -> bytes | None:
+    # psycopg2 quotes plain bytes as a text literal (which refuses NUL); Binary makes them BYTEA.
     return None if value is None else psycopg2.Binary(value)
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+_ESCAPED_CONTROL = {ord(c): f"\\x{ord(c):02x}" for c in ASCII_CONTROL}
 
 
 def preview(raw: bytes | None) -> str | None:
@@ -340,7 +342,7 @@ def preview(raw: bytes | None) -> str | None:
     if raw is None:
         return None
     text = raw[:PREVIEW_CHARACTERS * 4].decode("utf-8", errors="backslashreplace")[:PREVIEW_CHARACTERS]
-    return text.translate(_CONTROL)
+    return text.translate(_ESCAPED_CONTROL)
 
 
 def kafka_lag(query: StreamingQuery) -> int | None:

@@ -84,12 +84,12 @@ class MessageRules:
 
 # ASCII's control characters: C0 and DEL. A JSON string holds C0 only as an escape (raw ones are
 # broken JSON) and DEL raw or escaped, so only records with a backslash or a DEL are checked.
-_CONTROL_CHARACTERS = "".join(map(chr, (*range(0x20), 0x7F)))
+ASCII_CONTROL = "".join(map(chr, (*range(0x20), 0x7F)))
 
 
 def _has_control_character(raw: Column, text: Column) -> Column:
     gate = raw.contains("\\") | raw.contains("\x7f")
-    return gate & (F.length(F.translate(text, _CONTROL_CHARACTERS, "")) != F.length(text))
+    return gate & (F.length(F.translate(text, ASCII_CONTROL, "")) != F.length(text))
 
 
 def _is_plain_json_string(raw: Column, field: str, text: Column) -> Column:
