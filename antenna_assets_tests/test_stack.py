@@ -183,17 +183,21 @@ def test_stack_down_leaves_no_process_and_no_port(tmp_path):
     """A second stack on its own folder and ports, up then down: nothing of it is left."""
     from antenna_assets.stack.process import pid_alive, port_open
 
-    ports = {"ANTENNA_KAFKA_PORT": "51092", "ANTENNA_POSTGRES_PORT": "51432"}
+    # Below Linux's ephemeral range (32768-60999), so no client socket can hold them by chance.
+    ports = {"ANTENNA_KAFKA_PORT": "31192", "ANTENNA_POSTGRES_PORT": "31532"}
     env = {**os.environ, "ANTENNA_STACK_DIR": str(tmp_path / "stack"), **ports}
     for name in ("ANTENNA_KAFKA_BOOTSTRAP", "ANTENNA_POSTGRES_URL", "ANTENNA_KAFKA_CONTROLLER_PORT"):
         env.pop(name, None)
     cli = [sys.executable, "-m", "antenna_assets.cli", "stack"]
-    up = subprocess.run([*cli, "up"], capture_output=True, text=True, timeout=180, env=env)
-    assert up.returncode == 0, up.stderr
-    pids = [int(p.read_text().split()[0]) for p in (tmp_path / "stack").rglob("*.pid")]
-    pids.append(int((tmp_path / "stack/postgres/data/postmaster.pid").read_text().splitlines()[0]))
-    assert len(pids) >= 2 and all(pid_alive(pid) for pid in pids)
-    down = subprocess.run([*cli, "down"], capture_output=True, text=True, timeout=180, env=env)
-    assert down.returncode == 0, down.stderr
-    assert not any(pid_alive(pid) for pid in pids)
-    assert not any(port_open(int(port)) for port in (*ports.values(), "51093"))
+    try:
+        up = subprocess.run([*cli, "up"], capture_output=True, text=True, timeout=180, env=env)
+        assert up.returncode == 0, up.stderr
+        pids = [int(p.read_text().split()[0]) for p in (tmp_path / "stack").rglob("*.pid")]
+        pids.append(int((tmp_path / "stack/postgres/data/postmaster.pid").read_text().splitlines()[0]))
+        assert len(pids) >= 2 and all(pid_alive(pid) for pid in pids)
+        down = subprocess.run([*cli, "down"], capture_output=True, text=True, timeout=180, env=env)
+        assert down.returncode == 0, down.stderr
+        assert not any(pid_alive(pid) for pid in pids)
+        assert not any(port_open(int(port)) for port in (*ports.values(), "31193"))
+    finally:  # whatever failed above, this stack does not outlive the test
+        subprocess.run([*cli, "down"], capture_output=True, timeout=180, env=env)
