@@ -6,7 +6,7 @@ setup(
     description="A lambda architecture for mobile-network usage data, as Dagster software-defined assets.",
     packages=find_packages(exclude=["antenna_assets_tests", "bench"]),
     # The operators' page templates; Superset's pinned install and the dashboards it imports at every start.
-    package_data={"antenna_assets.operators": ["templates/*.html"],
+    package_data={"antenna_assets.serving.operators": ["templates/*.html"],
                   "antenna_assets.serving": ["superset-constraints.txt", "superset_assets/*.yaml",
                                              "superset_assets/*/*.yaml", "superset_assets/*/*/*.yaml"]},
     python_requires=">=3.10",
@@ -25,7 +25,7 @@ setup(
         "pyarrow>=15",
         "pandas>=2",
         "numpy>=1.26",
-        # The operators' page (antenna_assets/operators): server-rendered forms on FastAPI.
+        # The operators' page (antenna_assets/serving/operators): server-rendered forms on FastAPI.
         "fastapi>=0.115",
         "uvicorn>=0.30",
         "jinja2>=3.1",

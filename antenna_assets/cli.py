@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from antenna_assets.lake_gcs import GcsLakeError
+from antenna_assets.lake.gcs import GcsLakeError
+from antenna_assets.errors import StackError
 from antenna_assets.settings import Settings, SettingsError
-from antenna_assets.stack.errors import StackError
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -73,16 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="up: also start the operators' web page (or set ANTENNA_OPERATORS_PAGE=1)")
     stack.set_defaults(handler=_stack)
     commands.add_parser("jars", help="fetch and cache the Kafka broker and Spark connector jars").set_defaults(handler=_jars)
-    for register in _command_modules():
+    # Each layer adds its own sub-commands; their modules import their heavy parts lazily.
+    from antenna_assets.demo import register as register_demo
+    from antenna_assets.serving.operators.cli import register as register_operators
+    from antenna_assets.sources.simulator.cli import register as register_simulate
+    from antenna_assets.speed.cli import register as register_stream
+
+    for register in (register_simulate, register_stream, register_demo, register_operators):
         register(commands)
     return parser
-
-
-def _command_modules():
-    """Each layer adds its own sub-commands; imported lazily so `antenna stack` stays fast."""
-    from antenna_assets.commands import registered_commands
-
-    return registered_commands()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,19 +46,19 @@ def _demo(args: argparse.Namespace) -> int:
     from antenna_assets.assets.batch import hourly_tables, raw_devices
     from antenna_assets.assets.sources import user_metadata
     from antenna_assets.assets.speed import speed_layer
-    from antenna_assets.db.user_metadata import provision_users
+    from antenna_assets.sources.user_metadata import provision_users
     from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
     from antenna_assets.settings import Settings
-    from antenna_assets.simulator import SimulatorConfig, simulate
+    from antenna_assets.sources.simulator import SimulatorConfig, simulate
     from antenna_assets.stack.dagster_ui import DagsterUI
     from antenna_assets.stack.env import apply_stack_environment
-    from antenna_assets.stack.errors import StackError
+    from antenna_assets.errors import StackError
     from antenna_assets.stack.kafka import KafkaBroker
     from antenna_assets.stack.live_traffic import LiveTraffic
     from antenna_assets.stack.operators_page import OperatorsPage
     from antenna_assets.stack.postgres import EmbeddedPostgres
     from antenna_assets.stack.superset import Superset
-    from antenna_assets.timeutil import utc_now
+    from antenna_assets.hours import utc_now
 
     if args.hours < 1:
         raise SystemExit("antenna demo: error: --hours must be >= 1")

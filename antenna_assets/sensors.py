@@ -6,13 +6,13 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from antenna_assets.assets.batch import hourly_batch_job
-from antenna_assets.assets.speed import STREAMING_TAG, speed_layer_job
-from antenna_assets.db.speed_comparison import landed_hours
-from antenna_assets.partitions import hour_closes_at, hourly_partitions, partition_key
+from antenna_assets.jobs import STREAMING_TAG, hourly_batch_job, speed_layer_job
+from antenna_assets.batch.bookkeeping import landed_hours
+from antenna_assets.hours import hour_closes_at, partition_key
+from antenna_assets.partitions import hourly_partitions
 from antenna_assets.resources import PostgresResource
 from antenna_assets.settings import Settings
-from antenna_assets.timeutil import utc_now
+from antenna_assets.hours import utc_now
 
 # Runs that count as "alive": the coordinator's queue as well as the in-progress statuses.
 ALIVE_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,

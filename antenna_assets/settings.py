@@ -92,7 +92,7 @@ class Settings:
     superset: bool = False
     superset_port: int = 8088
     superset_db: str = "superset"
-    # The operators' page (antenna_assets/operators).
+    # The operators' page (antenna_assets/serving/operators).
     operators_page: bool = False  # started by `antenna stack up` too
     operators_host: str = "127.0.0.1"
     operators_port: int = 8080

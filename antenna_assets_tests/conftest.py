@@ -65,7 +65,7 @@ def gcs_emulator(settings):
 
 @pytest.fixture(scope="session")
 def spark(settings):
-    from antenna_assets.spark_session import build_spark_session
+    from antenna_assets.resources.spark import build_spark_session
 
     session = build_spark_session(settings, app_name="antenna_assets_tests")
     yield session
@@ -95,7 +95,7 @@ def topic(settings) -> str:
 
 def fresh_database(settings):
     """A new serving database for one test or module; dropped afterwards."""
-    from antenna_assets.stack.postgres import temporary_serving_database
+    from antenna_assets_tests.databases import temporary_serving_database
 
     return temporary_serving_database(settings, "test")
 

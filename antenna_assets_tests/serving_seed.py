@@ -7,11 +7,11 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from antenna_assets.batch_layer import write_hourly_tables
-from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
-from antenna_assets.users import PROVISIONED_USERS
+from antenna_assets.batch.layer import write_hourly_tables
+from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
+from antenna_assets.hours import HOUR
+from antenna_assets.sources.users import PROVISIONED_USERS
 
-HOUR = timedelta(hours=1)
 ANTENNAS = [f"antenna-{n}" for n in range(3)]
 APPS = ["WHATSAPP", "FACEBOOK", "TWITTER"]
 UNKNOWN_ID = "not-a-provisioned-user"

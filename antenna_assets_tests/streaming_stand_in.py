@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from antenna_assets.assets.speed import STREAMING_TAG, speed_layer_job
+from antenna_assets.jobs import STREAMING_TAG, speed_layer_job
 
 
 class HoldConfig(dg.Config):

@@ -15,13 +15,13 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from antenna_assets import checks
 from antenna_assets.assets.batch import hourly_tables, raw_devices
 from antenna_assets.assets.sources import user_metadata
-from antenna_assets.db.schema import BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP_1H, BYTES_AGG_USER_1H
+from antenna_assets.serving.schema import BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP_1H, BYTES_AGG_USER_1H
 from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
-from antenna_assets.simulator import SimulatorConfig, run_simulation
+from antenna_assets.sources.simulator import SimulatorConfig, run_simulation
 from antenna_assets.stack.kafka import ensure_topic
-from antenna_assets.streaming.config import SpeedLayerConfig
-from antenna_assets.streaming.speed_layer import SpeedLayer, SpeedLayerTargets, run_until_stopped
-from antenna_assets.users import PROVISIONED_USERS
+from antenna_assets.speed.config import SpeedLayerConfig
+from antenna_assets.speed.layer import SpeedLayer, SpeedLayerTargets, run_until_stopped
+from antenna_assets.sources.users import PROVISIONED_USERS
 from antenna_assets_tests.conftest import GCS_BUCKET, fresh_database
 from antenna_assets_tests.truth import expected, query, read_table
 

@@ -34,7 +34,7 @@ def test_materialize_user_metadata_partition(settings, serving_db):
     operator's edit made before it."""
     from dagster import AssetKey, DagsterInstance
 
-    from antenna_assets.users import PROVISIONED_USERS
+    from antenna_assets.sources.users import PROVISIONED_USERS
     from antenna_assets_tests.truth import execute, query
 
     execute(serving_db, "UPDATE user_metadata SET quota = 123 WHERE id = %s", (PROVISIONED_USERS[0].id,))

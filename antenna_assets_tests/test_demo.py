@@ -8,8 +8,8 @@ import subprocess
 import sys
 from datetime import datetime
 
-from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP, BYTES_AGG_APP_1H
-from antenna_assets.simulator import GroundTruth
+from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP, BYTES_AGG_APP_1H
+from antenna_assets.sources.simulator import GroundTruth
 from antenna_assets_tests.truth import expected, query, read_table
 
 FIRST_HOUR = datetime(2026, 1, 5, 10)

@@ -17,11 +17,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from antenna_assets import lake_gcs
-from antenna_assets.lake_gcs import GcsLakeError
-from antenna_assets.resources.lake import LakeResource, hour_partition_dir
-from antenna_assets.spark_session import spark_conf
-from antenna_assets.stack.errors import StackError
+from antenna_assets.lake import gcs as lake_gcs
+from antenna_assets.lake.gcs import GcsLakeError
+from antenna_assets.lake.layout import hour_partition_dir
+from antenna_assets.resources.lake import LakeResource
+from antenna_assets.resources.spark import spark_conf
+from antenna_assets.errors import StackError
 from antenna_assets.stack.gcs_emulator import FAKE_GCS_SERVER_VERSION, GcsEmulator
 from antenna_assets_tests.conftest import GCS_BUCKET as BUCKET
 
@@ -145,7 +146,7 @@ def test_validate_says_which_variable_sets_credentials(tmp_path, credentials_fil
     if credentials_file:
         env["GOOGLE_APPLICATION_CREDENTIALS"] = credentials_file
     code = (
-        "from antenna_assets.lake_gcs import GcsLakeError\n"
+        "from antenna_assets.lake.gcs import GcsLakeError\n"
         "from antenna_assets.resources import LakeResource\n"
         "try:\n"
         "    LakeResource(root='gs://antenna-lake/x', checkpoints='gs://antenna-lake/cp').validate()\n"
@@ -205,9 +206,9 @@ def test_a_gcs_lake_named_only_in_resource_config_works(settings, gcs_emulator, 
     from antenna_assets.assets.batch import hourly_tables, raw_devices
     from antenna_assets.assets.sources import user_metadata
     from antenna_assets.assets.speed import speed_layer
-    from antenna_assets.db.schema import BYTES_AGG_APP_1H
+    from antenna_assets.serving.schema import BYTES_AGG_APP_1H
     from antenna_assets.resources import PostgresResource, SparkResource
-    from antenna_assets.simulator import SimulatorConfig, run_simulation
+    from antenna_assets.sources.simulator import SimulatorConfig, run_simulation
     from antenna_assets_tests.truth import expected, query
 
     # A bucket of its own: Hadoop caches one gs:// file system per bucket, built from the configuration

@@ -27,15 +27,15 @@ from confluent_kafka import Producer
 
 from antenna_assets.assets.batch import hourly_tables, raw_devices
 from antenna_assets.assets.sources import user_metadata
-from antenna_assets.operators.auth import add_operator
+from antenna_assets.serving.operators.auth import add_operator
 from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
-from antenna_assets.simulator import SimulatorConfig, run_simulation
+from antenna_assets.sources.simulator import SimulatorConfig, run_simulation
 from antenna_assets.stack.kafka import ensure_topic
 from antenna_assets.stack.operators_page import OperatorsPage
-from antenna_assets.streaming.config import SpeedLayerConfig
-from antenna_assets.streaming.speed_layer import SpeedLayer, SpeedLayerTargets
-from antenna_assets.timeutil import utc_now
-from antenna_assets.users import PROVISIONED_USERS
+from antenna_assets.speed.config import SpeedLayerConfig
+from antenna_assets.speed.layer import SpeedLayer, SpeedLayerTargets
+from antenna_assets.hours import utc_now
+from antenna_assets.sources.users import PROVISIONED_USERS
 from antenna_assets_tests.conftest import fresh_database
 from antenna_assets_tests.truth import query
 

@@ -16,13 +16,13 @@ import psycopg2
 import pytest
 from fastapi.testclient import TestClient
 
-from antenna_assets.operators.app import SESSION_COOKIE, create_app
-from antenna_assets.operators.auth import add_operator
-from antenna_assets.operators.config import PageConfig, prepare_database
-from antenna_assets.operators.schema import OPERATORS_ROLE
-from antenna_assets.stack.errors import StackError
+from antenna_assets.serving.operators.app import SESSION_COOKIE, create_app
+from antenna_assets.serving.operators.auth import add_operator
+from antenna_assets.serving.operators.config import PageConfig, prepare_database
+from antenna_assets.serving.operators.schema import OPERATORS_ROLE
+from antenna_assets.errors import StackError
 from antenna_assets.stack.operators_page import OperatorsPage
-from antenna_assets.users import PROVISIONED_USERS
+from antenna_assets.sources.users import PROVISIONED_USERS
 from antenna_assets_tests.conftest import fresh_database
 
 PASSWORD = "correct horse battery"

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from antenna_assets.operators.csv_import import parse_users_csv
-from antenna_assets.operators.quota import MAX_QUOTA, QuotaError, format_bytes, parse_quota, quota_input_text
-from antenna_assets.operators.validation import validate_user
+from antenna_assets.serving.operators.csv_import import parse_users_csv
+from antenna_assets.serving.operators.quota import MAX_QUOTA, QuotaError, format_bytes, parse_quota, quota_input_text
+from antenna_assets.serving.operators.validation import validate_user
 
 quotas = st.integers(min_value=0, max_value=MAX_QUOTA)
 

@@ -18,13 +18,14 @@ import dagster as dg
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.utils import make_new_run_id
 
-from antenna_assets.assets.speed import STREAMING_TAG, speed_layer, speed_layer_job
-from antenna_assets.db.schema import BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP_1H, BYTES_AGG_USER_1H
+from antenna_assets.assets.speed import speed_layer
+from antenna_assets.jobs import STREAMING_TAG, speed_layer_job
+from antenna_assets.serving.schema import BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP_1H, BYTES_AGG_USER_1H
 from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
-from antenna_assets.partitions import hour_closes_at
+from antenna_assets.hours import hour_closes_at
 from antenna_assets.sensors import hourly_batch_sensor, speed_layer_decision, speed_layer_sensor
-from antenna_assets.simulator import SimulatorConfig, run_simulation
-from antenna_assets.users import PROVISIONED_USERS
+from antenna_assets.sources.simulator import SimulatorConfig, run_simulation
+from antenna_assets.sources.users import PROVISIONED_USERS
 from antenna_assets_tests.truth import expected, query
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,7 +191,7 @@ def test_command_lines_end_to_end(settings, topic, serving_db, tmp_path):
     bin_dir = Path(sys.executable).parent
     _run([str(bin_dir / "antenna"), "simulate", "--backfill-hours", "1", "--start", f"{hour:%Y-%m-%dT%H:%M}",
           "--seed", "9", "--ground-truth", str(tmp_path / "truth.json"), "--no-progress"], env)
-    from antenna_assets.simulator import GroundTruth
+    from antenna_assets.sources.simulator import GroundTruth
 
     truth = GroundTruth.from_json(tmp_path / "truth.json")
     _run([str(bin_dir / "antenna"), "stream", "--available-now", "--watermark", "3650 days"], env)
@@ -217,10 +218,10 @@ def test_the_hourly_sensor_retries_a_failed_hour_and_reruns_an_hour_with_late_da
     from antenna_assets.definitions import defs
     from antenna_assets.sensors import hourly_batch_decision
     from antenna_assets.settings import Settings
-    from antenna_assets.streaming.config import SpeedLayerConfig
-    from antenna_assets.streaming.runtime import speed_layer_targets
-    from antenna_assets.streaming.speed_layer import SpeedLayer, run_until_stopped
-    from antenna_assets.timeutil import utc_now
+    from antenna_assets.speed.config import SpeedLayerConfig
+    from antenna_assets.speed.runtime import speed_layer_targets
+    from antenna_assets.speed.layer import SpeedLayer, run_until_stopped
+    from antenna_assets.hours import utc_now
 
     monkeypatch.setenv("ANTENNA_TOPIC", topic)
     monkeypatch.setenv("ANTENNA_BATCH_LOOKBACK_HOURS", str(24 * 365 * 5))
@@ -274,7 +275,7 @@ def test_the_hourly_sensor_retries_a_failed_hour_and_reruns_an_hour_with_late_da
 def test_the_hourly_sensor_skips_open_hours_hours_done_and_no_data(serving_db, monkeypatch):
     from antenna_assets.sensors import hourly_batch_decision
     from antenna_assets.settings import Settings
-    from antenna_assets.timeutil import utc_now
+    from antenna_assets.hours import utc_now
 
     instance = dg.DagsterInstance.ephemeral()
     settings = Settings.from_env()

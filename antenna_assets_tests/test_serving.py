@@ -9,10 +9,10 @@ from datetime import datetime
 import psycopg2
 import pytest
 
-from antenna_assets.batch_layer import write_hourly_tables
-from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER, migrate
-from antenna_assets.stack.errors import StackError
-from antenna_assets.stack.postgres import connect
+from antenna_assets.batch.layer import write_hourly_tables
+from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER, migrate
+from antenna_assets.errors import StackError
+from antenna_assets.postgres import connect
 from antenna_assets_tests.serving_seed import HOUR, RENAMED_EMAIL, UNKNOWN_ID, Seeded, fill_serving
 
 NOW = datetime(2026, 11, 29, 3, 37)

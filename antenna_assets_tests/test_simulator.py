@@ -15,10 +15,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from antenna_assets.simulator import (MALFORMED_KINDS, GroundTruth, SimulationError, SimulatorConfig,
+from antenna_assets.sources.simulator import (MALFORMED_KINDS, GroundTruth, SimulationError, SimulatorConfig,
                                       SimulatorConfigError, Totals, run_simulation)
 from antenna_assets.stack.kafka import ensure_topic
-from antenna_assets.users import APPS, PROVISIONED_USERS, antenna_id
+from antenna_assets.sources.users import APPS, PROVISIONED_USERS, antenna_id
 
 FIELDS = {"timestamp", "id", "antenna_id", "bytes", "app"}
 START = datetime(2026, 11, 27, 10, 0)

@@ -9,10 +9,10 @@ import dagster as dg
 import pytest
 
 from antenna_assets.assets.sources import user_metadata
-from antenna_assets.batch_layer import MissingSnapshotError, user_metadata_snapshots
-from antenna_assets.db.user_metadata import provision_users
+from antenna_assets.batch.layer import MissingSnapshotError, user_metadata_snapshots
+from antenna_assets.sources.user_metadata import provision_users
 from antenna_assets.resources import PostgresResource
-from antenna_assets.users import PROVISIONED_USERS
+from antenna_assets.sources.users import PROVISIONED_USERS
 from antenna_assets_tests.truth import execute, query
 
 FIRST = PROVISIONED_USERS[0]

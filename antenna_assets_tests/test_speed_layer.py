@@ -18,11 +18,11 @@ import psycopg2
 import pytest
 from confluent_kafka import Producer
 
-from antenna_assets.db.ledger import APPLIED, LANDED, BatchKey, apply_micro_batch, batch_state
-from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER, migrate
-from antenna_assets.simulator import SimulatorConfig, run_simulation
-from antenna_assets.streaming.config import SpeedLayerConfig
-from antenna_assets.streaming.speed_layer import MicroBatchFailed, SpeedLayer, SpeedLayerTargets, run_until_stopped
+from antenna_assets.speed.ledger import APPLIED, LANDED, BatchKey, apply_micro_batch, batch_state
+from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER, migrate
+from antenna_assets.sources.simulator import SimulatorConfig, run_simulation
+from antenna_assets.speed.config import SpeedLayerConfig
+from antenna_assets.speed.layer import MicroBatchFailed, SpeedLayer, SpeedLayerTargets, run_until_stopped
 from antenna_assets_tests.truth import expected, query, read_table
 
 # Backfilled history reaches Kafka out of event-time order across partitions; these tests check

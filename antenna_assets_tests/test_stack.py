@@ -69,7 +69,7 @@ def test_migration_gives_every_contract_table_its_columns_and_primary_key(servin
     """The original's first defect was tables without keys, so every re-run appended duplicates."""
     import psycopg2
 
-    from antenna_assets.db.schema import migrate
+    from antenna_assets.serving.schema import migrate
     from antenna_assets_tests.truth import query
 
     conn = psycopg2.connect(serving_db)
@@ -120,7 +120,7 @@ def test_missing_java_is_a_clear_error(tmp_path, monkeypatch):
     from dataclasses import replace
 
     from antenna_assets.settings import Settings
-    from antenna_assets.stack.errors import StackError
+    from antenna_assets.errors import StackError
     from antenna_assets.stack.kafka import KafkaBroker
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no java on it
@@ -150,7 +150,7 @@ def test_unreachable_external_postgres_is_a_clear_error(tmp_path):
 
 def test_failed_jar_download_is_a_clear_error(tmp_path):
     from antenna_assets.stack import jars
-    from antenna_assets.stack.errors import StackError
+    from antenna_assets.errors import StackError
 
     with pytest.raises(StackError, match="could not download the nonexistent jars"):
         jars.fetch("nonexistent", ("org.apache.kafka:no-such-artifact-anywhere:0.0.1",), tmp_path)

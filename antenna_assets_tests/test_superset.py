@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from antenna_assets.serving.superset_bundle import DASHBOARD_SLUG, SupersetClient, import_bundle, load_assets
-from antenna_assets.stack.errors import StackError
-from antenna_assets.stack.postgres import connect
+from antenna_assets.errors import StackError
+from antenna_assets.postgres import connect
 from antenna_assets.stack.superset import ADMIN, Superset
-from antenna_assets.timeutil import utc_now
+from antenna_assets.hours import utc_now
 from antenna_assets_tests.conftest import REPO, fresh_database
 from antenna_assets_tests.serving_seed import fill_serving
 

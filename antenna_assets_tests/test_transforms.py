@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 import pytest
 from pyspark.sql import functions as F
 
-from antenna_assets.batch_layer import HOURLY_TABLE_COLUMNS, collect_table, compute_hourly_tables, snapshot_frame
+from antenna_assets.batch.layer import HOURLY_TABLE_COLUMNS, collect_table, compute_hourly_tables, snapshot_frame
 from antenna_assets.transforms.aggregates import bytes_per_app
 from antenna_assets.transforms.devices import parse_device_messages, valid_events, with_lake_partitions
 

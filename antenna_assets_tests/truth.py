@@ -6,8 +6,8 @@ from datetime import datetime
 
 import psycopg2
 
-from antenna_assets.db.schema import AggregateTable
-from antenna_assets.simulator import GroundTruth
+from antenna_assets.serving.schema import AggregateTable
+from antenna_assets.sources.simulator import GroundTruth
 
 
 def read_table(url: str, table: AggregateTable) -> dict[tuple[str, datetime], int]:

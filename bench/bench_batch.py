@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from antenna_assets.batch_layer import compute_hourly_tables, read_hours, snapshot_frame
-from antenna_assets.resources.lake import hour_partition_dir
+from antenna_assets.batch.layer import compute_hourly_tables, read_hours, snapshot_frame
+from antenna_assets.lake.layout import hour_partition_dir
 from antenna_assets.settings import Settings
-from antenna_assets.users import APPS, antenna_id, synthetic_users
+from antenna_assets.sources.users import APPS, antenna_id, synthetic_users
 from bench.common import DATA_DIR, Timings, record_run, time_warm
 
 HOUR = datetime(2026, 11, 28, 13)
@@ -110,7 +110,7 @@ def snapshot_rows() -> list[tuple]:
 
 
 def spark_session():
-    from antenna_assets.spark_session import build_spark_session
+    from antenna_assets.resources.spark import build_spark_session
 
     return build_spark_session(Settings.from_env(), app_name="bench_batch", extra={"spark.master": "local[2]"})
 

@@ -12,7 +12,7 @@ import time
 
 from pyspark.sql import functions as F
 
-from antenna_assets.spark_session import build_spark_session
+from antenna_assets.resources.spark import build_spark_session
 from antenna_assets.transforms.devices import DEVICE_MESSAGE_SCHEMA, parse_device_messages
 from bench.common import record_run
 

@@ -19,8 +19,8 @@ import uuid
 from dataclasses import dataclass
 
 from antenna_assets.settings import Settings
-from antenna_assets.simulator import SimulatorConfig, simulate
-from antenna_assets.simulator.producer import PRODUCER_TUNING
+from antenna_assets.sources.simulator import SimulatorConfig, simulate
+from antenna_assets.sources.simulator.producer import PRODUCER_TUNING
 from antenna_assets.stack import jars
 from bench.common import delete_topic, fresh_topic, record_run
 SECTION = "## Simulator"

@@ -34,15 +34,15 @@ from pathlib import Path
 import numpy as np
 import psycopg2
 
-from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
+from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
 from antenna_assets.settings import Settings
-from antenna_assets.simulator import GroundTruth, SimulatorConfig, simulate
-from antenna_assets.simulator.producer import PRODUCER_TUNING
-from antenna_assets.streaming.config import SpeedLayerConfig
-from antenna_assets.streaming.speed_layer import POSTGRES, SpeedLayer, SpeedLayerTargets, run_until_stopped
+from antenna_assets.sources.simulator import GroundTruth, SimulatorConfig, simulate
+from antenna_assets.sources.simulator.producer import PRODUCER_TUNING
+from antenna_assets.speed.config import SpeedLayerConfig
+from antenna_assets.speed.layer import POSTGRES, SpeedLayer, SpeedLayerTargets, run_until_stopped
 from antenna_assets.transforms.devices import (DEVICE_MESSAGE_SCHEMA, EVENT_FIELDS, LAKE_PARTITION_COLUMNS,
                                                parse_device_messages, valid_events, with_lake_partitions)
-from antenna_assets.users import APPS, antenna_id, user_id
+from antenna_assets.sources.users import APPS, antenna_id, user_id
 from antenna_assets_tests.truth import expected, read_table
 from bench.common import (BackgroundLoop, PeakMemory, delete_topic, fresh_database, fresh_topic, record_run,
                           time_warm)
@@ -120,7 +120,7 @@ class Freshness:
 
 
 def spark_session():
-    from antenna_assets.spark_session import build_spark_session
+    from antenna_assets.resources.spark import build_spark_session
 
     return build_spark_session(Settings.from_env(), app_name="bench_speed_layer", extra={"spark.master": "local[2]"})
 

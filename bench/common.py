@@ -15,7 +15,7 @@ from typing import Callable
 
 from antenna_assets.settings import Settings
 from antenna_assets.stack.kafka import ensure_topic
-from antenna_assets.stack.postgres import temporary_serving_database
+from antenna_assets_tests.databases import temporary_serving_database
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 # Generated inputs, cached between runs (git-ignored).

@@ -3,17 +3,17 @@
 import dagster as dg
 from pydantic import Field
 
-from antenna_assets import batch_layer, checks
-from antenna_assets.db.schema import BYTES_AGG_ANTENNA, BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP, BYTES_AGG_APP_1H
-from antenna_assets.db.serving import written_hours
-from antenna_assets.db.speed_comparison import hourly_sums_from_speed, landing_marks, record_compaction
-from antenna_assets.partitions import hour_closes_at, hourly_partitions, run_hours
+from antenna_assets import checks
+from antenna_assets.batch import layer as batch_layer
+from antenna_assets.serving.writes import written_hours
+from antenna_assets.batch.bookkeeping import hourly_sums_from_speed, landing_marks, record_compaction
+from antenna_assets.hours import HOUR, hour_closes_at
+from antenna_assets.partitions import hourly_partitions, run_hours
 from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
 from antenna_assets.settings import Settings
-from antenna_assets.timeutil import utc_now
+from antenna_assets.hours import utc_now
 
-BATCH_GROUP = "batch_layer"
-BATCH_TAG = "antenna/batch"
+BATCH_GROUP = "batch"
 
 
 class RawDevicesConfig(dg.Config):
@@ -22,7 +22,7 @@ class RawDevicesConfig(dg.Config):
 
 def _hour_range(context: dg.AssetExecutionContext):
     hours = run_hours(context)
-    return hours, hours[0], hours[-1] + batch_layer.HOUR
+    return hours, hours[0], hours[-1] + HOUR
 
 
 @dg.asset(partitions_def=hourly_partitions, backfill_policy=dg.BackfillPolicy.single_run(), deps=["devices_landing"],
@@ -69,18 +69,9 @@ HOURLY_TABLE_SPECS = [
                  kinds={"spark", "postgres"}, description=description)
     for name, description in HOURLY_TABLE_DESCRIPTIONS.items()
 ]
-_SUM_TABLES = ("bytes_agg_antenna_1h", "bytes_agg_user_1h", "bytes_agg_app_1h")
-_SPEED_TWIN = {"bytes_agg_antenna_1h": (BYTES_AGG_ANTENNA, BYTES_AGG_ANTENNA_1H), "bytes_agg_app_1h": (BYTES_AGG_APP, BYTES_AGG_APP_1H)}
-HOURLY_CHECK_SPECS = [
-    *(dg.AssetCheckSpec(checks.NON_NEGATIVE_SUMS, asset=name) for name in HOURLY_TABLE_DESCRIPTIONS),
-    *(dg.AssetCheckSpec(checks.NON_EMPTY_WHEN_RAW_NON_EMPTY, asset=name) for name in _SUM_TABLES),
-    *(dg.AssetCheckSpec(checks.RECONCILES_WITH_RAW, asset=name) for name in _SUM_TABLES),
-    *(dg.AssetCheckSpec(checks.AGREES_WITH_SPEED_LAYER, asset=name) for name in _SPEED_TWIN),
-    dg.AssetCheckSpec(checks.ALL_USERS_KNOWN, asset="bytes_agg_user_1h"),
-]
 
 
-@dg.multi_asset(specs=HOURLY_TABLE_SPECS, check_specs=HOURLY_CHECK_SPECS, can_subset=True,
+@dg.multi_asset(specs=HOURLY_TABLE_SPECS, check_specs=checks.hourly_check_specs(HOURLY_TABLE_DESCRIPTIONS), can_subset=True,
                 partitions_def=hourly_partitions, backfill_policy=dg.BackfillPolicy.single_run())
 def hourly_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake: LakeResource,
                   postgres: PostgresResource):
@@ -99,7 +90,7 @@ def hourly_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake:
             stored = {name: written_hours(cur, name, batch_layer.HOURLY_TABLE_COLUMNS[name][-1], start, end)
                       for name in selected}
         speed = {name: hourly_sums_from_speed(conn, speed_table, start, end)
-                 for name, (speed_table, _) in _SPEED_TWIN.items() if name in selected}
+                 for name, speed_table in checks.SPEED_TWIN.items() if name in selected}
     for name in selected:
         rows = tables[name]
         preview = "\n".join(" | ".join(str(v) for v in row) for row in sorted(rows)[:10])
@@ -108,68 +99,5 @@ def hourly_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake:
             "hours": dg.MetadataValue.int(len(hours)),
             "preview": dg.MetadataValue.md(f"```\n{preview}\n```"),
         })
-    for result in _check_results(context, tables, stored, raw, speed):
-        yield result
+    yield from checks.check_results(context, tables, stored, raw, speed)
 
-
-def _check_results(context, tables, stored, raw, speed):
-    selected_checks = {(key.asset_key.path[-1], key.name) for key in context.selected_asset_check_keys}
-    raw_rows = sum(s.rows for s in raw)
-    raw_bytes = sum(s.total_bytes for s in raw)
-    unknown_bytes = sum(row[2] for row in tables["unknown_users"])
-
-    for asset, check in sorted(selected_checks):
-        rows = tables.get(asset, [])
-        hours = stored.get(asset, {})  # per hour: rows, sum, negative rows, as PostgreSQL holds them
-        if check == checks.NON_NEGATIVE_SUMS:
-            negative = sum(n for _, _, n in hours.values())
-            yield dg.AssetCheckResult(asset_key=asset, check_name=check, passed=not negative,
-                                      metadata={"negative_rows": negative})
-        elif check == checks.NON_EMPTY_WHEN_RAW_NON_EMPTY:
-            empty_hours = [s.hour for s in raw if s.rows and not hours.get(s.hour, (0,))[0]]
-            yield dg.AssetCheckResult(asset_key=asset, check_name=check, passed=not empty_hours,
-                                      metadata={"raw_rows": raw_rows, "hours_missing_rows": len(empty_hours)})
-        elif check == checks.RECONCILES_WITH_RAW:
-            table_bytes = (sum(total for _, total, _ in hours.values())
-                           + (unknown_bytes if asset == "bytes_agg_user_1h" else 0))
-            yield dg.AssetCheckResult(asset_key=asset, check_name=check, passed=table_bytes == raw_bytes,
-                                      metadata={"raw_bytes": raw_bytes, "table_bytes": table_bytes,
-                                                "difference": table_bytes - raw_bytes})
-        elif check == checks.AGREES_WITH_SPEED_LAYER:
-            yield _speed_agreement(asset, rows, speed[asset])
-        elif check == checks.ALL_USERS_KNOWN:
-            unknown = sorted({row[0] for row in tables["unknown_users"]})
-            yield dg.AssetCheckResult(asset_key=asset, check_name=check, passed=not unknown,
-                                      severity=dg.AssetCheckSeverity.WARN, metadata={
-                                          "unknown_ids": len(unknown), "unknown_bytes": unknown_bytes,
-                                          "examples": ", ".join(unknown[:10]) or "none"})
-
-
-def _speed_agreement(asset: str, rows, speed_sums) -> dg.AssetCheckResult:
-    """The lambda check: batch totals vs the speed layer's 5-minute totals of the same hours.
-
-    Differences are expected only for events the speed layer dropped as later than its watermark."""
-    batch_sums = {(row[0], row[1]): row[2] for row in rows}
-    hours_in_both = {h for _, h in batch_sums} & {h for _, h in speed_sums}
-    if not hours_in_both:
-        return dg.AssetCheckResult(asset_key=asset, check_name=checks.AGREES_WITH_SPEED_LAYER, passed=True,
-                                   metadata={"compared_hours": 0, "note": "the speed layer has no data for these hours"})
-    keys = {k for k in batch_sums.keys() | speed_sums.keys() if k[1] in hours_in_both}
-    differences = {k: batch_sums.get(k, 0) - speed_sums.get(k, 0) for k in keys}
-    differing = {k: d for k, d in differences.items() if d}
-    batch_total = sum(batch_sums.get(k, 0) for k in keys)
-    return dg.AssetCheckResult(
-        asset_key=asset, check_name=checks.AGREES_WITH_SPEED_LAYER, passed=not differing,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"compared_hours": len(hours_in_both), "differing_keys": len(differing),
-                  "batch_minus_speed_bytes": sum(differences.values()),
-                  "difference_pct": round(100.0 * sum(differences.values()) / batch_total, 4) if batch_total else 0.0,
-                  "examples": ", ".join(f"{k[0]}@{k[1]:%H:00}: {d:+d}" for k, d in list(differing.items())[:5]) or "none"})
-
-
-hourly_batch_job = dg.define_asset_job(
-    "hourly_batch_job",
-    selection=dg.AssetSelection.assets("user_metadata", raw_devices, hourly_tables),
-    tags={BATCH_TAG: "hourly"},
-    description="One closed hour: user_metadata snapshot, raw compaction, then the four hourly tables and their checks.",
-)

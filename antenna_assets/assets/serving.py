@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from antenna_assets.db.schema import migrate
+from antenna_assets.serving.schema import migrate
 from antenna_assets.resources import PostgresResource
 from antenna_assets.serving.views import (LAMBDA_VIEWS, SERVING_DEAD_LETTERS_5M, SERVING_SPEED_VS_BATCH_1H,
                                           SERVING_STREAM_FRESHNESS, SERVING_USERS_OVER_QUOTA_1H)

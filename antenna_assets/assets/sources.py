@@ -3,8 +3,8 @@
 import dagster as dg
 from pydantic import Field
 
-from antenna_assets.db.schema import migrate
-from antenna_assets.db.user_metadata import provision_users, read_snapshot, snapshot_hour
+from antenna_assets.serving.schema import migrate
+from antenna_assets.sources.user_metadata import provision_users, read_snapshot, snapshot_hour
 from antenna_assets.partitions import hourly_partitions, run_hours
 from antenna_assets.resources import PostgresResource
 

@@ -2,37 +2,35 @@
 
 import dagster as dg
 
+from antenna_assets.jobs import STREAMING_TAG
 from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
 from antenna_assets.settings import Settings
-from antenna_assets.streaming.config import SpeedLayerConfig
-from antenna_assets.streaming.runtime import progress_summary, speed_layer_targets
-from antenna_assets.streaming.speed_layer import MicroBatchFailed, SpeedLayer, run_until_stopped
+from antenna_assets.speed.config import SpeedLayerConfig
+from antenna_assets.speed.runtime import progress_summary, speed_layer_targets
+from antenna_assets.speed.layer import MicroBatchFailed, SpeedLayer, run_until_stopped
 
-DEVICES_TOPIC = dg.AssetSpec(
+devices_topic = dg.AssetSpec(
     "devices_topic",
     description="Kafka topic `devices`: one JSON usage report per message, sent by the antennas.",
     group_name="sources",
     kinds={"kafka"},
 )
 
-SPEED_GROUP = "speed_layer"
+SPEED_GROUP = "speed"
 SPEED_LAYER_SPECS = [
-    dg.AssetSpec("devices_landing", deps=[DEVICES_TOPIC, "user_metadata"], group_name=SPEED_GROUP,
+    dg.AssetSpec("devices_landing", deps=[devices_topic, "user_metadata"], group_name=SPEED_GROUP,
                  kinds={"spark", "parquet"},
                  description="Every valid message, enriched with the user's email, as Parquet in the lake under "
                              "landing/devices/year=/month=/day=/hour=/batch= (UTC event time)."),
-    dg.AssetSpec("devices_dead_letter", deps=[DEVICES_TOPIC], group_name=SPEED_GROUP, kinds={"postgres"},
+    dg.AssetSpec("devices_dead_letter", deps=[devices_topic], group_name=SPEED_GROUP, kinds={"postgres"},
                  description="Messages that failed validation, with raw value, reason, topic, partition, offset."),
-    dg.AssetSpec("bytes_agg_antenna", deps=[DEVICES_TOPIC], group_name=SPEED_GROUP, kinds={"spark", "postgres"},
+    dg.AssetSpec("bytes_agg_antenna", deps=[devices_topic], group_name=SPEED_GROUP, kinds={"spark", "postgres"},
                  description="Bytes per antenna and 5-minute event-time window, updated every micro-batch."),
-    dg.AssetSpec("bytes_agg_user", deps=[DEVICES_TOPIC], group_name=SPEED_GROUP, kinds={"spark", "postgres"},
+    dg.AssetSpec("bytes_agg_user", deps=[devices_topic], group_name=SPEED_GROUP, kinds={"spark", "postgres"},
                  description="Bytes per user id and 5-minute event-time window, updated every micro-batch."),
-    dg.AssetSpec("bytes_agg_app", deps=[DEVICES_TOPIC], group_name=SPEED_GROUP, kinds={"spark", "postgres"},
+    dg.AssetSpec("bytes_agg_app", deps=[devices_topic], group_name=SPEED_GROUP, kinds={"spark", "postgres"},
                  description="Bytes per app and 5-minute event-time window, updated every micro-batch."),
 ]
-
-STREAMING_TAG = "antenna/streaming"
-
 
 @dg.multi_asset(specs=SPEED_LAYER_SPECS, can_subset=False, op_tags={STREAMING_TAG: "speed_layer"})
 def speed_layer(context: dg.AssetExecutionContext, config: SpeedLayerConfig, spark: SparkResource,
@@ -60,10 +58,3 @@ def speed_layer(context: dg.AssetExecutionContext, config: SpeedLayerConfig, spa
     for spec in SPEED_LAYER_SPECS:
         yield dg.MaterializeResult(asset_key=spec.key, metadata=summary)
 
-
-speed_layer_job = dg.define_asset_job(
-    "speed_layer_job",
-    selection=dg.AssetSelection.assets(speed_layer),
-    description="The streaming speed layer; runs until terminated (or, with trigger available_now, until the topic is drained).",
-    tags={STREAMING_TAG: "speed_layer"},
-)

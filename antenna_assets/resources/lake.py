@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from antenna_assets import lake_gcs
+from antenna_assets.lake import gcs as lake_gcs
 from antenna_assets.settings import Settings
 
 
@@ -83,7 +82,3 @@ class LakeResource(ConfigurableResource):
             return lake_gcs.list_gcs_files(self.settings(), path)
         return sorted(str(p) for p in Path(path).rglob("*") if p.is_file())
 
-
-def hour_partition_dir(hour: datetime) -> str:
-    """`year=YYYY/month=M/day=D/hour=H` of a UTC hour, as the contract names the lake partitions."""
-    return f"year={hour.year}/month={hour.month}/day={hour.day}/hour={hour.hour}"

@@ -1,14 +1,14 @@
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from antenna_assets.db.schema import migrate
+from antenna_assets.serving.schema import migrate
 from antenna_assets.settings import Settings
-from antenna_assets.stack.postgres import connect
+from antenna_assets.postgres import transaction
 
 
 class PostgresResource(ConfigurableResource):
@@ -20,18 +20,9 @@ class PostgresResource(ConfigurableResource):
     def effective_url(self) -> str:
         return self.url or Settings.from_env().postgres_url
 
-    @contextmanager
-    def connect(self) -> Iterator[Any]:
-        """A psycopg2 connection whose work commits on success and rolls back on error."""
-        conn = connect(self.effective_url, timeout=10, options="-c timezone=UTC")
-        try:
-            yield conn
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
-        finally:
-            conn.close()
+    def connect(self) -> AbstractContextManager[Any]:
+        """A connection whose work commits when the block ends and rolls back on error (`postgres.transaction`)."""
+        return transaction(self.effective_url)
 
     def migrate(self) -> None:
         with self.connect() as conn:

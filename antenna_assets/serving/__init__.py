@@ -1,1 +1,1 @@
-"""The serving layer: lambda views, the read-only role, Apache Superset."""
+"""The serving layer: the PostgreSQL schema and idempotent writes, lambda views, the read-only role, Apache Superset, the operators' page."""

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from antenna_assets.db.roles import ensure_login_role, role_url
-from antenna_assets.db.schema import BATCH_TABLES, STREAMING_TABLES
+from antenna_assets.postgres import ensure_login_role, role_url
+from antenna_assets.serving.schema import BATCH_TABLES, STREAMING_TABLES
 from antenna_assets.serving.views import SERVING_VIEWS, USERS_OVER_QUOTA_1H
 from antenna_assets.settings import Settings
-from antenna_assets.stack.postgres import connect
+from antenna_assets.postgres import connect
 from antenna_assets.stack.secrets import stack_secret
 
 READER_ROLE = "antenna_reader"

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlparse
 import requests
 import yaml
 
-from antenna_assets.stack.errors import StackError
+from antenna_assets.errors import StackError
 
 if TYPE_CHECKING:
     from antenna_assets.stack.superset import Superset
@@ -102,9 +102,9 @@ def _import_error(response) -> str:
 
 def import_bundle(superset: "Superset") -> None:
     """Grant the reader, then import the repository's dashboards into the running Superset."""
-    from antenna_assets.db.schema import migrate
+    from antenna_assets.serving.schema import migrate
     from antenna_assets.serving.roles import ensure_reader_role
-    from antenna_assets.stack.postgres import connect
+    from antenna_assets.postgres import connect
     from antenna_assets.stack.superset import ADMIN
 
     settings = superset.settings

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from psycopg2.extras import execute_values
 
-from antenna_assets.db.schema import (AggregateTable, BYTES_AGG_ANTENNA, BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP,
+from antenna_assets.serving.schema import (AggregateTable, BYTES_AGG_ANTENNA, BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP,
                                       BYTES_AGG_APP_1H, BYTES_AGG_USER, BYTES_AGG_USER_1H)
 
 USERS_OVER_QUOTA_1H = "users_over_quota_1h"

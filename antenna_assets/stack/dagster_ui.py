@@ -10,7 +10,7 @@ from pathlib import Path
 
 from antenna_assets.settings import Settings
 from antenna_assets.stack.env import stack_environment
-from antenna_assets.stack.errors import StackError
+from antenna_assets.errors import StackError
 from antenna_assets.stack.process import PidFileService, port_open, stop_pid, tail, wait_until
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,9 +16,9 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-from antenna_assets.lake_gcs import gcs_client
+from antenna_assets.lake.gcs import gcs_client
 from antenna_assets.settings import Settings
-from antenna_assets.stack.errors import StackError
+from antenna_assets.errors import StackError
 from antenna_assets.stack.process import ServerProcess, port_open, wait_until
 
 FAKE_GCS_SERVER_MODULE = "github.com/fsouza/fake-gcs-server"

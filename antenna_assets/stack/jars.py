@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from antenna_assets.settings import KAFKA_VERSION, SPARK_VERSION
-from antenna_assets.stack.errors import StackError
+from antenna_assets.errors import StackError
 
 KAFKA_ARTIFACTS = (
     f"org.apache.kafka:kafka_2.13:{KAFKA_VERSION}",

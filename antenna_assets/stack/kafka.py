@@ -11,7 +11,7 @@ from pathlib import Path
 
 from antenna_assets.settings import Settings
 from antenna_assets.stack import jars
-from antenna_assets.stack.errors import StackError
+from antenna_assets.errors import StackError
 from antenna_assets.stack.process import ServerProcess, port_open, wait_until
 
 _LOG4J2 = """status = warn

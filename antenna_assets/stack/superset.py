@@ -18,8 +18,8 @@ from pathlib import Path
 
 from antenna_assets.serving.superset_bundle import DASHBOARD_SLUG, import_bundle
 from antenna_assets.settings import Settings
-from antenna_assets.stack.errors import StackError
-from antenna_assets.stack.postgres import ensure_database
+from antenna_assets.errors import StackError
+from antenna_assets.postgres import ensure_database
 from antenna_assets.stack.process import ServerProcess, port_open, tail
 from antenna_assets.stack.secrets import secrets_dir, stack_secret
 
@@ -128,7 +128,7 @@ class Superset(ServerProcess):
     def _prepare(self) -> str | None:
         """Metadata database, secrets, config, schema, roles and admin; returns the admin password when
         it was generated now (to be shown once)."""
-        ensure_database(self.settings, self.settings.superset_db)
+        ensure_database(self.settings.postgres_url_for("postgres"), self.settings.superset_db)
         stack_secret(self.settings, SECRET_KEY)
         password, created = stack_secret(self.settings, ADMIN_PASSWORD)
         metadata_url = self.settings.postgres_url_for(self.settings.superset_db)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from antenna_assets.db.schema import (BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER, BYTES_AGG_USER_1H,
+from antenna_assets.serving.schema import (BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER, BYTES_AGG_USER_1H,
                                       AggregateTable)
 
-HOUR = "1 hour"
+HOURLY_WINDOW = "1 hour"
 MESSAGES = "messages"
 MAX_EVENT_TIME = "max_event_time"
 
@@ -77,13 +77,13 @@ def hourly_totals(events: DataFrame, user_metadata: DataFrame) -> dict[str, Data
     the small join with their metadata. (Deriving antenna and app totals from one (antenna, app)
     aggregate was measured within noise of this: BENCHMARKS.md.)
     """
-    per_user = bytes_per_user(events.select("id", "event_time", "bytes"), HOUR).select(
+    per_user = bytes_per_user(events.select("id", "event_time", "bytes"), HOURLY_WINDOW).select(
         "id", "date", BYTES_AGG_USER.value)
     per_email = bytes_per_email(per_user, user_metadata)
     return {
-        "bytes_agg_antenna_1h": bytes_per_antenna(events.select("antenna_id", "event_time", "bytes"), HOUR),
+        "bytes_agg_antenna_1h": bytes_per_antenna(events.select("antenna_id", "event_time", "bytes"), HOURLY_WINDOW),
         "bytes_agg_user_1h": per_email,
-        "bytes_agg_app_1h": bytes_per_app(events.select("app", "event_time", "bytes"), HOUR),
+        "bytes_agg_app_1h": bytes_per_app(events.select("app", "event_time", "bytes"), HOURLY_WINDOW),
         "users_over_quota_1h": users_over_quota(per_email, user_metadata),
         "unknown_users": unknown_users(per_user, user_metadata),
         "bytes_per_user": per_user,

@@ -1,1 +1,0 @@
-"""The serving database: schema and idempotent writes."""

@@ -1,0 +1,1 @@
+"""Sources: the contract's provisioned users, the user_metadata table operators maintain, and the device traffic simulator."""

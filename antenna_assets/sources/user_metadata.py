@@ -1,0 +1,57 @@
+"""The operators' `user_metadata` table: provisioning and hourly snapshots."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Iterable
+
+from psycopg2.extras import execute_values
+
+from antenna_assets.sources.users import PROVISIONED_USERS, User
+
+
+def provision_users(conn, users: Iterable[User] = PROVISIONED_USERS) -> int:
+    """Insert the users that are missing; an existing row (maybe edited by an operator) is kept.
+
+    Returns how many rows were inserted.
+    """
+    rows = [tuple(u) for u in users]
+    with conn.cursor() as cur:
+        inserted = execute_values(
+            cur,
+            "INSERT INTO user_metadata (id, name, email, quota) VALUES %s ON CONFLICT (id) DO NOTHING RETURNING id",
+            rows, fetch=True, page_size=5000,
+        )
+    return len(inserted)
+
+
+def snapshot_hour(conn, hour: datetime, refresh: bool) -> tuple[int, bool]:
+    """Record the live table as the snapshot in force for `hour`.
+
+    An hour that already has a snapshot keeps it unless `refresh`, so re-running an old hour
+    reproduces what it computed before. Returns (rows in the snapshot, whether it was taken now).
+    """
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM user_metadata_hourly WHERE date = %s", (hour,))
+        existing = cur.fetchone()[0]
+        if existing and not refresh:
+            return existing, False
+        cur.execute("DELETE FROM user_metadata_hourly WHERE date = %s", (hour,))
+        cur.execute(
+            "INSERT INTO user_metadata_hourly (date, id, name, email, quota) "
+            "SELECT %s, id, name, email, quota FROM user_metadata",
+            (hour,),
+        )
+        return cur.rowcount, True
+
+
+def read_snapshot(conn, hour: datetime) -> list[tuple[str, str, str, int]]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, name, email, quota FROM user_metadata_hourly WHERE date = %s ORDER BY id", (hour,))
+        return cur.fetchall()
+
+
+def read_live(conn) -> list[tuple[str, str, str, int]]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, name, email, quota FROM user_metadata ORDER BY id")
+        return cur.fetchall()

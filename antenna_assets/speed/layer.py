@@ -1,0 +1,400 @@
+"""The speed layer's micro-batch: parse once, then total, count and land from the same rows.
+
+One query reads Kafka; each micro-batch (`foreachBatch`) parses the JSON once, keeps the result
+in memory, and from it
+  1. adds the batch's partial 5-minute sums to the speed tables, stores its dead letters and
+     records the batch id as applied, all in one PostgreSQL transaction;
+  2. writes the valid events to the lake, into a `batch=<id>` partition under their UTC
+     year/month/day/hour (a replay overwrites exactly that partition), then records the batch
+     as landed.
+A crash at any point replays the batch with the same offsets: an applied batch is only landed
+again, a landed one is skipped, so nothing is added twice and nothing is missing from the lake.
+A window's running total is visible as soon as its batch commits (seconds), not when it closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import psycopg2
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQuery
+
+from antenna_assets.speed.ledger import (LANDED, BatchKey, MicroBatchResult, Offsets, apply_micro_batch,
+                                      batch_state, describe_offsets, mark_landed, max_event_time, offset_marks,
+                                      record_failure)
+from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
+from antenna_assets.sources.user_metadata import read_live
+from antenna_assets.postgres import connect
+from antenna_assets.speed.config import SpeedLayerConfig, parse_duration
+from antenna_assets.hours import epoch_seconds, utc_from_epoch_millis, utc_from_epoch_seconds, utc_now
+from antenna_assets.transforms.aggregates import (MAX_EVENT_TIME, MESSAGES, bytes_per_antenna, bytes_per_app,
+                                                  bytes_per_user)
+from antenna_assets.transforms.devices import (ASCII_CONTROL, LAKE_PARTITION_COLUMNS, WATERMARK_TIME,
+                                               parse_device_messages, rejected_messages, valid_events,
+                                               with_lake_partitions)
+
+BATCH_PARTITION = "batch"
+# The row kinds of a micro-batch's summary besides the three speed tables.
+DEAD_LETTER = "dead_letter"
+DEAD_LETTER_COLUMNS = ("topic", "kafka_partition", "kafka_offset", "raw_key", "raw_value", "reason", "kafka_timestamp")
+OFFSETS = "offsets"
+PREVIEW_CHARACTERS = 200
+# The steps of a micro-batch: the Spark job of its sums (Kafka read and parse included), their
+# PostgreSQL transaction, the lake write.
+SPARK_TOTALS, POSTGRES, LAKE = "spark_totals", "postgres", "lake"
+STEPS = (SPARK_TOTALS, POSTGRES, LAKE)
+_PER_TABLE = ((BYTES_AGG_ANTENNA, bytes_per_antenna), (BYTES_AGG_USER, bytes_per_user), (BYTES_AGG_APP, bytes_per_app))
+
+
+@dataclass(frozen=True)
+class SpeedLayerTargets:
+    """Where the speed layer reads and writes."""
+
+    kafka_bootstrap: str
+    topic: str
+    landing_path: str
+    checkpoint_path: str
+    postgres_url: str
+
+
+@dataclass(frozen=True)
+class UserDirectory:
+    """user_metadata as read at one time: the lake's enrichment (id, email) and the known ids."""
+
+    frame: DataFrame
+    ids: pa.Array
+
+
+@dataclass
+class SpeedLayerStats:
+    """Counters since the query started (this process only), for progress reports."""
+
+    batches: int = 0
+    skipped_batches: int = 0
+    good_messages: int = 0
+    bad_messages: int = 0
+    late_messages: int = 0
+    unknown_user_messages: int = 0
+    max_event_time: datetime | None = None
+    # Wall seconds per step of the micro-batches (SPARK_TOTALS, POSTGRES, LAKE): where the time goes.
+    step_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STEPS, 0.0))
+
+    @contextmanager
+    def timing(self, step: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.step_seconds[step] += time.perf_counter() - started
+
+
+class SpeedLayer:
+    def __init__(self, spark: SparkSession, config: SpeedLayerConfig, targets: SpeedLayerTargets):
+        self.spark = spark
+        self.config = config
+        self.targets = targets
+        self.window = parse_duration(config.window)
+        self.watermark_delay = parse_duration(config.watermark)
+        self.stats = SpeedLayerStats()
+        self._user_metadata: UserDirectory | None = None
+        self._user_metadata_read_at = float("-inf")
+        self.failure: str | None = None  # set when a micro-batch failed every attempt
+
+    def _connect(self):
+        return connect(self.targets.postgres_url, timeout=10, options="-c timezone=UTC")
+
+    def kafka_stream(self) -> DataFrame:
+        reader = (self.spark.readStream.format("kafka")
+                  .option("kafka.bootstrap.servers", self.targets.kafka_bootstrap)
+                  .option("subscribe", self.targets.topic)
+                  .option("startingOffsets", self.config.starting_offsets)
+                  .option("failOnDataLoss", str(self.config.fail_on_data_loss).lower())
+                  .option("kafka.max.partition.fetch.bytes", str(8 * 1024 * 1024)))
+        # More tasks than topic partitions: 3 partitions on 2 cores left a core idle for a third of each read.
+        min_partitions = self.config.kafka_min_partitions or 2 * self.spark.sparkContext.defaultParallelism
+        reader = reader.option("minPartitions", str(min_partitions))
+        return reader.option("maxOffsetsPerTrigger", str(self.config.max_offsets_per_trigger)).load()
+
+    def start(self) -> StreamingQuery:
+        writer = (self.kafka_stream().writeStream
+                  .queryName(self.config.query_name)
+                  .option("checkpointLocation", self.targets.checkpoint_path)
+                  .foreachBatch(self.process_batch))
+        if self.config.trigger == "available_now":
+            writer = writer.trigger(availableNow=True)
+        else:
+            writer = writer.trigger(processingTime=self.config.trigger_interval)
+        return writer.start()
+
+    def user_metadata(self) -> UserDirectory:
+        """user_metadata as of at most `metadata_refresh_seconds` ago: operators' edits are seen
+        without a restart."""
+        now = time.monotonic()
+        if self._user_metadata is None or now - self._user_metadata_read_at >= self.config.metadata_refresh_seconds:
+            with closing(self._connect()) as conn:
+                rows = [(user_id, email) for user_id, _, email, _ in read_live(conn)]
+            ids = pa.array([user_id for user_id, _ in rows], pa.string())
+            # Through Arrow: a DataFrame of driver rows otherwise runs a Python worker at every broadcast.
+            frame = self.spark.createDataFrame(pd.DataFrame(rows, columns=["id", "email"], dtype=object),
+                                               "id string, email string")
+            self._user_metadata = UserDirectory(frame, ids)
+            self._user_metadata_read_at = now
+        return self._user_metadata
+
+    def checkpoint_id(self) -> str:
+        """The running query's id: Spark keeps it in the checkpoint, so a new checkpoint has a new one."""
+        for query in self.spark.streams.active:
+            if query.name == self.config.query_name:
+                return query.id
+        raise RuntimeError(f"no active streaming query named {self.config.query_name!r}")
+
+    def process_batch(self, kafka_rows: DataFrame, batch_id: int) -> None:
+        """Apply and land one micro-batch, retrying it `batch_attempts` times; if it still fails, record
+        the failure and raise a one-line MicroBatchFailed naming the batch and its offsets."""
+        key = BatchKey(self.config.query_name, self.checkpoint_id(), batch_id)
+        for attempt in range(1, self.config.batch_attempts + 1):
+            try:
+                self._process(kafka_rows, key)
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure is retried, then reported whole
+                error = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
+                logging.getLogger(__name__).warning("%s failed (attempt %d of %d): %s", key, attempt,
+                                                    self.config.batch_attempts, error)
+                if attempt < self.config.batch_attempts:
+                    time.sleep(min(2.0 ** (attempt - 1), 30.0))
+        offsets = self._offsets_of(kafka_rows)
+        self.failure = f"{key}, offsets {offsets}, failed {attempt} times: {error}"
+        try:
+            with closing(self._connect()) as conn:
+                record_failure(conn, key, attempt, offsets, error)
+        except Exception as exc:  # noqa: BLE001 - the database may be what fails; the run still says why
+            logging.getLogger(__name__).warning("could not record the failure in streaming_failures: %s", exc)
+        raise MicroBatchFailed(self.failure)
+
+    @staticmethod
+    def _offsets_of(kafka_rows: DataFrame) -> str:
+        try:
+            rows = kafka_rows.groupBy("topic", "partition").agg(F.min("offset"), F.max("offset")).collect()
+        except Exception:  # noqa: BLE001 - only for the failure message
+            return "unknown"
+        return describe_offsets({(r[0], r[1]): (r[2], r[3]) for r in rows})
+
+    def _process(self, kafka_rows: DataFrame, key: BatchKey) -> None:
+        with closing(self._connect()) as conn:
+            state = batch_state(conn, key)
+            marks = offset_marks(conn, key.query)
+            latest = max_event_time(conn, key.query)
+        if state == LANDED:
+            self.stats.skipped_batches += 1
+            return
+        # Spark's rule: the watermark a batch uses comes from the batches before it, so a replay sees the same.
+        watermark = latest - self.watermark_delay if latest is not None else None
+        user_metadata = self.user_metadata()  # one read for the whole batch: its totals and its lake rows agree
+
+        parsed = (parse_device_messages(kafka_rows, self.config.message_rules())
+                  # Only rejected records need their raw bytes: the cached batch stays small.
+                  .withColumn("key", F.when(F.col("reason").isNotNull(), F.col("key")))
+                  .withColumn("value", F.when(F.col("reason").isNotNull(), F.col("value")))
+                  # Deserialized and (spark_session) uncompressed: it lives for one batch; see BENCHMARKS.md.
+                  .persist(StorageLevel.MEMORY_AND_DISK_DESER))
+        try:
+            # Totals first, lake files second: the totals are visible a Parquet write sooner. A crash
+            # in between replays the batch as APPLIED, which lands it and adds nothing.
+            if state is None:
+                with self.stats.timing(SPARK_TOTALS):
+                    summary = self._summary(parsed, _not_below(marks.applied))
+                result = self._micro_batch_result(key, summary, watermark, user_metadata.ids)
+                with self.stats.timing(POSTGRES), closing(self._connect()) as conn:
+                    self._count(result, apply_micro_batch(conn, result))
+            else:
+                self.stats.skipped_batches += 1
+            with self.stats.timing(LAKE):
+                self._land(valid_events(parsed.where(_not_below(marks.landed))), key, user_metadata.frame)
+        finally:
+            parsed.unpersist()
+        with closing(self._connect()) as conn:
+            mark_landed(conn, key)
+
+    def _land(self, events: DataFrame, key: BatchKey, user_metadata: DataFrame) -> None:
+        # Joined here, not before caching the batch: measured 1.4 s per million messages cheaper.
+        enriched = events.join(F.broadcast(user_metadata), "id", "left")
+        (with_lake_partitions(enriched)
+         # Unique per checkpoint and batch: a replay overwrites its own files, another query or a new
+         # checkpoint never overwrites another batch's.
+         .withColumn(BATCH_PARTITION, F.lit(f"{key.checkpoint_id}-{key.batch_id}"))
+         .write.mode("overwrite")
+         .option("partitionOverwriteMode", "dynamic")
+         .partitionBy(*LAKE_PARTITION_COLUMNS, BATCH_PARTITION)
+         .parquet(self.targets.landing_path))
+
+    def _summary(self, parsed: DataFrame, not_applied: Column) -> pa.Table:
+        """What the batch adds to PostgreSQL, in one Spark job collected through Arrow: per `table`
+        (one of the three speed tables) the partial sums, key, date and max_event_time (epoch
+        seconds), bytes, messages; the `dead_letter` rows; and per Kafka partition (`offsets`) the
+        batch's last offset and the latest watermark time of its new valid events.
+
+        Sums and dead letters come from the records not applied yet (`not_applied`); offsets from all."""
+        fresh = parsed.where(not_applied)
+        events = valid_events(fresh)
+        parts = [aggregate(events, self.config.window)
+                 .select(F.lit(table.name).alias("table"), F.col(table.key).alias("key"),
+                         F.unix_seconds("date").alias("date"), F.col(table.value).alias("bytes"), MESSAGES,
+                         F.unix_seconds(MAX_EVENT_TIME).alias(MAX_EVENT_TIME))
+                 for table, aggregate in _PER_TABLE]
+        dead_letters = (rejected_messages(fresh)
+                        .select(F.lit(DEAD_LETTER).alias("table"), *DEAD_LETTER_COLUMNS[:-1],
+                                F.unix_millis("kafka_timestamp").alias("kafka_timestamp")))
+        offsets = (parsed.groupBy("topic", F.col("partition").alias("kafka_partition"))
+                   .agg(F.max("offset").alias("kafka_offset"),
+                        F.unix_seconds(F.max(F.when(not_applied, F.col(WATERMARK_TIME)))).alias(MAX_EVENT_TIME))
+                   .select(F.lit(OFFSETS).alias("table"), "*"))
+        combined = parts[0]
+        for part in (*parts[1:], dead_letters, offsets):
+            combined = combined.unionByName(part, allowMissingColumns=True)
+        return combined.toArrow()
+
+    def _micro_batch_result(self, key: BatchKey, summary: pa.Table, watermark: datetime | None,
+                            known_ids: pa.Array) -> MicroBatchResult:
+        kind = summary.column("table")
+        ingest_time = utc_now()
+        # Raw bytes stay bytes, sent as BYTEA: no record's content can fail this insert.
+        dead_letters = [(row["topic"], row["kafka_partition"], row["kafka_offset"], _binary(row["raw_key"]),
+                         _binary(row["raw_value"]), preview(row["raw_value"]), row["reason"],
+                         utc_from_epoch_millis(row["kafka_timestamp"]), ingest_time)
+                        for row in summary.filter(pc.equal(kind, DEAD_LETTER)).select(list(DEAD_LETTER_COLUMNS)).to_pylist()]
+        offsets = summary.filter(pc.equal(kind, OFFSETS)).select(["topic", "kafka_partition", "kafka_offset",
+                                                                  MAX_EVENT_TIME]).to_pylist()
+        end_offsets: Offsets = {(row["topic"], row["kafka_partition"]): row["kafka_offset"] + 1 for row in offsets}
+        latest = max((row[MAX_EVENT_TIME] for row in offsets if row[MAX_EVENT_TIME] is not None), default=None)
+        # Arrow from here to PostgreSQL's COPY: a backfill batch has ~400k partial sums per million
+        # messages, and making a Python row of each cost half as much again as PostgreSQL's upsert.
+        sums = summary.filter(pc.and_(pc.not_equal(kind, DEAD_LETTER), pc.not_equal(kind, OFFSETS)))
+        window_start = sums.column("date")
+        cutoff = epoch_seconds(watermark) if watermark is not None else float("-inf")  # no watermark: none closed
+        closed = pc.less_equal(pc.add(window_start, int(self.window.total_seconds())), cutoff)
+        open_sums = sums.filter(pc.invert(closed))
+        increments = {table: open_sums.filter(pc.equal(open_sums.column("table"), table.name))
+                      .select(["key", "date", "bytes"]) for table, _ in _PER_TABLE}
+        is_app = pc.equal(sums.column("table"), BYTES_AGG_APP.name)  # every valid event is in exactly one app row
+        apps = sums.filter(is_app)
+        hours = np.unique(apps.column("date").to_numpy() // 3600 * 3600).tolist()
+        # Here, not in Spark: the batch's per-user rows already count each id's messages.
+        users = sums.filter(pc.equal(sums.column("table"), BYTES_AGG_USER.name))
+        unknown = pc.sum(users.filter(pc.invert(pc.is_in(users.column("key"), value_set=known_ids)))
+                         .column(MESSAGES)).as_py() or 0
+        return MicroBatchResult(key=key, increments=increments, dead_letters=dead_letters,
+                                good_messages=pc.sum(apps.column(MESSAGES)).as_py() or 0,
+                                bad_messages=len(dead_letters),
+                                late_messages=pc.sum(sums.filter(pc.and_(is_app, closed)).column(MESSAGES)).as_py() or 0,
+                                max_event_time=utc_from_epoch_seconds(latest) if latest is not None else None,
+                                end_offsets=end_offsets, landed_hours=[utc_from_epoch_seconds(h) for h in hours],
+                                unknown_user_messages=unknown)
+
+    def _count(self, result: MicroBatchResult, applied: bool) -> None:
+        if not applied:
+            self.stats.skipped_batches += 1
+            return
+        self.stats.batches += 1
+        self.stats.good_messages += result.good_messages
+        self.stats.bad_messages += result.bad_messages
+        self.stats.late_messages += result.late_messages
+        self.stats.unknown_user_messages += result.unknown_user_messages
+        if result.max_event_time is not None:
+            self.stats.max_event_time = max(filter(None, (self.stats.max_event_time, result.max_event_time)))
+
+
+class MicroBatchFailed(RuntimeError):
+    """A micro-batch failed every attempt; the message names it, its offsets and the last error."""
+
+
+def _not_below(marks: Offsets) -> Column:
+    """Records at or past their partition's mark (all records of a partition without one)."""
+    condition = F.lit(True)
+    for (topic, partition), until in marks.items():
+        condition = condition & ~((F.col("topic") == topic) & (F.col("partition") == partition)
+                                  & (F.col("offset") < until))
+    return condition
+
+
+def _binary(value) -> bytes | None:
+    # psycopg2 quotes plain bytes as a text literal (which refuses NUL); Binary makes them BYTEA.
+    return None if value is None else psycopg2.Binary(value)
+
+
+_ESCAPED_CONTROL = {ord(c): f"\\x{ord(c):02x}" for c in ASCII_CONTROL}
+
+
+def preview(raw: bytes | None) -> str | None:
+    """The first characters of a record, readable and storable: invalid UTF-8 and control characters
+    (NUL included, which PostgreSQL text cannot hold) become backslash escapes."""
+    if raw is None:
+        return None
+    text = raw[:PREVIEW_CHARACTERS * 4].decode("utf-8", errors="backslashreplace")[:PREVIEW_CHARACTERS]
+    return text.translate(_ESCAPED_CONTROL)
+
+
+def kafka_lag(query: StreamingQuery) -> int | None:
+    """Messages in Kafka not yet processed, from the last progress report."""
+    progress = query.lastProgress
+    if not progress:
+        return None
+    lag = 0
+    for source in progress.get("sources", []):
+        end, latest = source.get("endOffset"), source.get("latestOffset")
+        if not isinstance(end, dict) or not isinstance(latest, dict):
+            return None
+        for topic, partitions in latest.items():
+            for partition, offset in partitions.items():
+                lag += max(0, int(offset) - int(end.get(topic, {}).get(partition, 0)))
+    return lag
+
+
+def run_until_stopped(layer: SpeedLayer, on_progress: Callable[[StreamingQuery, SpeedLayer], None] | None = None,
+                      should_stop: Callable[[], bool] | None = None, poll_seconds: float = 1.0) -> StreamingQuery:
+    """Start the query and wait for it: until the topic is drained (available_now), `should_stop()`,
+    an interrupt, or an error, which is raised. `on_progress` is called every
+    `progress_interval_seconds` and once at the end."""
+    from pyspark.errors import StreamingQueryException
+
+    query = layer.start()
+    next_report = time.monotonic() + layer.config.progress_interval_seconds
+    try:
+        # Short waits keep a termination request (SIGTERM from Dagster, Ctrl-C) answered within a second.
+        while not query.awaitTermination(poll_seconds):
+            if on_progress is not None and time.monotonic() >= next_report:
+                next_report = time.monotonic() + layer.config.progress_interval_seconds
+                on_progress(query, layer)
+            if should_stop is not None and should_stop():
+                break
+    except StreamingQueryException as exc:
+        if layer.failure is not None:  # Spark wraps it in pages of JVM trace; the one line is ours
+            raise MicroBatchFailed(layer.failure) from None
+        raise RuntimeError(f"speed layer query {layer.config.query_name!r} failed: {exc}") from exc
+    finally:
+        _stop(query)
+    if on_progress is not None:
+        on_progress(query, layer)
+    return query
+
+
+def _stop(query: StreamingQuery) -> None:
+    """Stop the query if it still runs. Reached on an interrupt, whose exception must win: stopping
+    a query mid-batch can itself fail (the batch is cut short), and the checkpoint replays that
+    batch on the next start, adding nothing twice."""
+    try:
+        if query.isActive:
+            query.stop()
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        logging.getLogger(__name__).warning("stopping the speed layer query: %s", exc)

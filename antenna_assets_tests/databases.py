@@ -1,0 +1,36 @@
+"""Throw-away serving databases for tests and benchmarks that must not share tables."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import contextmanager
+from typing import Iterator
+
+from antenna_assets.postgres import connect, ensure_database
+from antenna_assets.serving.schema import migrate
+from antenna_assets.settings import Settings
+from antenna_assets.sources.user_metadata import provision_users
+
+
+@contextmanager
+def temporary_serving_database(settings: Settings, prefix: str) -> Iterator[str]:
+    """A new serving database on the stack's server (schema migrated, the 20 users provisioned),
+    dropped afterwards; yields its URL. For tests and benchmarks that must not share tables."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    ensure_database(settings.postgres_url_for("postgres"), name)
+    url = settings.postgres_url_for(name)
+    conn = connect(url)
+    try:
+        migrate(conn)
+        provision_users(conn)
+        conn.commit()
+    finally:
+        conn.close()
+    try:
+        yield url
+    finally:
+        server = connect(settings.postgres_url_for("postgres"))
+        server.autocommit = True
+        with server.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        server.close()
