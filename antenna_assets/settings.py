@@ -1,93 +1,75 @@
-"""Every tunable of the product, read from environment variables with the contract's defaults.
+"""Every tunable of the product: one object, built from `ANTENNA_*` environment variables.
 
-One table of variables, documented in the README. Code asks `Settings.from_env()` rather than
-reading `os.environ` itself, so a default lives in exactly one place.
+Each field is the variable without its prefix (`kafka_port` is ANTENNA_KAFKA_PORT) and its default
+is written here once; the README's configuration table lists them. Code is handed a `Settings`
+(or builds one with `Settings.from_env()` at its entry point) and never reads `os.environ` itself.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
+
+from pydantic import AliasChoices, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SPARK_VERSION = "4.2.0"  # must equal the pinned pyspark: the Kafka connector jars are fetched for it
 KAFKA_VERSION = "4.1.1"
 DEVICES_TOPIC = "devices"
+ENV_PREFIX = "ANTENNA_"
+
+_KINDS = {"int_parsing": "an integer", "float_parsing": "a number", "bool_parsing": "1 or 0"}
 
 
 class SettingsError(ValueError):
     """A setting has a value the product cannot use; the message says which and why."""
 
 
-def _env_parsed(name: str, default, parse, kind: str):
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return parse(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not {kind}") from None
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True, extra="ignore",
+                                      populate_by_name=True)
 
-
-def _env_int(name: str, default: int) -> int:
-    return _env_parsed(name, default, int, "an integer")
-
-
-def _env_float(name: str, default: float) -> float:
-    return _env_parsed(name, default, float, "a number")
-
-
-def _env_str(name: str, default: str) -> str:
-    raw = os.environ.get(name)
-    return default if raw is None or raw == "" else raw
-
-
-def _env_flag(name: str) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no"):
-        return False
-    if raw in ("1", "true", "yes"):
-        return True
-    raise SettingsError(f"{name}={raw!r}: expected 1 or 0")
-
-
-def default_stack_dir() -> Path:
-    return Path(_env_str("ANTENNA_STACK_DIR", str(Path.cwd() / ".stack"))).resolve()
-
-
-@dataclass(frozen=True)
-class Settings:
-    stack_dir: Path = field(default_factory=default_stack_dir)
+    stack_dir: Path = Field(default_factory=lambda: Path.cwd() / ".stack")
+    # Kafka: the local broker's ports, or any cluster's bootstrap servers.
     kafka_port: int = 19092
-    kafka_controller_port: int = 19093
-    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_controller_port: int = 0  # 0: kafka_port + 1
+    kafka_bootstrap: str = ""  # empty: the local broker, 127.0.0.1:kafka_port
+    kafka_heap: str = "1g"
     topic: str = DEVICES_TOPIC
-    topic_partitions: int = 3
+    topic_partitions: int = Field(default=3, ge=1)
+    # PostgreSQL: the embedded server on postgres_port, unless a URL names another server.
     postgres_port: int = 15432
-    postgres_url: str = ""
-    external_postgres: bool = False
+    postgres_url: str = ""  # empty: the embedded server
     dagster_db: str = "dagster"
-    lake_root: str = ""
-    checkpoint_root: str = ""
+    # The lake and the streaming checkpoints: local folders under the stack, or gs:// URLs.
+    lake_root: str = ""  # empty: <stack_dir>/lake
+    checkpoint_root: str = ""  # empty: <lake_root>/_checkpoints
+    partitions_start: str = "2025-01-01-00:00"  # the first hourly partition Dagster offers
     spark_master: str = "local[*]"
-    spark_shuffle_partitions: int = 4
+    spark_shuffle_partitions: int = Field(default=4, ge=1)
+    spark_driver_memory: str = "2g"
+    spark_ui: bool = False
+    spark_log_level: str = "WARN"
     # Lake on Google Cloud Storage: only read when a root is gs://, or when an emulator is set.
     gcs_project: str = ""
     gcs_endpoint: str = ""  # http://127.0.0.1:N of a GCS API emulator; empty: the real service
     gcs_emulator_port: int = 14443
-    gcs_credentials_file: str = ""
+    gcs_credentials_file: str = Field(default="", validation_alias=AliasChoices(
+        "ANTENNA_GCS_CREDENTIALS_FILE", "GOOGLE_APPLICATION_CREDENTIALS"))
     # Orchestration: one definition of a closed hour (its end plus the grace has passed, UTC wall
     # clock), how far back the hourly sensor looks, and the back-off of relaunches after failures.
-    hour_close_grace_minutes: int = 5
-    batch_lookback_hours: int = 48
+    hour_close_grace_minutes: int = Field(default=5, ge=0)
+    batch_lookback_hours: int = Field(default=48, ge=1)
     stream_backoff_seconds: float = 30.0
     stream_backoff_max_seconds: float = 900.0
     batch_backoff_seconds: float = 60.0
     batch_backoff_max_seconds: float = 3600.0
     autostart_streaming: bool = False  # the streaming sensor is on when Dagster starts
     automation: bool = False  # the hourly batch sensor is on when Dagster starts
+    ui_port: int = 3000  # the Dagster UI started by `antenna demo`
     # Apache Superset: started by `antenna stack up` when enabled (always by the demo).
     superset: bool = False
     superset_port: int = 8088
@@ -95,81 +77,54 @@ class Settings:
     # The operators' page (antenna_assets/serving/operators).
     operators_page: bool = False  # started by `antenna stack up` too
     operators_host: str = "127.0.0.1"
-    operators_port: int = 8080
+    operators_port: int = Field(default=8080, gt=0, lt=65536)
     operators_secure_cookie: bool = False  # set when served over https (behind a TLS proxy)
-    operators_session_hours: int = 8
-    operators_login_attempts: int = 5  # failed sign-ins per window, per operator name and per client address
-    operators_login_window_seconds: int = 900
+    operators_session_hours: int = Field(default=8, ge=1)
+    operators_login_attempts: int = Field(default=5, ge=1)  # failed sign-ins per window, per name and per address
+    operators_login_window_seconds: int = Field(default=900, ge=1)
 
-    @classmethod
-    def from_env(cls) -> "Settings":
-        stack_dir = default_stack_dir()
-        kafka_port = _env_int("ANTENNA_KAFKA_PORT", 19092)
-        postgres_port = _env_int("ANTENNA_POSTGRES_PORT", 15432)
-        external_url = os.environ.get("ANTENNA_POSTGRES_URL", "")
-        postgres_url = external_url or f"postgresql://postgres:antenna@127.0.0.1:{postgres_port}/antenna"
-        lake_root = _env_str("ANTENNA_LAKE_ROOT", str(stack_dir / "lake"))
-        settings = cls(
-            stack_dir=stack_dir,
-            kafka_port=kafka_port,
-            kafka_controller_port=_env_int("ANTENNA_KAFKA_CONTROLLER_PORT", kafka_port + 1),
-            kafka_bootstrap=_env_str("ANTENNA_KAFKA_BOOTSTRAP", f"127.0.0.1:{kafka_port}"),
-            topic=_env_str("ANTENNA_TOPIC", DEVICES_TOPIC),
-            topic_partitions=_env_int("ANTENNA_TOPIC_PARTITIONS", 3),
-            postgres_port=postgres_port,
-            postgres_url=postgres_url,
-            external_postgres=bool(external_url),
-            dagster_db=_env_str("ANTENNA_DAGSTER_DB", "dagster"),
-            lake_root=lake_root.rstrip("/"),
-            checkpoint_root=_env_str("ANTENNA_CHECKPOINT_ROOT", lake_root.rstrip("/") + "/_checkpoints"),
-            spark_master=_env_str("ANTENNA_SPARK_MASTER", "local[*]"),
-            spark_shuffle_partitions=_env_int("ANTENNA_SPARK_SHUFFLE_PARTITIONS", 4),
-            gcs_project=_env_str("ANTENNA_GCS_PROJECT", ""),
-            gcs_endpoint=_env_str("ANTENNA_GCS_ENDPOINT", "").rstrip("/"),
-            gcs_emulator_port=_env_int("ANTENNA_GCS_EMULATOR_PORT", 14443),
-            gcs_credentials_file=_env_str("GOOGLE_APPLICATION_CREDENTIALS", ""),
-            hour_close_grace_minutes=_env_int("ANTENNA_HOUR_CLOSE_GRACE_MINUTES", cls.hour_close_grace_minutes),
-            batch_lookback_hours=_env_int("ANTENNA_BATCH_LOOKBACK_HOURS", cls.batch_lookback_hours),
-            stream_backoff_seconds=_env_float("ANTENNA_STREAM_BACKOFF_SECONDS", cls.stream_backoff_seconds),
-            stream_backoff_max_seconds=_env_float("ANTENNA_STREAM_BACKOFF_MAX_SECONDS", cls.stream_backoff_max_seconds),
-            batch_backoff_seconds=_env_float("ANTENNA_BATCH_BACKOFF_SECONDS", cls.batch_backoff_seconds),
-            batch_backoff_max_seconds=_env_float("ANTENNA_BATCH_BACKOFF_MAX_SECONDS", cls.batch_backoff_max_seconds),
-            autostart_streaming=_env_str("ANTENNA_AUTOSTART_STREAMING", "") == "1",
-            automation=_env_str("ANTENNA_AUTOMATION", "") == "1",
-            superset=_env_flag("ANTENNA_SUPERSET"),
-            superset_port=_env_int("ANTENNA_SUPERSET_PORT", 8088),
-            superset_db=_env_str("ANTENNA_SUPERSET_DB", "superset"),
-            operators_page=_env_flag("ANTENNA_OPERATORS_PAGE"),
-            operators_host=_env_str("ANTENNA_OPERATORS_HOST", "127.0.0.1"),
-            operators_port=_env_int("ANTENNA_OPERATORS_PORT", 8080),
-            operators_secure_cookie=_env_flag("ANTENNA_OPERATORS_SECURE_COOKIE"),
-            operators_session_hours=_env_int("ANTENNA_OPERATORS_SESSION_HOURS", 8),
-            operators_login_attempts=_env_int("ANTENNA_OPERATORS_LOGIN_ATTEMPTS", 5),
-            operators_login_window_seconds=_env_int("ANTENNA_OPERATORS_LOGIN_WINDOW_SECONDS", 900),
-        )
-        settings.validate()
-        return settings
-
-    def validate(self) -> None:
-        if self.hour_close_grace_minutes < 0 or self.batch_lookback_hours < 1:
-            raise SettingsError("ANTENNA_HOUR_CLOSE_GRACE_MINUTES must be >= 0 and ANTENNA_BATCH_LOOKBACK_HOURS >= 1")
-        if self.topic_partitions < 1:
-            raise SettingsError(f"ANTENNA_TOPIC_PARTITIONS must be >= 1, got {self.topic_partitions}")
+    @model_validator(mode="after")
+    def _derive_and_check(self) -> "Settings":
+        # Defaults that follow from other settings; set once here, so a copy keeps them as they are.
+        derived = {"stack_dir": self.stack_dir.resolve()}
+        derived["lake_root"] = (self.lake_root or str(derived["stack_dir"] / "lake")).rstrip("/")
+        derived["checkpoint_root"] = (self.checkpoint_root or derived["lake_root"] + "/_checkpoints").rstrip("/")
+        derived["kafka_controller_port"] = self.kafka_controller_port or self.kafka_port + 1
+        derived["kafka_bootstrap"] = self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+        derived["postgres_url"] = (self.postgres_url
+                                   or f"postgresql://postgres:antenna@127.0.0.1:{self.postgres_port}/antenna")
+        derived["gcs_endpoint"] = self.gcs_endpoint.rstrip("/")
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
         parsed = urlparse(self.postgres_url)
         if parsed.scheme not in ("postgresql", "postgres") or not parsed.hostname:
-            raise SettingsError(
-                f"ANTENNA_POSTGRES_URL must look like postgresql://user:password@host:port/db, got {self.postgres_url!r}"
-            )
-        if not (self.spark_master.startswith("local") or self.spark_master.startswith("spark://")
-                or self.spark_master in ("yarn",) or self.spark_master.startswith("k8s://")):
-            raise SettingsError(f"ANTENNA_SPARK_MASTER={self.spark_master!r}: expected local[*], spark://host:port, yarn or k8s://")
-        if not 0 < self.operators_port < 65536:
-            raise SettingsError(f"ANTENNA_OPERATORS_PORT must be a TCP port (1-65535), got {self.operators_port}")
-        for name, value in (("ANTENNA_OPERATORS_SESSION_HOURS", self.operators_session_hours),
-                            ("ANTENNA_OPERATORS_LOGIN_ATTEMPTS", self.operators_login_attempts),
-                            ("ANTENNA_OPERATORS_LOGIN_WINDOW_SECONDS", self.operators_login_window_seconds)):
-            if value < 1:
-                raise SettingsError(f"{name} must be >= 1, got {value}")
+            raise ValueError(f"{ENV_PREFIX}POSTGRES_URL must look like postgresql://user:password@host:port/db, "
+                             f"got {self.postgres_url!r}")
+        if not (self.spark_master.startswith(("local", "spark://", "k8s://")) or self.spark_master == "yarn"):
+            raise ValueError(f"{ENV_PREFIX}SPARK_MASTER={self.spark_master!r}: expected local[*], spark://host:port, "
+                             "yarn or k8s://")
+        return self
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "Settings":
+        """The environment's settings (with `overrides` on top); a bad value is a one-line SettingsError."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise SettingsError(_one_line(exc)) from None
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with `changes`; derived defaults (bootstrap, URLs, roots) are kept as they were."""
+        return self.model_copy(update=changes)
+
+    @property
+    def external_postgres(self) -> bool:
+        """True when the URL names a server of its own rather than the embedded one."""
+        return self.postgres_url != f"postgresql://postgres:antenna@127.0.0.1:{self.postgres_port}/antenna"
+
+    def from_environment(self, name: str) -> bool:
+        """Whether setting `name` was given by its environment variable rather than defaulted."""
+        return name in self.model_fields_set
 
     @property
     def hour_close_grace(self) -> timedelta:
@@ -182,3 +137,30 @@ class Settings:
     @property
     def jars_dir(self) -> Path:
         return self.stack_dir / "jars"
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting: `kafka_port` -> ANTENNA_KAFKA_PORT."""
+    return ENV_PREFIX + field.upper()
+
+
+def child_environment(**extra: str) -> dict[str, str]:
+    """The environment a child process (a server of the stack, Dagster) starts with: ours plus `extra`."""
+    return {**os.environ, **extra}
+
+
+def _one_line(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = env_name(field) if field else "setting"
+        kind = _KINDS.get(error["type"])
+        if kind == "1 or 0":
+            problems.append(f"{name}={error['input']!r}: expected 1 or 0")
+        elif kind:
+            problems.append(f"{name}={error['input']!r} is not {kind}")
+        elif field:
+            problems.append(f"{name}={error['input']!r}: {error['msg']}")
+        else:
+            problems.append(error["msg"].removeprefix("Value error, "))
+    return "; ".join(problems)

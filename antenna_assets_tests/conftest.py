@@ -84,12 +84,11 @@ def postgres(settings):
 @pytest.fixture
 def topic(settings) -> str:
     """A fresh topic per test, so tests never see each other's messages."""
-    from dataclasses import replace
 
     from antenna_assets.stack.kafka import ensure_topic
 
     name = f"devices-test-{uuid.uuid4().hex[:10]}"
-    ensure_topic(replace(settings, topic=name))
+    ensure_topic(settings.replace(topic=name))
     return name
 
 

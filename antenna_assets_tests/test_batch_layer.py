@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import replace
 from datetime import datetime, timedelta
 
 import dagster as dg
@@ -38,7 +37,7 @@ def landed(request, settings, spark, tmp_path_factory):
 
     The lake is a local folder, then a bucket on the GCS API emulator: every test runs on both."""
     topic = f"batch-{uuid.uuid4().hex[:10]}"
-    ensure_topic(replace(settings, topic=topic))
+    ensure_topic(settings.replace(topic=topic))
     truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=2, start=START,
                                            seed=3, malformed_fraction=0.02, progress=False))
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
@@ -169,7 +168,7 @@ def test_the_lambda_check_fails_on_events_the_speed_layer_dropped_as_late(settin
     """Events later than the watermark are in the lake but not in the speed tables: the batch layer
     counts them and agrees_with_speed_layer reports the difference."""
     topic = f"late-{uuid.uuid4().hex[:10]}"
-    ensure_topic(replace(settings, topic=topic))
+    ensure_topic(settings.replace(topic=topic))
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     base = int((datetime(2025, 6, 3, 10, 40) - datetime(1970, 1, 1)).total_seconds())
     for ts, nbytes in ((base, 10), (base + 1, 20)):

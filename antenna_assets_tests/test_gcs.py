@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import uuid
-from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -36,11 +35,11 @@ def gcs_lake(gcs_emulator) -> LakeResource:
 
 
 def test_spark_conf_adds_the_connector_only_for_a_gcs_lake(settings, tmp_path):
-    local = replace(settings, lake_root=str(tmp_path), checkpoint_root=str(tmp_path / "cp"), gcs_endpoint="")
+    local = settings.replace(lake_root=str(tmp_path), checkpoint_root=str(tmp_path / "cp"), gcs_endpoint="")
     assert not any(key.startswith("spark.hadoop.fs.gs") for key in spark_conf(local))
     assert "gcs-connector" not in spark_conf(local)["spark.jars"]
 
-    production = replace(local, lake_root="gs://bucket/lake", gcs_project="proj",
+    production = local.replace(lake_root="gs://bucket/lake", gcs_project="proj",
                          gcs_credentials_file="/secrets/key.json")
     conf = spark_conf(production)
     assert "gcs-connector-" in conf["spark.jars"] and "spark-sql-kafka" in conf["spark.jars"]
@@ -51,7 +50,7 @@ def test_spark_conf_adds_the_connector_only_for_a_gcs_lake(settings, tmp_path):
     assert conf["spark.hadoop.fs.gs.auth.service.account.json.keyfile"] == "/secrets/key.json"
     assert "spark.hadoop.fs.gs.storage.root.url" not in conf
 
-    adc = spark_conf(replace(production, gcs_credentials_file=""))
+    adc = spark_conf(production.replace(gcs_credentials_file=""))
     assert adc["spark.hadoop.fs.gs.auth.type"] == "APPLICATION_DEFAULT"
 
 
@@ -169,7 +168,7 @@ def test_emulator_refuses_a_port_in_use(settings, tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        emulator = GcsEmulator(replace(settings, stack_dir=tmp_path, gcs_emulator_port=port))
+        emulator = GcsEmulator(settings.replace(stack_dir=tmp_path, gcs_emulator_port=port))
         with pytest.raises(StackError, match=f"port {port} is already in use"):
             emulator.up()
 
@@ -177,11 +176,11 @@ def test_emulator_refuses_a_port_in_use(settings, tmp_path):
 def test_emulator_build_says_go_is_missing(settings, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(StackError, match="Go is not installed"):
-        GcsEmulator(replace(settings, stack_dir=tmp_path)).install()
+        GcsEmulator(settings.replace(stack_dir=tmp_path)).install()
 
 
 def test_emulator_that_exits_at_start_is_reported_with_its_log(settings, tmp_path):
-    emulator = GcsEmulator(replace(settings, stack_dir=tmp_path, gcs_emulator_port=_free_port()))
+    emulator = GcsEmulator(settings.replace(stack_dir=tmp_path, gcs_emulator_port=_free_port()))
     emulator.binary.parent.mkdir(parents=True)
     emulator.binary.write_text("#!/bin/sh\necho 'listen: address unavailable' >&2\nexit 3\n")
     emulator.binary.chmod(0o755)

@@ -16,7 +16,6 @@ import shutil
 import time
 import uuid
 from contextlib import closing
-from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -57,7 +56,7 @@ def _epoch(utc: datetime) -> int:
 def served(settings, tmp_path_factory):
     """The page's service on a fresh serving database, with operator `alice`: (page, database URL)."""
     with fresh_database(settings) as url:
-        page_settings = replace(settings, postgres_url=url, external_postgres=True,
+        page_settings = settings.replace(postgres_url=url,
                                 stack_dir=tmp_path_factory.mktemp("operators-stack"))
         page = OperatorsPage(page_settings)
         page.up()
@@ -85,7 +84,7 @@ def test_change_a_quota_in_the_browser_and_the_pipeline_uses_it(settings, spark,
     this_hour = utc_now().replace(minute=0, second=0, microsecond=0)
     before_hour, after_hour = this_hour - timedelta(hours=3), this_hour - timedelta(hours=2)
     topic = f"operators-{uuid.uuid4().hex[:10]}"
-    ensure_topic(replace(settings, topic=topic))
+    ensure_topic(settings.replace(topic=topic))
     run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=3,
                                    start=before_hour, seed=15, progress=False))
     lake = LakeResource(root=str(tmp_path / "lake"), checkpoints=str(tmp_path / "lake" / "_checkpoints"))

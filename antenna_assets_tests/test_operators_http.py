@@ -458,7 +458,7 @@ def test_page_service_reports_a_port_in_use_in_one_line(settings, tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        service = OperatorsPage(replace(settings, operators_port=busy.getsockname()[1], stack_dir=tmp_path))
+        service = OperatorsPage(settings.replace(operators_port=busy.getsockname()[1], stack_dir=tmp_path))
         with pytest.raises(StackError, match=r"^port \d+ is already in use: .*ANTENNA_OPERATORS_PORT$"):
             service.up()
     assert service.status() == (False, "operators page: not running")

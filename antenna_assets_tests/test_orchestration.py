@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -37,7 +36,7 @@ def _add_run(instance, status: dg.DagsterRunStatus) -> DagsterRun:
 
 def test_sensor_launches_one_run_and_never_a_second(settings, topic):
     instance = dg.DagsterInstance.ephemeral()
-    on_topic = replace(settings, topic=topic)
+    on_topic = settings.replace(topic=topic)
     now = time.time()
     assert isinstance(speed_layer_decision(instance, on_topic, now), dg.RunRequest)
     # Through the real sensor, as the daemon calls it.
@@ -55,13 +54,13 @@ def test_sensor_launches_one_run_and_never_a_second(settings, topic):
         assert isinstance(decision, dg.SkipReason) and run.run_id in decision.skip_message
         instance.delete_run(run.run_id)
 
-    missing = speed_layer_decision(instance, replace(settings, topic="no-such-topic"), now)
+    missing = speed_layer_decision(instance, settings.replace(topic="no-such-topic"), now)
     assert isinstance(missing, dg.SkipReason) and "not found" in missing.skip_message
 
 
 def test_sensor_backs_off_after_failures(settings, topic):
     instance = dg.DagsterInstance.ephemeral()
-    on_topic = replace(settings, topic=topic)
+    on_topic = settings.replace(topic=topic)
     for _ in range(2):
         run = _add_run(instance, dg.DagsterRunStatus.STARTED)
         instance.report_run_failed(run)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import replace
 from datetime import datetime
 
 import psycopg2
@@ -123,8 +122,8 @@ def test_reader_role_reads_serving_only_and_cannot_write(settings, lambda_db):
     from antenna_assets.serving.roles import READER_ROLE, ensure_reader_role
 
     _, seeded, url = lambda_db
-    reader_url = ensure_reader_role(replace(settings, postgres_url=url), private_databases=(settings.dagster_db,))
-    again = ensure_reader_role(replace(settings, postgres_url=url), private_databases=(settings.dagster_db,))
+    reader_url = ensure_reader_role(settings.replace(postgres_url=url), private_databases=(settings.dagster_db,))
+    again = ensure_reader_role(settings.replace(postgres_url=url), private_databases=(settings.dagster_db,))
     assert again == reader_url and READER_ROLE in reader_url
     reader = connect(reader_url)
     try:
@@ -147,7 +146,7 @@ def test_reader_role_reads_serving_only_and_cannot_write(settings, lambda_db):
     finally:
         reader.close()
     with pytest.raises(StackError, match="permission denied|not permitted"):
-        connect(replace(settings, postgres_url=reader_url).postgres_url_for(settings.dagster_db)).close()
+        connect(settings.replace(postgres_url=reader_url).postgres_url_for(settings.dagster_db)).close()
 
 
 def test_serving_views_asset_records_rows_per_source_and_links_the_dashboard(lambda_db):

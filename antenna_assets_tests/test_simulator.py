@@ -86,7 +86,7 @@ def assert_matches_ground_truth(values: list[bytes], truth: GroundTruth) -> list
 
 def new_topic(settings) -> str:
     name = f"devices-test-{uuid.uuid4().hex[:10]}"
-    ensure_topic(replace(settings, topic=name))
+    ensure_topic(settings.replace(topic=name))
     return name
 
 

@@ -117,14 +117,13 @@ def test_port_in_use_is_a_clear_error(tmp_path):
 
 
 def test_missing_java_is_a_clear_error(tmp_path, monkeypatch):
-    from dataclasses import replace
 
     from antenna_assets.settings import Settings
     from antenna_assets.errors import StackError
     from antenna_assets.stack.kafka import KafkaBroker
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no java on it
-    broker = KafkaBroker(replace(Settings.from_env(), stack_dir=tmp_path, kafka_port=1, kafka_controller_port=2))
+    broker = KafkaBroker(Settings.from_env().replace(stack_dir=tmp_path, kafka_port=1, kafka_controller_port=2))
     with pytest.raises(StackError, match="Java is not installed"):
         broker.up()
 

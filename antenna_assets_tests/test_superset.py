@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 from collections import defaultdict
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,7 +38,7 @@ def superset(settings):
         conn = connect(url)
         seeded = fill_serving(conn, utc_now())
         conn.close()
-        service = Superset(replace(settings, postgres_url=url))
+        service = Superset(settings.replace(postgres_url=url))
         service.down()  # a server left by an earlier run may serve another database
         print(service.up())
         try:
@@ -104,7 +103,7 @@ def test_failed_install_is_one_line(settings, tmp_path, monkeypatch):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    service = Superset(replace(settings, stack_dir=tmp_path, superset_port=port))
+    service = Superset(settings.replace(stack_dir=tmp_path, superset_port=port))
     with pytest.raises(StackError) as failure:
         service.up()
     message = str(failure.value)

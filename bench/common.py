@@ -8,7 +8,7 @@ import statistics
 import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Callable
@@ -59,7 +59,7 @@ def admin(settings: Settings):
 
 def fresh_topic(settings: Settings, purpose: str) -> str:
     name = f"bench-{purpose}-{uuid.uuid4().hex[:8]}"
-    ensure_topic(replace(settings, topic=name))
+    ensure_topic(settings.replace(topic=name))
     return name
 
 

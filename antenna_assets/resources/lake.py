@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from dagster import ConfigurableResource
@@ -47,7 +46,7 @@ class LakeResource(ConfigurableResource):
     def settings(self) -> Settings:
         """The environment's settings with this resource's lake: what Spark and the GCS client use."""
         settings = Settings.from_env()
-        return replace(settings, lake_root=self.effective_root, checkpoint_root=self.effective_checkpoints,
+        return settings.replace(lake_root=self.effective_root, checkpoint_root=self.effective_checkpoints,
                        gcs_project=self.project or settings.gcs_project,
                        gcs_endpoint=self.endpoint.rstrip("/") or settings.gcs_endpoint)
 

@@ -28,8 +28,8 @@ def spark_conf(settings: Settings, app_name: str = "antenna_assets", extra: dict
         "spark.driver.extraJavaOptions": utc,
         "spark.executor.extraJavaOptions": utc,
         "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
-        "spark.driver.memory": os.environ.get("ANTENNA_SPARK_DRIVER_MEMORY", "2g"),
-        "spark.ui.enabled": os.environ.get("ANTENNA_SPARK_UI", "false"),
+        "spark.driver.memory": settings.spark_driver_memory,
+        "spark.ui.enabled": str(settings.spark_ui).lower(),
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
@@ -55,7 +55,7 @@ def build_spark_session(settings: Settings | None = None, app_name: str = "anten
     for key, value in spark_conf(settings, app_name, extra).items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
-    session.sparkContext.setLogLevel(os.environ.get("ANTENNA_SPARK_LOG_LEVEL", "WARN"))
+    session.sparkContext.setLogLevel(settings.spark_log_level)
     return session
 
 

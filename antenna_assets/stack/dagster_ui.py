@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from antenna_assets.settings import Settings
+from antenna_assets.settings import Settings, child_environment
 from antenna_assets.stack.env import stack_environment
 from antenna_assets.errors import StackError
 from antenna_assets.stack.process import PidFileService, port_open, stop_pid, tail, wait_until
@@ -29,7 +29,7 @@ class DagsterUI(PidFileService):
 
     def __init__(self, settings: Settings, port: int | None = None):
         self.settings = settings
-        self.port = port or int(os.environ.get("ANTENNA_UI_PORT", "3000"))
+        self.port = port or settings.ui_port
         self.home = settings.stack_dir / "dagster"
         self.pid_file = self.home / "dagster-dev.pid"
         self.log_file = self.home / "dagster-dev.log"
@@ -43,7 +43,7 @@ class DagsterUI(PidFileService):
             return f"dagster UI already running (pid {self.pid()}) at {self.url}"
         if port_open(self.port):
             raise StackError(f"port {self.port} is already in use: stop that process or set ANTENNA_UI_PORT")
-        env = {**os.environ, **stack_environment(self.settings)}
+        env = child_environment(**stack_environment(self.settings))
         if automation:
             # Sensors default to running: the stream is kept alive and closed hours are computed.
             env.update(ANTENNA_AUTOSTART_STREAMING="1", ANTENNA_AUTOMATION="1")

@@ -8,16 +8,14 @@ backend mishandles the `dir/` placeholder objects Hadoop's connector makes: rena
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import urllib.error
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
 
 from antenna_assets.lake.gcs import gcs_client
-from antenna_assets.settings import Settings
+from antenna_assets.settings import Settings, child_environment
 from antenna_assets.errors import StackError
 from antenna_assets.stack.process import ServerProcess, port_open, wait_until
 
@@ -50,7 +48,7 @@ class GcsEmulator(ServerProcess):
                              "Install Go 1.26+ and retry.")
         self.binary.parent.mkdir(parents=True, exist_ok=True)
         # GOTOOLCHAIN=local: fail with the version message rather than fetch another Go toolchain.
-        env = {**os.environ, "GOBIN": str(self.binary.parent), "GOTOOLCHAIN": "local"}
+        env = child_environment(GOBIN=str(self.binary.parent), GOTOOLCHAIN="local")
         proc = subprocess.run([go, "install", f"{FAKE_GCS_SERVER_MODULE}@{FAKE_GCS_SERVER_VERSION}"],
                               env=env, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -91,7 +89,7 @@ class GcsEmulator(ServerProcess):
 
     def ensure_bucket(self, name: str) -> None:
         """Create bucket `name` on the emulator unless it exists (real buckets are made by their owners)."""
-        client = gcs_client(replace(self.settings, gcs_endpoint=self.endpoint,
+        client = gcs_client(self.settings.replace(gcs_endpoint=self.endpoint,
                                     gcs_project=self.settings.gcs_project or DEFAULT_PROJECT))
         if client.lookup_bucket(name) is None:
             client.create_bucket(name)

@@ -105,7 +105,7 @@ class KafkaBroker(ServerProcess):
                                    "format", "-t", cluster_id, "-c", str(config)], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise StackError(f"formatting Kafka storage failed: {(proc.stderr or proc.stdout).strip()[-400:]}")
-        heap = os.environ.get("ANTENNA_KAFKA_HEAP", "1g")
+        heap = self.settings.kafka_heap
         with open(self.log_file, "ab") as log:
             process = subprocess.Popen(
                 [java, f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",

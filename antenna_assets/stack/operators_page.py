@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 
-from antenna_assets.settings import Settings
+from antenna_assets.settings import Settings, child_environment
 from antenna_assets.stack.env import stack_environment
 from antenna_assets.errors import StackError
 from antenna_assets.stack.process import ServerProcess, port_open
@@ -46,8 +45,8 @@ class OperatorsPage(ServerProcess):
         prepare_database(self.settings)
         self.home.mkdir(parents=True, exist_ok=True)
         # The child reads these settings, not this process's: pass the ones this service was given.
-        env = {**os.environ, **stack_environment(self.settings), "ANTENNA_OPERATORS_HOST": self.settings.operators_host,
-               "ANTENNA_OPERATORS_PORT": str(self.settings.operators_port)}
+        env = child_environment(**stack_environment(self.settings), ANTENNA_OPERATORS_HOST=self.settings.operators_host,
+                                ANTENNA_OPERATORS_PORT=str(self.settings.operators_port))
         with open(self.log_file, "ab") as log:
             process = subprocess.Popen([sys.executable, "-m", "antenna_assets.cli", "operators", "serve"],
                                        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

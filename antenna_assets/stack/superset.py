@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from antenna_assets.serving.superset_bundle import DASHBOARD_SLUG, import_bundle
-from antenna_assets.settings import Settings
+from antenna_assets.settings import Settings, child_environment
 from antenna_assets.errors import StackError
 from antenna_assets.postgres import ensure_database
 from antenna_assets.stack.process import ServerProcess, port_open, tail
@@ -118,7 +118,7 @@ class Superset(ServerProcess):
         return next((line for line in lines if line.startswith("ERROR:")), lines[-1] if lines else "no output")
 
     def _superset(self, *args: str) -> None:
-        env = {**os.environ, "SUPERSET_CONFIG_PATH": str(self.config_file), "FLASK_APP": "superset"}
+        env = child_environment(SUPERSET_CONFIG_PATH=str(self.config_file), FLASK_APP="superset")
         with open(self.log_file, "ab") as log:
             proc = subprocess.run([str(self.venv / "bin" / args[0]), *args[1:]], env=env, stdout=log,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -157,7 +157,7 @@ class Superset(ServerProcess):
                              "or run `antenna stack down` and retry")
         self.install()
         new_password = self._prepare()
-        env = {**os.environ, "SUPERSET_CONFIG_PATH": str(self.config_file)}
+        env = child_environment(SUPERSET_CONFIG_PATH=str(self.config_file))
         with open(self.log_file, "ab") as log:
             process = subprocess.Popen(
                 [str(self.venv / "bin" / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--workers", "1",

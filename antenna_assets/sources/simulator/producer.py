@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 from antenna_assets.settings import Settings
 from antenna_assets.errors import StackError
@@ -45,7 +44,7 @@ def prepare_topic(bootstrap: str, topic: str) -> None:
     from antenna_assets.stack.kafka import ensure_topic
 
     try:
-        ensure_topic(replace(Settings.from_env(), kafka_bootstrap=bootstrap, topic=topic))
+        ensure_topic(Settings.from_env().replace(kafka_bootstrap=bootstrap, topic=topic))
     except (StackError, KafkaException) as exc:
         raise SimulationError(f"could not create topic {topic!r} on {bootstrap}: {exc}") from None
 
