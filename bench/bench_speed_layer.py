@@ -281,8 +281,10 @@ def throughput(spark, settings: Settings, messages: int,
 # Freshness --------------------------------------------------------------------------------------
 
 
-def produce_paced(bootstrap: str, topic: str, rate: float, seconds: float, sent_path: str) -> None:
-    """Send `rate` messages/s for `seconds`, each stamped with its send time; save what was sent (.npz)."""
+def produce_paced(bootstrap: str, topic: str, rate: float, seconds: float, sent_path: str,
+                  clock_offset: float = 0.0) -> None:
+    """Send `rate` messages/s for `seconds`, each stamped with its send time minus `clock_offset` seconds
+    (a backfill replayed at a live pace); save what was sent (.npz)."""
     from confluent_kafka import Producer
 
     # The simulator's tuning with a short linger: here latency matters more than batch size.
@@ -301,13 +303,14 @@ def produce_paced(bootstrap: str, topic: str, rate: float, seconds: float, sent_
             time.sleep(delay)
         for i in range(first, first + per_tick):
             now = sent_at[i] = time.time()
-            producer.produce(topic, json.dumps({"timestamp": int(now), "id": user_ids[users[i]],
+            producer.produce(topic, json.dumps({"timestamp": int(now - clock_offset), "id": user_ids[users[i]],
                                                 "antenna_id": antenna_ids[antennas[i]], "bytes": int(nbytes[i]),
                                                 "app": APPS[apps[i]]}).encode())
         producer.poll(0)
     if producer.flush(30):
         raise RuntimeError("the freshness producer could not deliver every message")
-    np.savez(sent_path, sent_at=sent_at, antenna=antennas, bytes=nbytes)
+    np.savez(sent_path, sent_at=sent_at, antenna=antennas, user=users, app=apps, bytes=nbytes,
+             event_time=(sent_at - clock_offset).astype(np.int64))
 
 
 class AntennaTablePoller(BackgroundLoop):
@@ -331,10 +334,10 @@ class AntennaTablePoller(BackgroundLoop):
 
 
 def latencies(sent_path: Path, snapshots: list[tuple[float, dict]]) -> np.ndarray:
-    """Seconds from send to first visibility of every event that became visible."""
+    """Seconds from send to first visibility of each event, in send order (inf: never seen)."""
     sent = np.load(sent_path)
     sent_at, antenna, nbytes = sent["sent_at"], sent["antenna"], sent["bytes"]
-    window = sent_at.astype(np.int64) // WINDOW_SECONDS * WINDOW_SECONDS
+    window = sent["event_time"] // WINDOW_SECONDS * WINDOW_SECONDS
     poll_times = np.array([t for t, _ in snapshots])
     antenna_ids = [antenna_id(n) for n in range(ANTENNAS)]
     visible_at = np.full(len(sent_at), np.inf)
@@ -344,7 +347,7 @@ def latencies(sent_path: Path, snapshots: list[tuple[float, dict]]) -> np.ndarra
         first_poll = np.searchsorted(totals, np.cumsum(nbytes[events]), side="left")
         seen = first_poll < len(poll_times)
         visible_at[events[seen]] = poll_times[first_poll[seen]]
-    return (visible_at - sent_at)[np.isfinite(visible_at)]
+    return visible_at - sent_at
 
 
 def freshness(spark, settings: Settings, trigger_interval: str, rate: float, seconds: float) -> Freshness:
@@ -369,6 +372,7 @@ def freshness(spark, settings: Settings, trigger_interval: str, rate: float, sec
         if producer.exitcode != 0:
             sys.exit(f"the freshness producer failed (exit code {producer.exitcode})")
         latency = latencies(sent_path, poller.snapshots)
+        latency = latency[np.isfinite(latency)]
         events = len(np.load(sent_path)["sent_at"])
     result = Freshness(trigger_interval, events, len(latency), float(np.percentile(latency, 50)),
                        float(np.percentile(latency, 99)), float(latency.max()), memory.peak_bytes)
