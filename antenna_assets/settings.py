@@ -73,6 +73,9 @@ class Settings:
     checkpoint_root: str = ""
     spark_master: str = "local[*]"
     spark_shuffle_partitions: int = 4
+    spark_driver_memory: str = "2g"
+    spark_ui: str = "false"
+    spark_log_level: str = "WARN"
     # Lake on Google Cloud Storage: only read when a root is gs://, or when an emulator is set.
     gcs_project: str = ""
     gcs_endpoint: str = ""  # http://127.0.0.1:N of a GCS API emulator; empty: the real service
@@ -124,6 +127,9 @@ class Settings:
             checkpoint_root=_env_str("ANTENNA_CHECKPOINT_ROOT", lake_root.rstrip("/") + "/_checkpoints"),
             spark_master=_env_str("ANTENNA_SPARK_MASTER", "local[*]"),
             spark_shuffle_partitions=_env_int("ANTENNA_SPARK_SHUFFLE_PARTITIONS", 4),
+            spark_driver_memory=_env_str("ANTENNA_SPARK_DRIVER_MEMORY", cls.spark_driver_memory),
+            spark_ui=_env_str("ANTENNA_SPARK_UI", cls.spark_ui),
+            spark_log_level=_env_str("ANTENNA_SPARK_LOG_LEVEL", cls.spark_log_level),
             gcs_project=_env_str("ANTENNA_GCS_PROJECT", ""),
             gcs_endpoint=_env_str("ANTENNA_GCS_ENDPOINT", "").rstrip("/"),
             gcs_emulator_port=_env_int("ANTENNA_GCS_EMULATOR_PORT", 14443),

@@ -15,8 +15,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.dagster_run import DagsterRun
-from dagster._core.utils import make_new_run_id
 
 from antenna_assets.assets.speed import speed_layer
 from antenna_assets.jobs import STREAMING_TAG, speed_layer_job
@@ -31,8 +29,8 @@ from antenna_assets_tests.truth import expected, query
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _add_run(instance, status: dg.DagsterRunStatus) -> DagsterRun:
-    return instance.add_run(DagsterRun(job_name="speed_layer_job", run_id=make_new_run_id(), status=status))
+def _add_run(instance, status: dg.DagsterRunStatus) -> dg.DagsterRun:
+    return instance.add_run(dg.DagsterRun(job_name="speed_layer_job", run_id=str(uuid.uuid4()), status=status))
 
 
 def test_sensor_launches_one_run_and_never_a_second(settings, topic):
