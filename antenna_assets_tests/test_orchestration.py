@@ -294,6 +294,6 @@ def test_the_hourly_sensor_skips_open_hours_hours_done_and_no_data(serving_db, m
     [request] = decide()  # not the open hour, not the one compacted with all its data
     assert request.partition_key == f"{closed_hour:%Y-%m-%d-%H:%M}"
     # A run of it queued or running: not launched twice.
-    instance.add_run(DagsterRun(job_name="hourly_batch_job", run_id=make_new_run_id(),
-                                status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": request.partition_key}))
+    instance.add_run(dg.DagsterRun(job_name="hourly_batch_job", run_id=str(uuid.uuid4()),
+                                   status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": request.partition_key}))
     assert isinstance(decide(), dg.SkipReason)
