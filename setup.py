@@ -34,6 +34,11 @@ setup(
         "python-multipart>=0.0.9",
         "argon2-cffi>=23.1",
         "itsdangerous>=2.1",
+        # Library parts instead of hand-written ones: local services' processes, retries, the
+        # simulator's progress line.
+        "psutil>=5.9",
+        "tenacity>=8.2",
+        "tqdm>=4.66",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "duckdb>=1.1", "hypothesis>=6.100", "httpx>=0.27",

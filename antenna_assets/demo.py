@@ -41,11 +41,11 @@ def _say(text: str) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     import dagster as dg
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     from antenna_assets.assets.batch import hourly_tables, raw_devices
     from antenna_assets.assets.sources import user_metadata
     from antenna_assets.assets.speed import speed_layer
+    from antenna_assets.partitions import partition_range_tags
     from antenna_assets.sources.user_metadata import provision_users
     from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
     from antenna_assets.settings import Settings
@@ -103,7 +103,7 @@ def _demo(args: argparse.Namespace) -> int:
     keys = [f"{first_hour + timedelta(hours=n):%Y-%m-%d-%H:%M}" for n in range(args.hours)]
     _say(f"batch layer: hours {keys[0]} .. {keys[-1]} in one Spark run")
     batch = dg.materialize([user_metadata, raw_devices, hourly_tables], instance=instance, resources=resources,
-                           run_config=_INFO_LOGS, tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
+                           run_config=_INFO_LOGS, tags=partition_range_tags(keys[0], keys[-1]))
     for evaluation in batch.get_asset_check_evaluations():
         verdict = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
         print(f"check {evaluation.asset_key.to_user_string()}.{evaluation.check_name}: {verdict}")

@@ -9,11 +9,11 @@ from datetime import datetime, timedelta
 import dagster as dg
 import pytest
 from confluent_kafka import Producer
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from antenna_assets import checks
 from antenna_assets.assets.batch import hourly_tables, raw_devices
 from antenna_assets.assets.sources import user_metadata
+from antenna_assets.partitions import partition_range_tags
 from antenna_assets.serving.schema import BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP_1H, BYTES_AGG_USER_1H
 from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
 from antenna_assets.sources.simulator import SimulatorConfig, run_simulation
@@ -65,8 +65,8 @@ def _resources(url, lake):
 
 
 def _materialize_range(url, lake, keys=HOURS):
-    tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
-    return dg.materialize([user_metadata, raw_devices, hourly_tables], resources=_resources(url, lake), tags=tags,
+    return dg.materialize([user_metadata, raw_devices, hourly_tables], resources=_resources(url, lake),
+                          tags=partition_range_tags(keys[0], keys[-1]),
                           instance=dg.DagsterInstance.ephemeral())
 
 

@@ -14,8 +14,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.dagster_run import DagsterRun
-from dagster._core.utils import make_new_run_id
 
 from antenna_assets.assets.speed import speed_layer
 from antenna_assets.jobs import STREAMING_TAG, speed_layer_job
@@ -30,8 +28,8 @@ from antenna_assets_tests.truth import expected, query
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _add_run(instance, status: dg.DagsterRunStatus) -> DagsterRun:
-    return instance.add_run(DagsterRun(job_name="speed_layer_job", run_id=make_new_run_id(), status=status))
+def _add_run(instance, status: dg.DagsterRunStatus) -> dg.DagsterRun:
+    return instance.add_run(dg.DagsterRun(job_name="speed_layer_job", run_id=str(uuid.uuid4()), status=status))
 
 
 def test_sensor_launches_one_run_and_never_a_second(settings, topic):
@@ -295,6 +293,6 @@ def test_the_hourly_sensor_skips_open_hours_hours_done_and_no_data(serving_db, m
     [request] = decide()  # not the open hour, not the one compacted with all its data
     assert request.partition_key == f"{closed_hour:%Y-%m-%d-%H:%M}"
     # A run of it queued or running: not launched twice.
-    instance.add_run(DagsterRun(job_name="hourly_batch_job", run_id=make_new_run_id(),
-                                status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": request.partition_key}))
+    instance.add_run(dg.DagsterRun(job_name="hourly_batch_job", run_id=str(uuid.uuid4()),
+                                   status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": request.partition_key}))
     assert isinstance(decide(), dg.SkipReason)

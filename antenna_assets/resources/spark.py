@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
-from dagster import ConfigurableResource, InitResourceContext
-from pydantic import Field, PrivateAttr
+from dagster_pyspark import LazyPySparkResource
+from dagster_pyspark.resources import spark_session_from_config
+from pydantic import Field
 
 from antenna_assets.lake import gcs as lake_gcs
 from antenna_assets.resources.lake import LakeResource
@@ -46,38 +48,38 @@ def spark_conf(settings: Settings, app_name: str = "antenna_assets", extra: dict
 
 def build_spark_session(settings: Settings | None = None, app_name: str = "antenna_assets",
                         extra: dict[str, str] | None = None):
-    """The active session if there is one, else a new one with the product's configuration."""
-    from pyspark.sql import SparkSession
-
+    """The active session if there is one, else a new one with the product's configuration, built the
+    way dagster-pyspark builds its resources' sessions."""
     settings = settings or Settings.from_env()
+    # Spark starts its Python workers (Arrow, UDFs) with `python3` from PATH otherwise, which in a
+    # Dagster run or a test process need not be this virtualenv's interpreter with its packages.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder
-    for key, value in spark_conf(settings, app_name, extra).items():
-        builder = builder.config(key, value)
-    session = builder.getOrCreate()
+    session = spark_session_from_config(spark_conf(settings, app_name, extra))
     session.sparkContext.setLogLevel(settings.spark_log_level)
     return session
 
 
+class SparkResource(LazyPySparkResource):
+    """dagster-pyspark's lazy Spark session with the product's configuration (`spark_conf`: the Kafka
+    and, for a gs:// lake, GCS connectors, UTC time); `spark_config` overrides single keys, e.g.
+    {"spark.master": "spark://host:7077"} instead of ANTENNA_SPARK_MASTER."""
 
-class SparkResource(ConfigurableResource):
-    """A Spark session with the Kafka connector and UTC time. `master` empty: ANTENNA_SPARK_MASTER."""
-
-    master: str = Field(default="", description="local[*], spark://host:7077, ...; empty: from the environment")
-    app_name: str = "antenna_assets"
-    conf: dict[str, str] = Field(default_factory=dict, description="extra Spark configuration")
-    _session = PrivateAttr(default=None)
-
-    def setup_for_execution(self, context: InitResourceContext) -> None:
-        self._session = None
+    spark_config: dict[str, Any] = Field(default_factory=dict,
+                                         description="Spark configuration over the product's; empty: the product's")
 
     def session_for(self, lake: LakeResource):
         """The session, able to read and write `lake`: a gs:// lake named only in the resource's config
         still gets the connector jar (new session) and its endpoint, project and credentials."""
-        if self._session is None:
-            extra = dict(self.conf)
-            if self.master:
-                extra["spark.master"] = self.master
-            self._session = build_spark_session(lake.settings(), self.app_name, extra)
-        lake.configure_session(self._session)
-        return self._session
+        # Not the parent's `spark_session` alone: its configuration is fixed with the resource, while
+        # ours depends on the lake, a resource of its own (the GCS jar must be there at session start).
+        self._start(lake.settings())
+        lake.configure_session(self._spark_session)
+        return self._spark_session
+
+    def _init_session(self) -> None:
+        # LazyPySparkResource's hook behind `spark_session` and `spark_context`: the environment's lake.
+        self._start(Settings.from_env())
+
+    def _start(self, settings: Settings) -> None:
+        if self._spark_session is None:
+            self._spark_session = build_spark_session(settings, extra=self.spark_config)

@@ -26,6 +26,7 @@ import pandas as pd
 import psycopg2
 import pyarrow as pa
 import pyarrow.compute as pc
+import tenacity
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -164,16 +165,19 @@ class SpeedLayer:
         """Apply and land one micro-batch, retrying it `batch_attempts` times; if it still fails, record
         the failure and raise a one-line MicroBatchFailed naming the batch and its offsets."""
         key = BatchKey(self.config.query_name, self.checkpoint_id(), batch_id)
-        for attempt in range(1, self.config.batch_attempts + 1):
-            try:
-                self._process(kafka_rows, key)
-                return
-            except Exception as exc:  # noqa: BLE001 - any failure is retried, then reported whole
-                error = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
-                logging.getLogger(__name__).warning("%s failed (attempt %d of %d): %s", key, attempt,
-                                                    self.config.batch_attempts, error)
-                if attempt < self.config.batch_attempts:
-                    time.sleep(min(2.0 ** (attempt - 1), 30.0))
+
+        def log_failure(state: tenacity.RetryCallState) -> None:
+            logging.getLogger(__name__).warning("%s failed (attempt %d of %d): %s", key, state.attempt_number,
+                                                self.config.batch_attempts, _one_line(state.outcome.exception()))
+
+        # Any failure is retried, 1, 2, 4, ... s apart (at most 30), then reported whole.
+        retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(self.config.batch_attempts),
+                                     wait=tenacity.wait_exponential(max=30), after=log_failure)
+        try:
+            retrying(self._process, kafka_rows, key)
+            return
+        except tenacity.RetryError as exc:
+            attempt, error = exc.last_attempt.attempt_number, _one_line(exc.last_attempt.exception())
         offsets = self._offsets_of(kafka_rows)
         self.failure = f"{key}, offsets {offsets}, failed {attempt} times: {error}"
         try:
@@ -343,6 +347,10 @@ def preview(raw: bytes | None) -> str | None:
         return None
     text = raw[:PREVIEW_CHARACTERS * 4].decode("utf-8", errors="backslashreplace")[:PREVIEW_CHARACTERS]
     return text.translate(_ESCAPED_CONTROL)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
 
 
 def kafka_lag(query: StreamingQuery) -> int | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +13,6 @@ from antenna_assets.errors import StackError
 from antenna_assets.stack.process import PidFileService, port_open, stop_pid, tail, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 class DagsterUI(PidFileService):
@@ -59,11 +51,9 @@ class DagsterUI(PidFileService):
         return f"dagster UI started (pid {process.pid}) at {self.url}"
 
     def _stop(self, pid: int) -> None:
-        # The process group holds the webserver, the daemon and the runs they launched (the stream):
+        # Its descendants are the webserver, the daemon and the runs they launched (the stream):
         # SIGTERM lets the stream stop its query cleanly; what is left after the grace is killed.
-        _signal_group(pid, signal.SIGTERM)
-        super()._stop(pid)
-        _signal_group(pid, signal.SIGKILL)
+        stop_pid(pid, self.stop_grace_seconds, with_descendants=True)
 
     def status(self) -> tuple[bool, str]:
         pid = self.pid()

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import time
 from pathlib import Path
 from typing import Callable
 
+import psutil
+
 from antenna_assets.errors import StackError
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Something accepts connections there: a connect says so for any owner of the port, where
+    psutil's connection table would need root to see other users' sockets."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
@@ -22,16 +24,11 @@ def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        # A zombie child still has its pid; it is not alive for our purposes.
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); it is not alive for our purposes.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-        return state != "Z"
-    except OSError:
+    except psutil.AccessDenied:
         return True
 
 
@@ -55,22 +52,26 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
     return predicate()
 
 
-def stop_pid(pid: int, grace_seconds: float = 30.0) -> None:
-    """SIGTERM, wait for a clean exit, SIGKILL if it does not come."""
+def stop_pid(pid: int, grace_seconds: float = 30.0, with_descendants: bool = False) -> None:
+    """SIGTERM (to the process and, if asked, everything it started), wait for a clean exit, SIGKILL
+    what is left. Our own children are reaped."""
     try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        processes = [process, *(process.children(recursive=True) if with_descendants else ())]
+    except psutil.NoSuchProcess:
         return
-    if not wait_until(lambda: not pid_alive(pid), grace_seconds):
+    for each in processes:
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        wait_until(lambda: not pid_alive(pid), 5)
-    try:  # reap it if it is our child
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+            each.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, left = psutil.wait_procs(processes, timeout=grace_seconds)
+    for each in left:
+        try:
+            each.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(left, timeout=5)
 
 
 def tail(path: Path, lines: int = 15) -> str:

@@ -47,7 +47,7 @@ def simulate(config: SimulatorConfig) -> SimulationResult:
     plan = SimulationPlan.from_config(config, now=time.time())
     sent = _CONTEXT.Array("q", plan.processes, lock=False)
     stop_event = threading.Event() if plan.processes == 1 else _CONTEXT.Event()
-    with _stop_on_interrupt(stop_event), ProgressLine(sent, config.progress):
+    with _stop_on_interrupt(stop_event), ProgressLine(sent, config.progress, plan.planned_messages):
         if plan.processes == 1:
             results = [run_worker(plan, 0, sent, stop_event)]
         else:

@@ -103,6 +103,13 @@ class SimulationPlan:
             yield block
             block += self.processes
 
+    @property
+    def planned_messages(self) -> int | None:
+        """Messages the plan sends if nothing stops it early; None for an open-ended live run."""
+        if self.ticks is None:
+            return None
+        return self.ticks * self.users if self.message_limit is None else min(self.message_limit, self.ticks * self.users)
+
     def ticks_of(self, block: int) -> range:
         first = block * self.ticks_per_block
         last = first + self.ticks_per_block
