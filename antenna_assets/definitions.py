@@ -28,7 +28,7 @@ defs = dg.Definitions(
     sensors=[speed_layer_sensor, hourly_batch_sensor],
     resources={
         "postgres": PostgresResource(url=from_environment("postgres_url")),
-        "spark": SparkResource(master=from_environment("spark_master")),
+        "spark": SparkResource(),  # its master and the rest come from the settings (ANTENNA_SPARK_*)
         "lake": LakeResource(root=from_environment("lake_root"), checkpoints=from_environment("checkpoint_root"),
                              project=from_environment("gcs_project"), endpoint=from_environment("gcs_endpoint")),
     },

@@ -61,7 +61,6 @@ SECTION_INTRO = (
     "equal what was sent.\n\n")
 TABLE_HEADER = ("| date | machine | command | events | freshness p50 / p99 per minute (s) | Kafka lag per minute | "
                 "RSS per minute (GiB) | RSS slope | batch | exact |\n|---|---|---|---|---|---|---|---|---|---|\n")
-GRACE_MINUTES = Settings.model_fields["hour_close_grace_minutes"].default
 LEAD_IN_SECONDS = 90  # event time spent in the hour that closes during the run
 
 
@@ -196,11 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     spawn = multiprocessing.get_context("spawn")
     wall_start = time.time()
-    # The event clock: LEAD_IN_SECONDS before an hour boundary now, so that hour closes GRACE minutes later.
+    # The event clock: LEAD_IN_SECONDS before an hour boundary now, so that hour closes when the grace has passed.
     boundary = wall_start // 3600 * 3600
     clock_offset = wall_start - boundary + LEAD_IN_SECONDS
     closed_hour = utc_from_epoch_seconds(int(boundary)) - HOUR
-    batch_due = wall_start + LEAD_IN_SECONDS + GRACE_MINUTES * 60 + 5
+    batch_due = wall_start + LEAD_IN_SECONDS + settings.hour_close_grace_minutes * 60 + 5
     if args.minutes * 60 < batch_due - wall_start + 60:
         sys.exit(f"--minutes must leave the hour time to close: at least {(batch_due - wall_start + 60) / 60:.1f}")
     spark = spark_session()
