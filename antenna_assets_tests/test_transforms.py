@@ -93,7 +93,7 @@ def test_every_record_is_classified_as_the_contract_rules_say(spark):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from antenna_assets.transforms.devices import REASONS
+    from antenna_assets.sources.contract import REASONS
     from antenna_assets_tests.contract import KAFKA_SECONDS, records, valid_fields
 
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))

@@ -41,9 +41,9 @@ from antenna_assets.speed.config import SpeedLayerConfig, parse_duration
 from antenna_assets.hours import epoch_seconds, utc_from_epoch_millis, utc_from_epoch_seconds, utc_now
 from antenna_assets.transforms.aggregates import (MAX_EVENT_TIME, MESSAGES, bytes_per_antenna, bytes_per_app,
                                                   bytes_per_user)
-from antenna_assets.transforms.devices import (ASCII_CONTROL, LAKE_PARTITION_COLUMNS, WATERMARK_TIME,
-                                               parse_device_messages, rejected_messages, valid_events,
-                                               with_lake_partitions)
+from antenna_assets.sources.contract import ASCII_CONTROL
+from antenna_assets.transforms.devices import (LAKE_PARTITION_COLUMNS, WATERMARK_TIME, parse_device_messages,
+                                               rejected_messages, valid_events, with_lake_partitions)
 
 BATCH_PARTITION = "batch"
 # The row kinds of a micro-batch's summary besides the three speed tables.
