@@ -10,14 +10,14 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from antenna_assets.postgres import ensure_login_role, role_url
-from antenna_assets.serving.schema import BATCH_TABLES, STREAMING_TABLES
-from antenna_assets.serving.views import SERVING_VIEWS, USERS_OVER_QUOTA_1H
+from antenna_assets.serving.schema import BATCH_TABLES, STREAMING_TABLES, USERS_OVER_QUOTA_1H
+from antenna_assets.serving.views import SERVING_VIEWS
 from antenna_assets.settings import Settings
 from antenna_assets.postgres import connect
 from antenna_assets.stack.secrets import stack_secret
 
 READER_ROLE = "antenna_reader"
-READABLE = (*(t.name for t in (*STREAMING_TABLES, *BATCH_TABLES)), USERS_OVER_QUOTA_1H, *SERVING_VIEWS)
+READABLE = (*(t.name for t in (*STREAMING_TABLES, *BATCH_TABLES, USERS_OVER_QUOTA_1H)), *SERVING_VIEWS)
 
 
 def ensure_reader_role(settings: Settings, private_databases: tuple[str, ...] = ()) -> str:

@@ -35,6 +35,7 @@ from antenna_assets.speed.ledger import (LANDED, BatchKey, MicroBatchResult, Off
                                       batch_state, describe_offsets, mark_landed, max_event_time, offset_marks,
                                       record_failure)
 from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
+from antenna_assets.serving.schema import DEAD_LETTER as DEAD_LETTER_TABLE
 from antenna_assets.sources.user_metadata import read_live
 from antenna_assets.postgres import connect
 from antenna_assets.speed.config import SpeedLayerConfig, parse_duration
@@ -47,8 +48,9 @@ from antenna_assets.transforms.devices import (LAKE_PARTITION_COLUMNS, WATERMARK
 
 BATCH_PARTITION = "batch"
 # The row kinds of a micro-batch's summary besides the three speed tables.
-DEAD_LETTER = "dead_letter"
-DEAD_LETTER_COLUMNS = ("topic", "kafka_partition", "kafka_offset", "raw_key", "raw_value", "reason", "kafka_timestamp")
+DEAD_LETTER = DEAD_LETTER_TABLE.name
+# The dead_letter columns read from the record (kafka_timestamp last); preview and ingest_time are made here.
+DEAD_LETTER_COLUMNS = tuple(c for c in DEAD_LETTER_TABLE.names if c not in ("preview", "ingest_time"))
 OFFSETS = "offsets"
 PREVIEW_CHARACTERS = 200
 # The steps of a micro-batch: the Spark job of its sums (Kafka read and parse included), their
@@ -269,9 +271,9 @@ class SpeedLayer:
                             known_ids: pa.Array) -> MicroBatchResult:
         kind = summary.column("table")
         ingest_time = utc_now()
-        # Raw bytes stay bytes, sent as BYTEA: no record's content can fail this insert.
-        dead_letters = [(row["topic"], row["kafka_partition"], row["kafka_offset"], _binary(row["raw_key"]),
-                         _binary(row["raw_value"]), preview(row["raw_value"]), row["reason"],
+        # Raw bytes stay bytes, sent as BYTEA: no record's content can fail this insert. In dead_letter's column order.
+        dead_letters = [(row["topic"], row["kafka_partition"], row["kafka_offset"], _binary(row["raw_value"]),
+                         _binary(row["raw_key"]), preview(row["raw_value"]), row["reason"],
                          utc_from_epoch_millis(row["kafka_timestamp"]), ingest_time)
                         for row in summary.filter(pc.equal(kind, DEAD_LETTER)).select(list(DEAD_LETTER_COLUMNS)).to_pylist()]
         offsets = summary.filter(pc.equal(kind, OFFSETS)).select(["topic", "kafka_partition", "kafka_offset",

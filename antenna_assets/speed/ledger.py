@@ -18,7 +18,8 @@ from typing import Sequence
 import pyarrow as pa
 from psycopg2.extras import execute_values
 
-from antenna_assets.serving.schema import AggregateTable
+from antenna_assets.serving.schema import (DEAD_LETTER, LANDING_HOURS, STREAMING_BATCHES, STREAMING_FAILURES,
+                                           STREAMING_OFFSETS, AggregateTable)
 from antenna_assets.serving.writes import add_to_totals
 
 # (topic, partition) -> first offset after the records a batch covers.
@@ -39,7 +40,7 @@ class BatchKey:
 class MicroBatchResult:
     key: BatchKey
     increments: dict[AggregateTable, pa.Table]  # per table: key, window start (epoch seconds), bytes
-    dead_letters: Sequence[tuple]
+    dead_letters: Sequence[tuple]  # rows of dead_letter, all its columns in order
     good_messages: int
     bad_messages: int
     late_messages: int
@@ -56,6 +57,11 @@ class OffsetMarks:
     applied: Offsets
     landed: Offsets
 
+
+# What a writer supplies; the others are their defaults (applied_at, failed_at) or set later (landed_at).
+_BATCH_COLUMNS = ("query", "checkpoint_id", "batch_id", "good_messages", "bad_messages", "late_messages",
+                  "max_event_time", "end_offsets", "hours")
+_FAILURE_COLUMNS = ("query", "checkpoint_id", "batch_id", "attempts", "offsets", "error")
 
 APPLIED = "applied"  # its sums, dead letters and ledger row are committed; its lake files may be missing
 LANDED = "landed"  # and its lake files are written
@@ -106,7 +112,7 @@ def _advance(cur, query: str, offsets: Offsets, column: str) -> None:
     # Both marks start at the first batch's end: its records are applied and, once it lands, landed.
     execute_values(
         cur,
-        "INSERT INTO streaming_offsets (query, topic, kafka_partition, applied_until, landed_until) VALUES %s "
+        f"{STREAMING_OFFSETS.insert_into()} VALUES %s "
         f"ON CONFLICT (query, topic, kafka_partition) DO UPDATE SET {column} = "
         f"GREATEST(streaming_offsets.{column}, EXCLUDED.{column})",
         [(query, topic, partition, end, end if column == "landed_until" else 0)
@@ -125,7 +131,7 @@ def mark_landed(conn, key: BatchKey) -> None:
         if hours:
             execute_values(
                 cur,
-                "INSERT INTO landing_hours (hour) VALUES %s "
+                f"{LANDING_HOURS.insert_into(('hour',))} VALUES %s "
                 "ON CONFLICT (hour) DO UPDATE SET last_batch_at = now() AT TIME ZONE 'UTC'",
                 [(hour,) for hour in hours],
             )
@@ -141,8 +147,7 @@ def apply_micro_batch(conn, result: MicroBatchResult) -> bool:
     key = result.key
     with conn.cursor() as cur:
         cur.execute(
-            "INSERT INTO streaming_batches (query, checkpoint_id, batch_id, good_messages, bad_messages, late_messages, "
-            "max_event_time, end_offsets, hours) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::timestamp[]) "
+            f"{STREAMING_BATCHES.insert_into(_BATCH_COLUMNS)} VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::timestamp[]) "
             "ON CONFLICT DO NOTHING RETURNING batch_id",
             (key.query, key.checkpoint_id, key.batch_id, result.good_messages, result.bad_messages,
              result.late_messages, result.max_event_time, _encode(result.end_offsets), list(result.landed_hours)),
@@ -155,8 +160,7 @@ def apply_micro_batch(conn, result: MicroBatchResult) -> bool:
         if result.dead_letters:
             execute_values(
                 cur,
-                "INSERT INTO dead_letter (topic, kafka_partition, kafka_offset, raw_key, raw_value, preview, reason, "
-                "kafka_timestamp, ingest_time) VALUES %s ON CONFLICT DO NOTHING",
+                f"{DEAD_LETTER.insert_into()} VALUES %s ON CONFLICT DO NOTHING",
                 result.dead_letters, page_size=1000,
             )
         _advance(cur, key.query, result.end_offsets, "applied_until")
@@ -166,7 +170,6 @@ def apply_micro_batch(conn, result: MicroBatchResult) -> bool:
 
 def record_failure(conn, key: BatchKey, attempts: int, offsets: str, error: str) -> None:
     with conn.cursor() as cur:
-        cur.execute("INSERT INTO streaming_failures (query, checkpoint_id, batch_id, attempts, offsets, error) "
-                    "VALUES (%s, %s, %s, %s, %s, %s)",
+        cur.execute(f"{STREAMING_FAILURES.insert_into(_FAILURE_COLUMNS)} VALUES (%s, %s, %s, %s, %s, %s)",
                     (key.query, key.checkpoint_id, key.batch_id, attempts, offsets, error))
     conn.commit()

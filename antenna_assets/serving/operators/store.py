@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from antenna_assets.serving.operators.schema import WRITE_LOCK_ID
+from antenna_assets.serving.operators.schema import USER_METADATA_AUDIT, WRITE_LOCK_ID
+from antenna_assets.serving.schema import USER_METADATA
 from antenna_assets.serving.operators.validation import FIELDS, UserInput
 
 LIST_LIMIT = 500
@@ -136,17 +137,19 @@ def _email_conflicts(cur, users: list[UserInput]) -> dict[str, str]:
             for u in users if owner.get(u.email.lower(), u.id) != u.id}
 
 
+_AUDITED = ("operator", "user_id", "field", "old_value", "new_value")
+
+
 def _audit(cur, operator: str, user_id: str, changes: list[tuple[str, object, object]]) -> None:
     for field, old, new in changes:
-        cur.execute("INSERT INTO user_metadata_audit (operator, user_id, field, old_value, new_value) "
-                    "VALUES (%s, %s, %s, %s, %s)",
+        cur.execute(f"{USER_METADATA_AUDIT.insert_into(_AUDITED)} VALUES (%s, %s, %s, %s, %s)",
                     (operator, user_id, field, None if old is None else str(old), None if new is None else str(new)))
 
 
 def _write(cur, operator: str, user: UserInput, before: UserRow | None) -> int:
     """Insert or update one user (the lock is held), with its audit rows; returns the changed fields."""
     if before is None:
-        cur.execute("INSERT INTO user_metadata (id, name, email, quota) VALUES (%s, %s, %s, %s)",
+        cur.execute(f"{USER_METADATA.insert_into()} VALUES (%s, %s, %s, %s)",
                     (user.id, user.name, user.email, user.quota))
         changes = [(f, None, getattr(user, f)) for f in FIELDS if f != "id"]
     else:
