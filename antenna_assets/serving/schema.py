@@ -202,7 +202,10 @@ DDL = [
 
 
 def migrate(conn) -> None:
-    """Create every table that does not exist yet, and the serving views; running it again changes nothing."""
+    """Create every table that does not exist yet, and the serving views; running it again changes nothing.
+
+    The one function here that commits: the migration is a transaction of its own, so the advisory
+    lock and the views' exclusive locks end with it, whatever the caller does next."""
     # The views read these tables and the operators' tables are described with them: imported here.
     from antenna_assets.serving.operators.schema import migrate_operators
     from antenna_assets.serving.views import create_views

@@ -6,6 +6,9 @@ Two records, both written in the transactions that change the speed tables and t
 - `streaming_offsets`, per query and Kafka partition, the offsets below which every record is
   applied and landed. The speed layer filters each batch's records by these, so whatever the
   checkpoint (replayed, lost, replaced), a record is added once and landed once.
+
+The writes here never commit: each is the whole of one `postgres.transaction` of the speed layer,
+which commits when its block ends (the batch applied; the batch landed; a failure recorded).
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ def _advance(cur, query: str, offsets: Offsets, column: str) -> None:
 
 
 def mark_landed(conn, key: BatchKey) -> None:
-    """Record that the applied batch's lake files are written: its row, its offsets, its hours."""
+    """Record that the applied batch's lake files are written: its row, its offsets, its hours (one transaction)."""
     with conn.cursor() as cur:
         cur.execute("UPDATE streaming_batches SET landed_at = now() AT TIME ZONE 'UTC' "
                     "WHERE query = %s AND checkpoint_id = %s AND batch_id = %s RETURNING end_offsets, hours",
@@ -135,14 +138,14 @@ def mark_landed(conn, key: BatchKey) -> None:
                 "ON CONFLICT (hour) DO UPDATE SET last_batch_at = now() AT TIME ZONE 'UTC'",
                 [(hour,) for hour in hours],
             )
-    conn.commit()
 
 
 def apply_micro_batch(conn, result: MicroBatchResult) -> bool:
     """In one transaction: record the batch, add its partial sums, store its dead letters, advance
     the applied offsets.
 
-    Returns False (and changes nothing) when the batch was already applied.
+    Returns False (and changes nothing) when the batch was already applied: its ledger row exists,
+    so the insert did nothing and nothing else is written.
     """
     key = result.key
     with conn.cursor() as cur:
@@ -153,7 +156,6 @@ def apply_micro_batch(conn, result: MicroBatchResult) -> bool:
              result.late_messages, result.max_event_time, _encode(result.end_offsets), list(result.landed_hours)),
         )
         if cur.fetchone() is None:
-            conn.rollback()
             return False
         for table, rows in result.increments.items():
             add_to_totals(cur, table, rows)
@@ -164,7 +166,6 @@ def apply_micro_batch(conn, result: MicroBatchResult) -> bool:
                 result.dead_letters, page_size=1000,
             )
         _advance(cur, key.query, result.end_offsets, "applied_until")
-    conn.commit()
     return True
 
 
@@ -172,4 +173,3 @@ def record_failure(conn, key: BatchKey, attempts: int, offsets: str, error: str)
     with conn.cursor() as cur:
         cur.execute(f"{STREAMING_FAILURES.insert_into(_FAILURE_COLUMNS)} VALUES (%s, %s, %s, %s, %s, %s)",
                     (key.query, key.checkpoint_id, key.batch_id, attempts, offsets, error))
-    conn.commit()

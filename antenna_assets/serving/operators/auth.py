@@ -45,7 +45,6 @@ def add_operator(conn, name: str, password: str, reset: bool = False) -> bool:
         cur.execute(f"{OPERATORS.insert_into(('name', 'password_hash'))} VALUES (%s, %s) "
                     "ON CONFLICT (name) DO UPDATE SET password_hash = EXCLUDED.password_hash",
                     (name, hash_password(password)))
-    conn.commit()
     return not exists
 
 

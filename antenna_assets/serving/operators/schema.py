@@ -66,4 +66,3 @@ def grant_operators_role(conn, role: str = OPERATORS_ROLE) -> None:
             cur.execute("SELECT to_regclass(%s) IS NOT NULL", (relation,))
             if cur.fetchone()[0]:
                 cur.execute(f"GRANT SELECT ON {relation} TO {ident}")
-    conn.commit()

@@ -171,7 +171,6 @@ def create_user(conn, operator: str, user: UserInput) -> None:
         if conflicts:
             raise ChangeRefused({"email": conflicts[user.id]})
         _write(cur, operator, user, None)
-    conn.commit()
 
 
 def update_user(conn, operator: str, user: UserInput) -> int:
@@ -185,7 +184,6 @@ def update_user(conn, operator: str, user: UserInput) -> int:
         if conflicts:
             raise ChangeRefused({"email": conflicts[user.id]})
         changed = _write(cur, operator, user, before)
-    conn.commit()
     return changed
 
 
@@ -198,7 +196,6 @@ def delete_user(conn, operator: str, user_id: str) -> bool:
         cur.execute("DELETE FROM user_metadata WHERE id = %s", (user_id,))
         _audit(cur, operator, user_id, [("deleted", user_id, None)]
                + [(f, getattr(before, f), None) for f in FIELDS if f != "id"])
-    conn.commit()
     return True
 
 
@@ -216,5 +213,4 @@ def import_users(conn, operator: str, users: list[tuple[int, UserInput]]) -> tup
             changed = _write(cur, operator, user, before)
             created += before is None
             updated += before is not None and changed > 0
-    conn.commit()
     return created, updated
