@@ -37,6 +37,8 @@ class UserRow:
 
 @dataclass(frozen=True)
 class AuditRow:
+    """A row of user_metadata_audit, its columns in order."""
+
     id: int
     changed_at: datetime
     operator: str
@@ -95,8 +97,8 @@ def list_users(conn, now: datetime, search: str = "", sort: str = "id", descendi
 
 def get_user(conn, user_id: str, lock: bool = False) -> UserRow | None:
     with conn.cursor() as cur:
-        cur.execute("SELECT id, name, email, quota FROM user_metadata WHERE id = %s" + (" FOR UPDATE" if lock else ""),
-                    (user_id,))
+        cur.execute(f"SELECT {', '.join(USER_METADATA.names)} FROM user_metadata WHERE id = %s"
+                    + (" FOR UPDATE" if lock else ""), (user_id,))
         row = cur.fetchone()
     return UserRow(*row) if row else None
 
@@ -113,13 +115,12 @@ def hourly_usage(conn, email: str, now: datetime, hours: int = 24) -> list[tuple
 
 
 def audit_rows(conn, user_id: str | None = None, limit: int = 200) -> list[AuditRow]:
+    select = f"SELECT {', '.join(USER_METADATA_AUDIT.names)} FROM user_metadata_audit"
     with conn.cursor() as cur:
         if user_id is None:
-            cur.execute("SELECT id, changed_at, operator, user_id, field, old_value, new_value "
-                        "FROM user_metadata_audit ORDER BY id DESC LIMIT %s", (limit,))
+            cur.execute(f"{select} ORDER BY id DESC LIMIT %s", (limit,))
         else:
-            cur.execute("SELECT id, changed_at, operator, user_id, field, old_value, new_value "
-                        "FROM user_metadata_audit WHERE user_id = %s ORDER BY id DESC LIMIT %s", (user_id, limit))
+            cur.execute(f"{select} WHERE user_id = %s ORDER BY id DESC LIMIT %s", (user_id, limit))
         return [AuditRow(*row) for row in cur.fetchall()]
 
 
