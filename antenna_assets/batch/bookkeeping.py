@@ -38,5 +38,6 @@ def record_compaction(conn, landed_through: dict[datetime, datetime | None], hou
     with conn.cursor() as cur:
         for hour in hours:
             cur.execute(f"{COMPACTED_HOURS.insert_into(('hour', 'landed_through'))} VALUES (%s, %s) "
-                        "ON CONFLICT (hour) DO UPDATE SET landed_through = EXCLUDED.landed_through, compacted_at = now() AT TIME ZONE 'UTC'",
+                        "ON CONFLICT (hour) DO UPDATE "
+                        "SET landed_through = EXCLUDED.landed_through, compacted_at = now() AT TIME ZONE 'UTC'",
                         (hour, landed_through.get(hour)))

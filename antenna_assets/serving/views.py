@@ -18,13 +18,14 @@ from antenna_assets.serving.schema import (BATCH_HOURS, BATCH_TABLES, BYTES_AGG_
                                            USERS_OVER_QUOTA_1H, AggregateTable)
 
 _MARKED = ("table_name", "date")
+_FINAL_TABLES = (*BATCH_TABLES, USERS_OVER_QUOTA_1H)
 BATCH_HOURS_DDL = [
     f"""DO $$ BEGIN
         IF to_regclass('{BATCH_HOURS.name}') IS NULL THEN
             {BATCH_HOURS.ddl()};
             -- Hours a batch run wrote before this table existed: they are final too.
             {BATCH_HOURS.insert_into(_MARKED)}
-                {" UNION ".join(f"SELECT '{t.name}', date FROM {t.name}" for t in (*BATCH_TABLES, USERS_OVER_QUOTA_1H))};
+                {" UNION ".join(f"SELECT '{t.name}', date FROM {t.name}" for t in _FINAL_TABLES)};
         END IF;
     END $$""",
 ]
