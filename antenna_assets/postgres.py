@@ -48,6 +48,7 @@ def ensure_database(server_url: str, name: str) -> None:
     """Create database `name` on the server of `server_url` unless it exists."""
     conn = connect(server_url)
     try:
+        # Not `transaction`: PostgreSQL refuses CREATE DATABASE inside a transaction block.
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))

@@ -8,10 +8,7 @@ import unicodedata
 
 from hypothesis import strategies as st
 
-from antenna_assets.transforms.devices import MessageRules
-
-FIELDS = ("timestamp", "id", "antenna_id", "bytes", "app")
-TEXT = ("id", "antenna_id", "app")
+from antenna_assets.sources.contract import FIELD_NAMES, TEXT_FIELDS, MessageRules
 
 
 def _reject_constant(name: str):
@@ -33,20 +30,20 @@ def valid_fields(value: bytes | None, kafka_seconds: int, rules: MessageRules = 
         doc = json.loads(value.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
     except ValueError:
         return None
-    if not isinstance(doc, dict) or any(doc.get(f) is None for f in FIELDS):
+    if not isinstance(doc, dict) or any(doc.get(f) is None for f in FIELD_NAMES):
         return None
     ts, nbytes = doc["timestamp"], doc["bytes"]
-    if any(type(v) is not int for v in (ts, nbytes)) or any(type(doc[f]) is not str for f in TEXT):
+    if any(type(v) is not int for v in (ts, nbytes)) or any(type(doc[f]) is not str for f in TEXT_FIELDS):
         return None
     if not (0 <= nbytes <= rules.max_bytes and rules.min_timestamp <= ts <= kafka_seconds + rules.future_tolerance_seconds):
         return None
-    for f in TEXT:
+    for f in TEXT_FIELDS:
         text = doc[f]
         if not 0 < len(text) <= rules.max_text_length:
             return None
         if any(ord(c) < 0x20 or ord(c) == 0x7F or unicodedata.category(c) == "Cs" for c in text):
             return None
-    return {f: doc[f] for f in FIELDS}
+    return {f: doc[f] for f in FIELD_NAMES}
 
 
 KAFKA_SECONDS = 1_767_225_600  # 2026-01-01T00:00:00Z, the Kafka timestamp of generated records

@@ -10,13 +10,14 @@ from datetime import datetime, timedelta
 from antenna_assets.batch.layer import write_hourly_tables
 from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
 from antenna_assets.hours import HOUR
+from antenna_assets.sources.contract import BROKEN_JSON, MISSING_FIELD, NEGATIVE_BYTES, WRONG_TYPE
 from antenna_assets.sources.users import PROVISIONED_USERS
 
 ANTENNAS = [f"antenna-{n}" for n in range(3)]
 APPS = ["WHATSAPP", "FACEBOOK", "TWITTER"]
 UNKNOWN_ID = "not-a-provisioned-user"
 RENAMED_EMAIL = "renamed@example.com"
-DEAD_LETTER_REASONS = ("broken_json", "wrong_type", "missing_field", "negative_bytes")
+DEAD_LETTER_REASONS = (BROKEN_JSON, WRONG_TYPE, MISSING_FIELD, NEGATIVE_BYTES)
 
 
 @dataclass

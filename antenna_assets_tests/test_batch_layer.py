@@ -140,7 +140,7 @@ def test_hour_within_its_grace_is_refused(landed, monkeypatch):
 def test_checks_fail_when_what_postgres_received_is_wrong(landed, monkeypatch):
     """The checks judge the written tables: a writer that loses a row, writes nothing, or a negative
     sum makes them fail, although the computed rows were right."""
-    from antenna_assets import batch_layer
+    from antenna_assets.batch import layer as batch_layer
 
     _, url, lake = landed
     write = batch_layer.write_hourly_tables

@@ -15,17 +15,16 @@ import re
 import shutil
 import time
 import uuid
-from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
-import psycopg2
 import pytest
 from confluent_kafka import Producer
 
 from antenna_assets.assets.batch import hourly_tables, raw_devices
 from antenna_assets.assets.sources import user_metadata
+from antenna_assets.postgres import transaction
 from antenna_assets.serving.operators.auth import add_operator
 from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
 from antenna_assets.sources.simulator import SimulatorConfig, run_simulation
@@ -61,7 +60,7 @@ def served(settings, tmp_path_factory):
         page = OperatorsPage(page_settings)
         page.up()
         try:
-            with closing(psycopg2.connect(url)) as conn:
+            with transaction(url) as conn:
                 add_operator(conn, "alice", PASSWORD)
             yield page, url
         finally:

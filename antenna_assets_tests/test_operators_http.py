@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from antenna_assets.serving.operators.app import SESSION_COOKIE, create_app
+from antenna_assets.postgres import transaction
 from antenna_assets.serving.operators.auth import add_operator
 from antenna_assets.serving.operators.config import PageConfig, prepare_database
 from antenna_assets.serving.operators.schema import OPERATORS_ROLE
@@ -36,7 +37,7 @@ def page(settings):
     """(serving database URL, page config) with operator `alice`."""
     with fresh_database(settings) as url:
         prepare_database(settings, url)
-        with closing(psycopg2.connect(url)) as conn:
+        with transaction(url) as conn:
             add_operator(conn, "alice", PASSWORD)
         yield url, PageConfig.from_settings(settings, url)
 

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import psycopg2
 import pytest
 from confluent_kafka import Producer
 
+from antenna_assets.postgres import transaction
 from antenna_assets.speed.ledger import APPLIED, LANDED, BatchKey, apply_micro_batch, batch_state
 from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER, migrate
 from antenna_assets.sources.simulator import SimulatorConfig, run_simulation
@@ -102,7 +102,7 @@ class _AppliedElsewhereFirst(SpeedLayer):
 
     def _micro_batch_result(self, *args, **kwargs):
         result = super()._micro_batch_result(*args, **kwargs)
-        with closing(self._connect()) as conn:
+        with transaction(self.targets.postgres_url) as conn:
             assert apply_micro_batch(conn, result)
         return result
 

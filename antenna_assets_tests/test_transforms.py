@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 import pytest
 from pyspark.sql import functions as F
 
-from antenna_assets.batch.layer import HOURLY_TABLE_COLUMNS, collect_table, compute_hourly_tables, snapshot_frame
+from antenna_assets.batch.layer import HOURLY_TABLES, collect_table, compute_hourly_tables, snapshot_frame
 from antenna_assets.transforms.aggregates import bytes_per_app
 from antenna_assets.transforms.devices import parse_device_messages, valid_events, with_lake_partitions
 
@@ -73,7 +73,7 @@ def test_hourly_totals_quota_is_strict_and_per_hour_snapshot(spark):
     ])
     snapshots = snapshot_frame(spark, [("u1", "one@gmail.com", 1000, h0), ("u2", "two@gmail.com", 1000, h0),
                                        ("u1", "one@gmail.com", 500, h1), ("u2", "two@gmail.com", 1000, h1)])
-    tables = compute_hourly_tables(events, snapshots, list(HOURLY_TABLE_COLUMNS))
+    tables = compute_hourly_tables(events, snapshots, list(HOURLY_TABLES))
     d0, d1 = datetime(2026, 1, 1, 0), datetime(2026, 1, 1, 1)
     assert sorted(tables["users_over_quota_1h"]) == [
         ("one@gmail.com", d1, 500, 800), ("two@gmail.com", d0, 1000, 1001)]
@@ -93,7 +93,7 @@ def test_every_record_is_classified_as_the_contract_rules_say(spark):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from antenna_assets.transforms.devices import REASONS
+    from antenna_assets.sources.contract import REASONS
     from antenna_assets_tests.contract import KAFKA_SECONDS, records, valid_fields
 
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))

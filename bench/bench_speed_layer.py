@@ -40,7 +40,7 @@ from antenna_assets.sources.simulator import GroundTruth, SimulatorConfig, simul
 from antenna_assets.sources.simulator.producer import PRODUCER_TUNING
 from antenna_assets.speed.config import SpeedLayerConfig
 from antenna_assets.speed.layer import POSTGRES, SpeedLayer, SpeedLayerTargets, run_until_stopped
-from antenna_assets.transforms.devices import (DEVICE_MESSAGE_SCHEMA, EVENT_FIELDS, LAKE_PARTITION_COLUMNS,
+from antenna_assets.transforms.devices import (DEVICE_MESSAGE_SCHEMA, FIELD_NAMES, LAKE_PARTITION_COLUMNS,
                                                parse_device_messages, valid_events, with_lake_partitions)
 from antenna_assets.sources.users import APPS, antenna_id, user_id
 from antenna_assets_tests.truth import expected, read_table
@@ -188,7 +188,7 @@ def parse_and_count(spark, settings: Settings, topic: str) -> int:
 
     message = F.col("message")
     valid = message["bytes"] >= 0
-    for field in EVENT_FIELDS:  # touching every field keeps Spark from pruning the parse
+    for field in FIELD_NAMES:  # touching every field keeps Spark from pruning the parse
         valid = valid & message[field].isNotNull()
     return (read_topic(spark, settings, topic)
             .select(F.from_json(F.col("value").cast("string"), DEVICE_MESSAGE_SCHEMA).alias("message"))

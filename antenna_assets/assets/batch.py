@@ -87,7 +87,7 @@ def hourly_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake:
         written = batch_layer.write_hourly_tables(conn, tables, start, end)
         # The checks judge what PostgreSQL received, read back in the same transaction.
         with conn.cursor() as cur:
-            stored = {name: written_hours(cur, name, batch_layer.HOURLY_TABLE_COLUMNS[name][-1], start, end)
+            stored = {name: written_hours(cur, name, batch_layer.HOURLY_TABLES[name].names[-1], start, end)
                       for name in selected}
         speed = {name: hourly_sums_from_speed(conn, speed_table, start, end)
                  for name, speed_table in checks.SPEED_TWIN.items() if name in selected}

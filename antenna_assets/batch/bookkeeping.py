@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from antenna_assets.serving.schema import AggregateTable
+from antenna_assets.serving.schema import COMPACTED_HOURS, AggregateTable
 
 
 def hourly_sums_from_speed(conn, table: AggregateTable, start: datetime, end: datetime) -> dict[tuple[str, datetime], int]:
     """The speed table's 5-minute totals in [start, end) rolled up to (key, hour)."""
-    key, _, value = table.columns
+    key, value = table.key, table.value
     with conn.cursor() as cur:
         cur.execute(f"SELECT {key}, date_trunc('hour', date), sum({value}) FROM {table.name} "
                     "WHERE date >= %s AND date < %s GROUP BY 1, 2", (start, end))
@@ -37,6 +37,7 @@ def record_compaction(conn, landed_through: dict[datetime, datetime | None], hou
     """raw_devices compacted `hours`, having read the landing as of `landed_through` (per hour)."""
     with conn.cursor() as cur:
         for hour in hours:
-            cur.execute("INSERT INTO compacted_hours (hour, landed_through) VALUES (%s, %s) ON CONFLICT (hour) DO UPDATE "
+            cur.execute(f"{COMPACTED_HOURS.insert_into(('hour', 'landed_through'))} VALUES (%s, %s) "
+                        "ON CONFLICT (hour) DO UPDATE "
                         "SET landed_through = EXCLUDED.landed_through, compacted_at = now() AT TIME ZONE 'UTC'",
                         (hour, landed_through.get(hour)))

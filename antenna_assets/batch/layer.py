@@ -14,7 +14,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from antenna_assets.serving.schema import BATCH_TABLES
+from antenna_assets.serving.schema import BATCH_TABLES, USERS_OVER_QUOTA_1H
 from antenna_assets.serving.writes import replace_window
 from antenna_assets.lake.layout import hour_partition_dir
 from antenna_assets.serving.views import mark_batch_hours
@@ -22,9 +22,9 @@ from antenna_assets.hours import HOUR, utc_from_epoch_seconds
 from antenna_assets.transforms.aggregates import hourly_totals
 from antenna_assets.transforms.devices import EVENT_SCHEMA, LAKE_PARTITION_COLUMNS, with_lake_partitions
 
-USERS_OVER_QUOTA_COLUMNS = ("email", "date", "quota", "sum_user_bytes")
+HOURLY_TABLES = {t.name: t for t in (*BATCH_TABLES, USERS_OVER_QUOTA_1H)}
+# Not a table: the users of an hour missing from its snapshot, for the all_users_known check.
 UNKNOWN_USERS_COLUMNS = ("id", "date", "sum_user_bytes")
-HOURLY_TABLE_COLUMNS = {**{t.name: t.columns for t in BATCH_TABLES}, "users_over_quota_1h": USERS_OVER_QUOTA_COLUMNS}
 
 
 class MissingSnapshotError(RuntimeError):
@@ -135,7 +135,7 @@ def compute_hourly_tables(events: DataFrame, snapshots: DataFrame, tables: Seque
     frames = hourly_totals(events, snapshots)
     cached = [snapshots, frames["bytes_per_user"].persist()]
     try:
-        result = {name: collect_table(frames[name], HOURLY_TABLE_COLUMNS[name]) for name in tables}
+        result = {name: collect_table(frames[name], HOURLY_TABLES[name].names) for name in tables}
         result["unknown_users"] = collect_table(frames["unknown_users"], UNKNOWN_USERS_COLUMNS)
     finally:
         for frame in cached:
@@ -147,8 +147,8 @@ def write_hourly_tables(conn, tables: dict[str, list[tuple]], start: datetime, e
     """Replace [start, end) of each table with its new rows and mark those hours batch-final for the
     serving views, all in the caller's one transaction."""
     with conn.cursor() as cur:
-        written = {name: replace_window(cur, name, HOURLY_TABLE_COLUMNS[name], start, end, rows)
-                   for name, rows in tables.items() if name in HOURLY_TABLE_COLUMNS}
+        written = {name: replace_window(cur, HOURLY_TABLES[name], start, end, rows)
+                   for name, rows in tables.items() if name in HOURLY_TABLES}
         hours = [start + i * HOUR for i in range(int((end - start) / HOUR))]
         mark_batch_hours(cur, written, hours)
     return written

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from antenna_assets.postgres import ensure_login_role, role_url
-from antenna_assets.serving.schema import BATCH_TABLES, STREAMING_TABLES
-from antenna_assets.serving.views import SERVING_VIEWS, USERS_OVER_QUOTA_1H
+from antenna_assets.postgres import ensure_login_role, role_url, transaction
+from antenna_assets.serving.schema import BATCH_TABLES, STREAMING_TABLES, USERS_OVER_QUOTA_1H
+from antenna_assets.serving.views import SERVING_VIEWS
 from antenna_assets.settings import Settings
-from antenna_assets.postgres import connect
 from antenna_assets.stack.secrets import stack_secret
 
 READER_ROLE = "antenna_reader"
-READABLE = (*(t.name for t in (*STREAMING_TABLES, *BATCH_TABLES)), USERS_OVER_QUOTA_1H, *SERVING_VIEWS)
+READABLE = (*(t.name for t in (*STREAMING_TABLES, *BATCH_TABLES, USERS_OVER_QUOTA_1H)), *SERVING_VIEWS)
 
 
 def ensure_reader_role(settings: Settings, private_databases: tuple[str, ...] = ()) -> str:
@@ -27,8 +26,7 @@ def ensure_reader_role(settings: Settings, private_databases: tuple[str, ...] = 
     were not given them explicitly, the reader included.
     """
     password, _ = stack_secret(settings, f"{READER_ROLE}.password")
-    conn = connect(settings.postgres_url)
-    try:
+    with transaction(settings.postgres_url) as conn:
         ensure_login_role(conn, READER_ROLE, password)
         with conn.cursor() as cur:
             cur.execute(f"ALTER ROLE {READER_ROLE} SET default_transaction_read_only = on")
@@ -40,7 +38,4 @@ def ensure_reader_role(settings: Settings, private_databases: tuple[str, ...] = 
             for name in private_databases:
                 cur.execute("SELECT quote_ident(%s)", (name,))
                 cur.execute(f"REVOKE CONNECT ON DATABASE {cur.fetchone()[0]} FROM PUBLIC")
-        conn.commit()
-    finally:
-        conn.close()
     return role_url(settings.postgres_url, READER_ROLE, password)

@@ -7,82 +7,172 @@ migration is idempotent and two processes migrating at once cannot collide.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from antenna_assets.serving.operators.schema import migrate_operators
+from typing import Sequence
 
 MIGRATION_LOCK_ID = 7_286_001
 
 
 @dataclass(frozen=True)
-class AggregateTable:
-    """A serving table of byte totals: one row per `key` and window start `date`."""
+class Column:
+    name: str
+    definition: str  # SQL type and column constraints
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table's one definition: its CREATE TABLE and every writer's column list come from here."""
 
     name: str
-    key: str
-    value: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
 
     @property
-    def columns(self) -> tuple[str, str, str]:
-        return (self.key, "date", self.value)
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
 
+    def ddl(self) -> str:
+        body = [f"{c.name} {c.definition}" for c in self.columns]
+        if self.primary_key:
+            body.append(f"PRIMARY KEY ({', '.join(self.primary_key)})")
+        return f"CREATE TABLE IF NOT EXISTS {self.name} ({', '.join(body)})"
+
+    def insert_into(self, names: Sequence[str] | None = None) -> str:
+        """`INSERT INTO table (columns)` for all columns or the given ones, in the given order."""
+        names = self.names if names is None else tuple(names)
+        unknown = set(names) - set(self.names)
+        if unknown:
+            raise ValueError(f"{self.name} has no column {', '.join(sorted(unknown))}")
+        return f"INSERT INTO {self.name} ({', '.join(names)})"
+
+
+class AggregateTable(Table):
+    """A serving table of byte totals: one row per `key` and window start `date`."""
+
+    @property
+    def key(self) -> str:
+        return self.columns[0].name
+
+    @property
+    def value(self) -> str:
+        return self.columns[2].name
+
+
+def _aggregate(name: str, key: str, value: str) -> AggregateTable:
+    return AggregateTable(name, (Column(key, "TEXT NOT NULL"), Column("date", "TIMESTAMP NOT NULL"),
+                                 Column(value, "BIGINT NOT NULL")), (key, "date"))
+
+
+_UTC_NOW = "DEFAULT (now() AT TIME ZONE 'UTC')"
 
 # Speed layer: 5-minute event-time windows.
-BYTES_AGG_ANTENNA = AggregateTable("bytes_agg_antenna", "antenna_id", "sum_antenna_bytes")
-BYTES_AGG_USER = AggregateTable("bytes_agg_user", "id", "sum_user_bytes")
-BYTES_AGG_APP = AggregateTable("bytes_agg_app", "app", "sum_app_bytes")
+BYTES_AGG_ANTENNA = _aggregate("bytes_agg_antenna", "antenna_id", "sum_antenna_bytes")
+BYTES_AGG_USER = _aggregate("bytes_agg_user", "id", "sum_user_bytes")
+BYTES_AGG_APP = _aggregate("bytes_agg_app", "app", "sum_app_bytes")
 STREAMING_TABLES = (BYTES_AGG_ANTENNA, BYTES_AGG_USER, BYTES_AGG_APP)
 
 # Batch layer: one UTC hour.
-BYTES_AGG_ANTENNA_1H = AggregateTable("bytes_agg_antenna_1h", "antenna_id", "sum_antenna_bytes")
-BYTES_AGG_USER_1H = AggregateTable("bytes_agg_user_1h", "email", "sum_user_bytes")
-BYTES_AGG_APP_1H = AggregateTable("bytes_agg_app_1h", "app", "sum_app_bytes")
+BYTES_AGG_ANTENNA_1H = _aggregate("bytes_agg_antenna_1h", "antenna_id", "sum_antenna_bytes")
+BYTES_AGG_USER_1H = _aggregate("bytes_agg_user_1h", "email", "sum_user_bytes")
+BYTES_AGG_APP_1H = _aggregate("bytes_agg_app_1h", "app", "sum_app_bytes")
 BATCH_TABLES = (BYTES_AGG_ANTENNA_1H, BYTES_AGG_USER_1H, BYTES_AGG_APP_1H)
+USERS_OVER_QUOTA_1H = Table("users_over_quota_1h", (
+    Column("email", "TEXT NOT NULL"),
+    Column("date", "TIMESTAMP NOT NULL"),
+    Column("quota", "BIGINT NOT NULL"),
+    Column("sum_user_bytes", "BIGINT NOT NULL"),
+), ("email", "date"))
 
+# The operators' live table. Provisioning inserts missing users and never overwrites an edit.
+USER_METADATA = Table("user_metadata", (
+    Column("id", "TEXT NOT NULL"),
+    Column("name", "TEXT NOT NULL"),
+    Column("email", "TEXT NOT NULL"),
+    Column("quota", "BIGINT NOT NULL CHECK (quota >= 0)"),
+), ("id",))
+# Snapshot of user_metadata in force for each hour: the batch layer joins hour H with it.
+USER_METADATA_HOURLY = Table("user_metadata_hourly", (
+    Column("date", "TIMESTAMP NOT NULL"),
+    Column("id", "TEXT NOT NULL"),
+    Column("name", "TEXT NOT NULL"),
+    Column("email", "TEXT NOT NULL"),
+    Column("quota", "BIGINT NOT NULL"),
+), ("date", "id"))
 
-def _aggregate_ddl(table: AggregateTable) -> str:
-    return (f"CREATE TABLE IF NOT EXISTS {table.name} ({table.key} TEXT NOT NULL, date TIMESTAMP NOT NULL, "
-            f"{table.value} BIGINT NOT NULL, PRIMARY KEY ({table.key}, date))")
+# Micro-batches applied to the speed tables (their sums, dead letters and offsets committed) and
+# landed in the lake (landed_at; a batch is applied first, so its totals show without waiting for
+# its files). checkpoint_id is the streaming query's id, which a new checkpoint changes: batch ids
+# restart at 0 there, so they identify a batch only together with it.
+STREAMING_BATCHES = Table("streaming_batches", (
+    Column("query", "TEXT NOT NULL"),
+    Column("checkpoint_id", "TEXT NOT NULL DEFAULT ''"),
+    Column("batch_id", "BIGINT NOT NULL"),
+    Column("applied_at", f"TIMESTAMP NOT NULL {_UTC_NOW}"),
+    Column("good_messages", "BIGINT NOT NULL"),
+    Column("bad_messages", "BIGINT NOT NULL"),
+    Column("late_messages", "BIGINT NOT NULL"),
+    Column("max_event_time", "TIMESTAMP"),
+    Column("landed_at", "TIMESTAMP"),
+    Column("end_offsets", "JSONB"),
+    Column("hours", "TIMESTAMP[]"),
+), ("query", "checkpoint_id", "batch_id"))
+# Per query and Kafka partition, the offsets below which every record is applied to the speed
+# tables, and landed in the lake. Records are filtered by these, not by batch ids, so a lost or
+# replaced checkpoint that reads the topic again adds nothing twice and skips nothing.
+STREAMING_OFFSETS = Table("streaming_offsets", (
+    Column("query", "TEXT NOT NULL"),
+    Column("topic", "TEXT NOT NULL"),
+    Column("kafka_partition", "INT NOT NULL"),
+    Column("applied_until", "BIGINT NOT NULL"),
+    Column("landed_until", "BIGINT NOT NULL"),
+), ("query", "topic", "kafka_partition"))
+# A micro-batch that failed every retry: what the operator sees (README: a failing batch).
+STREAMING_FAILURES = Table("streaming_failures", (
+    Column("query", "TEXT NOT NULL"),
+    Column("checkpoint_id", "TEXT NOT NULL"),
+    Column("batch_id", "BIGINT NOT NULL"),
+    Column("failed_at", f"TIMESTAMP NOT NULL {_UTC_NOW}"),
+    Column("attempts", "INT NOT NULL"),
+    Column("offsets", "TEXT NOT NULL"),
+    Column("error", "TEXT NOT NULL"),
+), ("query", "checkpoint_id", "batch_id", "failed_at"))
+# UTC hours the speed layer has landed data for, and when it last landed some: the hourly batch
+# runs for these, and again for an hour that received data after its run.
+LANDING_HOURS = Table("landing_hours", (
+    Column("hour", "TIMESTAMP NOT NULL"),
+    Column("last_batch_at", f"TIMESTAMP NOT NULL {_UTC_NOW}"),
+), ("hour",))
+# The hours raw_devices compacted, with the landing time of the newest data they included: an
+# hour whose landing_hours.last_batch_at is later received data since, and is compacted again.
+COMPACTED_HOURS = Table("compacted_hours", (
+    Column("hour", "TIMESTAMP NOT NULL"),
+    Column("landed_through", "TIMESTAMP"),
+    Column("compacted_at", f"TIMESTAMP NOT NULL {_UTC_NOW}"),
+), ("hour",))
+# Records that failed validation, byte for byte as received (value and key), with a readable
+# preview, the reason and where they came from; the key makes replays idempotent.
+DEAD_LETTER = Table("dead_letter", (
+    Column("topic", "TEXT NOT NULL"),
+    Column("kafka_partition", "INT NOT NULL"),
+    Column("kafka_offset", "BIGINT NOT NULL"),
+    Column("raw_value", "BYTEA"),
+    Column("raw_key", "BYTEA"),
+    Column("preview", "TEXT"),
+    Column("reason", "TEXT NOT NULL"),
+    Column("kafka_timestamp", "TIMESTAMP"),
+    Column("ingest_time", "TIMESTAMP NOT NULL"),
+), ("topic", "kafka_partition", "kafka_offset"))
 
+# Which hours each batch table holds the final answer for (created by the views' migration, which
+# also marks the hours a batch table already holds).
+BATCH_HOURS = Table("batch_hours", (
+    Column("table_name", "TEXT NOT NULL"),
+    Column("date", "TIMESTAMP NOT NULL"),
+    Column("materialized_at", f"TIMESTAMP NOT NULL {_UTC_NOW}"),
+), ("table_name", "date"))
 
 DDL = [
-    # The operators' live table. Provisioning inserts missing users and never overwrites an edit.
-    """CREATE TABLE IF NOT EXISTS user_metadata (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        email TEXT NOT NULL,
-        quota BIGINT NOT NULL CHECK (quota >= 0))""",
-    # Snapshot of user_metadata in force for each hour: the batch layer joins hour H with it.
-    """CREATE TABLE IF NOT EXISTS user_metadata_hourly (
-        date TIMESTAMP NOT NULL,
-        id TEXT NOT NULL,
-        name TEXT NOT NULL,
-        email TEXT NOT NULL,
-        quota BIGINT NOT NULL,
-        PRIMARY KEY (date, id))""",
-    *(_aggregate_ddl(t) for t in (*STREAMING_TABLES, *BATCH_TABLES)),
-    """CREATE TABLE IF NOT EXISTS users_over_quota_1h (
-        email TEXT NOT NULL,
-        date TIMESTAMP NOT NULL,
-        quota BIGINT NOT NULL,
-        sum_user_bytes BIGINT NOT NULL,
-        PRIMARY KEY (email, date))""",
-    # Micro-batches applied to the speed tables (their sums, dead letters and offsets committed) and
-    # landed in the lake (landed_at; a batch is applied first, so its totals show without waiting for
-    # its files). checkpoint_id is the streaming query's id, which a new checkpoint changes: batch ids
-    # restart at 0 there, so they identify a batch only together with it.
-    """CREATE TABLE IF NOT EXISTS streaming_batches (
-        query TEXT NOT NULL,
-        checkpoint_id TEXT NOT NULL DEFAULT '',
-        batch_id BIGINT NOT NULL,
-        applied_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
-        good_messages BIGINT NOT NULL,
-        bad_messages BIGINT NOT NULL,
-        late_messages BIGINT NOT NULL,
-        max_event_time TIMESTAMP,
-        landed_at TIMESTAMP,
-        end_offsets JSONB,
-        hours TIMESTAMP[],
-        PRIMARY KEY (query, checkpoint_id, batch_id))""",
+    *(t.ddl() for t in (USER_METADATA, USER_METADATA_HOURLY, *STREAMING_TABLES, *BATCH_TABLES, USERS_OVER_QUOTA_1H,
+                        STREAMING_BATCHES)),
     # Ledgers from before landed_at: their batches were written to the lake before being applied.
     """DO $$ BEGIN
         IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
@@ -98,50 +188,7 @@ DDL = [
             ALTER TABLE streaming_batches ADD PRIMARY KEY (query, checkpoint_id, batch_id);
         END IF;
     END $$""",
-    # Per query and Kafka partition, the offsets below which every record is applied to the speed
-    # tables, and landed in the lake. Records are filtered by these, not by batch ids, so a lost or
-    # replaced checkpoint that reads the topic again adds nothing twice and skips nothing.
-    """CREATE TABLE IF NOT EXISTS streaming_offsets (
-        query TEXT NOT NULL,
-        topic TEXT NOT NULL,
-        kafka_partition INT NOT NULL,
-        applied_until BIGINT NOT NULL,
-        landed_until BIGINT NOT NULL,
-        PRIMARY KEY (query, topic, kafka_partition))""",
-    # A micro-batch that failed every retry: what the operator sees (README: a failing batch).
-    """CREATE TABLE IF NOT EXISTS streaming_failures (
-        query TEXT NOT NULL,
-        checkpoint_id TEXT NOT NULL,
-        batch_id BIGINT NOT NULL,
-        failed_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
-        attempts INT NOT NULL,
-        offsets TEXT NOT NULL,
-        error TEXT NOT NULL,
-        PRIMARY KEY (query, checkpoint_id, batch_id, failed_at))""",
-    # UTC hours the speed layer has landed data for, and when it last landed some: the hourly batch
-    # runs for these, and again for an hour that received data after its run.
-    """CREATE TABLE IF NOT EXISTS landing_hours (
-        hour TIMESTAMP PRIMARY KEY,
-        last_batch_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'))""",
-    # The hours raw_devices compacted, with the landing time of the newest data they included: an
-    # hour whose landing_hours.last_batch_at is later received data since, and is compacted again.
-    """CREATE TABLE IF NOT EXISTS compacted_hours (
-        hour TIMESTAMP PRIMARY KEY,
-        landed_through TIMESTAMP,
-        compacted_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'))""",
-    # Records that failed validation, byte for byte as received (value and key), with a readable
-    # preview, the reason and where they came from; the key makes replays idempotent.
-    """CREATE TABLE IF NOT EXISTS dead_letter (
-        topic TEXT NOT NULL,
-        kafka_partition INT NOT NULL,
-        kafka_offset BIGINT NOT NULL,
-        raw_value BYTEA,
-        raw_key BYTEA,
-        preview TEXT,
-        reason TEXT NOT NULL,
-        kafka_timestamp TIMESTAMP,
-        ingest_time TIMESTAMP NOT NULL,
-        PRIMARY KEY (topic, kafka_partition, kafka_offset))""",
+    *(t.ddl() for t in (STREAMING_OFFSETS, STREAMING_FAILURES, LANDING_HOURS, COMPACTED_HOURS, DEAD_LETTER)),
     # Dead letters from before BYTEA: the text they kept becomes its UTF-8 bytes.
     """DO $$ BEGIN
         IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
@@ -155,8 +202,13 @@ DDL = [
 
 
 def migrate(conn) -> None:
-    """Create every table that does not exist yet, and the serving views; running it again changes nothing."""
-    from antenna_assets.serving.views import create_views  # the views read these tables: created after them
+    """Create every table that does not exist yet, and the serving views; running it again changes nothing.
+
+    The one function here that commits: the migration is a transaction of its own, so the advisory
+    lock and the views' exclusive locks end with it, whatever the caller does next."""
+    # The views read these tables and the operators' tables are described with them: imported here.
+    from antenna_assets.serving.operators.schema import migrate_operators
+    from antenna_assets.serving.views import create_views
 
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))

@@ -104,15 +104,12 @@ def import_bundle(superset: "Superset") -> None:
     """Grant the reader, then import the repository's dashboards into the running Superset."""
     from antenna_assets.serving.schema import migrate
     from antenna_assets.serving.roles import ensure_reader_role
-    from antenna_assets.postgres import connect
+    from antenna_assets.postgres import transaction
     from antenna_assets.stack.superset import ADMIN
 
     settings = superset.settings
-    conn = connect(settings.postgres_url)
-    try:
+    with transaction(settings.postgres_url) as conn:
         migrate(conn)  # the views the reader is granted must exist
-    finally:
-        conn.close()
     reader_url = ensure_reader_role(settings, private_databases=(settings.dagster_db, settings.superset_db))
     client = SupersetClient(superset.url, ADMIN, superset.admin_password())
     client.import_assets(bundle_zip(load_assets(), reader_url), {DATABASE_FILE: unquote(urlparse(reader_url).password)})

@@ -13,26 +13,19 @@ from dataclasses import dataclass
 
 from psycopg2.extras import execute_values
 
-from antenna_assets.serving.schema import (AggregateTable, BYTES_AGG_ANTENNA, BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP,
-                                      BYTES_AGG_APP_1H, BYTES_AGG_USER, BYTES_AGG_USER_1H)
+from antenna_assets.serving.schema import (BATCH_HOURS, BATCH_TABLES, BYTES_AGG_ANTENNA, BYTES_AGG_ANTENNA_1H,
+                                           BYTES_AGG_APP, BYTES_AGG_APP_1H, BYTES_AGG_USER, BYTES_AGG_USER_1H,
+                                           USERS_OVER_QUOTA_1H, AggregateTable)
 
-USERS_OVER_QUOTA_1H = "users_over_quota_1h"
-
-# Which hours each batch table holds the final answer for.
+_MARKED = ("table_name", "date")
+_FINAL_TABLES = (*BATCH_TABLES, USERS_OVER_QUOTA_1H)
 BATCH_HOURS_DDL = [
-    """DO $$ BEGIN
-        IF to_regclass('batch_hours') IS NULL THEN
-            CREATE TABLE batch_hours (
-                table_name TEXT NOT NULL,
-                date TIMESTAMP NOT NULL,
-                materialized_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
-                PRIMARY KEY (table_name, date));
+    f"""DO $$ BEGIN
+        IF to_regclass('{BATCH_HOURS.name}') IS NULL THEN
+            {BATCH_HOURS.ddl()};
             -- Hours a batch run wrote before this table existed: they are final too.
-            INSERT INTO batch_hours (table_name, date)
-                SELECT 'bytes_agg_antenna_1h', date FROM bytes_agg_antenna_1h
-                UNION SELECT 'bytes_agg_user_1h', date FROM bytes_agg_user_1h
-                UNION SELECT 'bytes_agg_app_1h', date FROM bytes_agg_app_1h
-                UNION SELECT 'users_over_quota_1h', date FROM users_over_quota_1h;
+            {BATCH_HOURS.insert_into(_MARKED)}
+                {" UNION ".join(f"SELECT '{t.name}', date FROM {t.name}" for t in _FINAL_TABLES)};
         END IF;
     END $$""",
 ]
@@ -85,12 +78,12 @@ VIEW_DDL = [
     # against the live quota (an email's largest, as the batch layer does).
     f"""CREATE OR REPLACE VIEW {SERVING_USERS_OVER_QUOTA_1H} AS
         SELECT q.email, q.date, q.quota, q.sum_user_bytes, 'batch'::text AS source
-        FROM users_over_quota_1h q WHERE {_batch_final(USERS_OVER_QUOTA_1H, 'q.date')}
+        FROM {USERS_OVER_QUOTA_1H.name} q WHERE {_batch_final(USERS_OVER_QUOTA_1H.name, 'q.date')}
         UNION ALL
         SELECT s.email, s.date, m.quota, s.sum_user_bytes, 'speed'::text
         FROM {SERVING_USER_1H.name} s
         JOIN (SELECT email, max(quota) AS quota FROM user_metadata GROUP BY email) m ON m.email = s.email
-        WHERE s.sum_user_bytes > m.quota AND NOT {_batch_final(USERS_OVER_QUOTA_1H, 's.date')}""",
+        WHERE s.sum_user_bytes > m.quota AND NOT {_batch_final(USERS_OVER_QUOTA_1H.name, 's.date')}""",
     # The lambda check per closed hour: the batch total of every antenna vs the speed layer's
     # 5-minute totals of the same hour (late events make them differ legitimately).
     f"""CREATE OR REPLACE VIEW {SERVING_SPEED_VS_BATCH_1H} AS
@@ -124,6 +117,6 @@ def create_views(cur) -> None:
 def mark_batch_hours(cur, tables, hours) -> None:
     """Record that the batch layer's `tables` are final for `hours`; call it in the transaction that
     replaces those hours."""
-    execute_values(cur, "INSERT INTO batch_hours (table_name, date) VALUES %s ON CONFLICT (table_name, date) "
+    execute_values(cur, f"{BATCH_HOURS.insert_into(_MARKED)} VALUES %s ON CONFLICT (table_name, date) "
                         "DO UPDATE SET materialized_at = now() AT TIME ZONE 'UTC'",
                    [(table, hour) for table in tables for hour in hours])

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 from datetime import datetime
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 from psycopg2.extras import execute_values
 
-from antenna_assets.serving.schema import AggregateTable
+from antenna_assets.serving.schema import AggregateTable, Table
 
 
 def add_to_totals(cur, table: AggregateTable, sums: pa.Table) -> None:
@@ -22,7 +22,7 @@ def add_to_totals(cur, table: AggregateTable, sums: pa.Table) -> None:
     """
     if sums.num_rows == 0:
         return
-    key, _, value = table.columns
+    key, value = table.key, table.value
     staging = f"staging_{table.name}"
     cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (key TEXT, epoch BIGINT, value BIGINT) "
                 "ON COMMIT DELETE ROWS")
@@ -31,18 +31,18 @@ def add_to_totals(cur, table: AggregateTable, sums: pa.Table) -> None:
     buffer.seek(0)
     cur.copy_expert(f"COPY {staging} FROM STDIN WITH (FORMAT csv)", buffer)
     cur.execute(
-        f"INSERT INTO {table.name} ({key}, date, {value}) "
+        f"{table.insert_into()} "
         f"SELECT key, to_timestamp(epoch) AT TIME ZONE 'UTC', value FROM {staging} "
         f"ON CONFLICT ({key}, date) DO UPDATE SET {value} = {table.name}.{value} + EXCLUDED.{value}")
 
 
-def replace_window(cur, table: str, columns: Sequence[str], start: datetime, end: datetime,
-                   rows: Iterable[tuple]) -> int:
-    """Delete the rows of [start, end) and insert `rows` instead: a re-run leaves the same table."""
-    cur.execute(f"DELETE FROM {table} WHERE date >= %s AND date < %s", (start, end))
+def replace_window(cur, table: Table, start: datetime, end: datetime, rows: Iterable[tuple]) -> int:
+    """Delete the rows of [start, end) and insert `rows` (all of `table`'s columns, in order) instead:
+    a re-run leaves the same table."""
+    cur.execute(f"DELETE FROM {table.name} WHERE date >= %s AND date < %s", (start, end))
     rows = list(rows)
     if rows:
-        execute_values(cur, f"INSERT INTO {table} ({', '.join(columns)}) VALUES %s", rows, page_size=5000)
+        execute_values(cur, f"{table.insert_into()} VALUES %s", rows, page_size=5000)
     return len(rows)
 
 

@@ -1,1 +1,1 @@
-"""Sources: the contract's provisioned users, the user_metadata table operators maintain, and the device traffic simulator."""
+"""Sources: the device message contract, the contract's provisioned users, the user_metadata table operators maintain, and the device traffic simulator."""

@@ -7,7 +7,10 @@ from typing import Iterable
 
 from psycopg2.extras import execute_values
 
+from antenna_assets.serving.schema import USER_METADATA, USER_METADATA_HOURLY
 from antenna_assets.sources.users import PROVISIONED_USERS, User
+
+_USER_COLUMNS = ", ".join(USER_METADATA.names)
 
 
 def provision_users(conn, users: Iterable[User] = PROVISIONED_USERS) -> int:
@@ -19,7 +22,7 @@ def provision_users(conn, users: Iterable[User] = PROVISIONED_USERS) -> int:
     with conn.cursor() as cur:
         inserted = execute_values(
             cur,
-            "INSERT INTO user_metadata (id, name, email, quota) VALUES %s ON CONFLICT (id) DO NOTHING RETURNING id",
+            f"{USER_METADATA.insert_into()} VALUES %s ON CONFLICT (id) DO NOTHING RETURNING id",
             rows, fetch=True, page_size=5000,
         )
     return len(inserted)
@@ -37,21 +40,18 @@ def snapshot_hour(conn, hour: datetime, refresh: bool) -> tuple[int, bool]:
         if existing and not refresh:
             return existing, False
         cur.execute("DELETE FROM user_metadata_hourly WHERE date = %s", (hour,))
-        cur.execute(
-            "INSERT INTO user_metadata_hourly (date, id, name, email, quota) "
-            "SELECT %s, id, name, email, quota FROM user_metadata",
-            (hour,),
-        )
+        cur.execute(f"{USER_METADATA_HOURLY.insert_into(('date', *USER_METADATA.names))} "
+                    f"SELECT %s, {_USER_COLUMNS} FROM user_metadata", (hour,))
         return cur.rowcount, True
 
 
 def read_snapshot(conn, hour: datetime) -> list[tuple[str, str, str, int]]:
     with conn.cursor() as cur:
-        cur.execute("SELECT id, name, email, quota FROM user_metadata_hourly WHERE date = %s ORDER BY id", (hour,))
+        cur.execute(f"SELECT {_USER_COLUMNS} FROM user_metadata_hourly WHERE date = %s ORDER BY id", (hour,))
         return cur.fetchall()
 
 
 def read_live(conn) -> list[tuple[str, str, str, int]]:
     with conn.cursor() as cur:
-        cur.execute("SELECT id, name, email, quota FROM user_metadata ORDER BY id")
+        cur.execute(f"SELECT {_USER_COLUMNS} FROM user_metadata ORDER BY id")
         return cur.fetchall()

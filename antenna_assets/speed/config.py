@@ -7,7 +7,7 @@ from typing import Literal
 from dagster import Config
 from pydantic import Field, field_validator, model_validator
 
-from antenna_assets.transforms.devices import BIGINT_MAX, MessageRules
+from antenna_assets.sources.contract import BIGINT_MAX, MessageRules
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day)s?\s*$")
 _UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable
@@ -36,20 +36,22 @@ from antenna_assets.speed.ledger import (LANDED, BatchKey, MicroBatchResult, Off
                                       batch_state, describe_offsets, mark_landed, max_event_time, offset_marks,
                                       record_failure)
 from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
+from antenna_assets.serving.schema import DEAD_LETTER as DEAD_LETTER_TABLE
 from antenna_assets.sources.user_metadata import read_live
-from antenna_assets.postgres import connect
+from antenna_assets.postgres import transaction
 from antenna_assets.speed.config import SpeedLayerConfig, parse_duration
 from antenna_assets.hours import epoch_seconds, utc_from_epoch_millis, utc_from_epoch_seconds, utc_now
 from antenna_assets.transforms.aggregates import (MAX_EVENT_TIME, MESSAGES, bytes_per_antenna, bytes_per_app,
                                                   bytes_per_user)
-from antenna_assets.transforms.devices import (ASCII_CONTROL, LAKE_PARTITION_COLUMNS, WATERMARK_TIME,
-                                               parse_device_messages, rejected_messages, valid_events,
-                                               with_lake_partitions)
+from antenna_assets.sources.contract import ASCII_CONTROL
+from antenna_assets.transforms.devices import (LAKE_PARTITION_COLUMNS, WATERMARK_TIME, parse_device_messages,
+                                               rejected_messages, valid_events, with_lake_partitions)
 
 BATCH_PARTITION = "batch"
 # The row kinds of a micro-batch's summary besides the three speed tables.
-DEAD_LETTER = "dead_letter"
-DEAD_LETTER_COLUMNS = ("topic", "kafka_partition", "kafka_offset", "raw_key", "raw_value", "reason", "kafka_timestamp")
+DEAD_LETTER = DEAD_LETTER_TABLE.name
+# The dead_letter columns read from the record (kafka_timestamp last); preview and ingest_time are made here.
+DEAD_LETTER_COLUMNS = tuple(c for c in DEAD_LETTER_TABLE.names if c not in ("preview", "ingest_time"))
 OFFSETS = "offsets"
 PREVIEW_CHARACTERS = 200
 # The steps of a micro-batch: the Spark job of its sums (Kafka read and parse included), their
@@ -113,9 +115,6 @@ class SpeedLayer:
         self._user_metadata_read_at = float("-inf")
         self.failure: str | None = None  # set when a micro-batch failed every attempt
 
-    def _connect(self):
-        return connect(self.targets.postgres_url, timeout=10, options="-c timezone=UTC")
-
     def kafka_stream(self) -> DataFrame:
         reader = (self.spark.readStream.format("kafka")
                   .option("kafka.bootstrap.servers", self.targets.kafka_bootstrap)
@@ -144,7 +143,7 @@ class SpeedLayer:
         without a restart."""
         now = time.monotonic()
         if self._user_metadata is None or now - self._user_metadata_read_at >= self.config.metadata_refresh_seconds:
-            with closing(self._connect()) as conn:
+            with transaction(self.targets.postgres_url) as conn:
                 rows = [(user_id, email) for user_id, _, email, _ in read_live(conn)]
             ids = pa.array([user_id for user_id, _ in rows], pa.string())
             # Through Arrow: a DataFrame of driver rows otherwise runs a Python worker at every broadcast.
@@ -181,7 +180,7 @@ class SpeedLayer:
         offsets = self._offsets_of(kafka_rows)
         self.failure = f"{key}, offsets {offsets}, failed {attempt} times: {error}"
         try:
-            with closing(self._connect()) as conn:
+            with transaction(self.targets.postgres_url) as conn:
                 record_failure(conn, key, attempt, offsets, error)
         except Exception as exc:  # noqa: BLE001 - the database may be what fails; the run still says why
             logging.getLogger(__name__).warning("could not record the failure in streaming_failures: %s", exc)
@@ -196,7 +195,7 @@ class SpeedLayer:
         return describe_offsets({(r[0], r[1]): (r[2], r[3]) for r in rows})
 
     def _process(self, kafka_rows: DataFrame, key: BatchKey) -> None:
-        with closing(self._connect()) as conn:
+        with transaction(self.targets.postgres_url) as conn:
             state = batch_state(conn, key)
             marks = offset_marks(conn, key.query)
             latest = max_event_time(conn, key.query)
@@ -220,15 +219,17 @@ class SpeedLayer:
                 with self.stats.timing(SPARK_TOTALS):
                     summary = self._summary(parsed, _not_below(marks.applied))
                 result = self._micro_batch_result(key, summary, watermark, user_metadata.ids)
-                with self.stats.timing(POSTGRES), closing(self._connect()) as conn:
-                    self._count(result, apply_micro_batch(conn, result))
+                # The batch's one commit point: its sums, dead letters, ledger row and offsets together.
+                with self.stats.timing(POSTGRES), transaction(self.targets.postgres_url) as conn:
+                    applied = apply_micro_batch(conn, result)
+                self._count(result, applied)
             else:
                 self.stats.skipped_batches += 1
             with self.stats.timing(LAKE):
                 self._land(valid_events(parsed.where(_not_below(marks.landed))), key, user_metadata.frame)
         finally:
             parsed.unpersist()
-        with closing(self._connect()) as conn:
+        with transaction(self.targets.postgres_url) as conn:
             mark_landed(conn, key)
 
     def _land(self, events: DataFrame, key: BatchKey, user_metadata: DataFrame) -> None:
@@ -273,9 +274,9 @@ class SpeedLayer:
                             known_ids: pa.Array) -> MicroBatchResult:
         kind = summary.column("table")
         ingest_time = utc_now()
-        # Raw bytes stay bytes, sent as BYTEA: no record's content can fail this insert.
-        dead_letters = [(row["topic"], row["kafka_partition"], row["kafka_offset"], _binary(row["raw_key"]),
-                         _binary(row["raw_value"]), preview(row["raw_value"]), row["reason"],
+        # Raw bytes stay bytes, sent as BYTEA: no record's content can fail this insert. In dead_letter's column order.
+        dead_letters = [(row["topic"], row["kafka_partition"], row["kafka_offset"], _binary(row["raw_value"]),
+                         _binary(row["raw_key"]), preview(row["raw_value"]), row["reason"],
                          utc_from_epoch_millis(row["kafka_timestamp"]), ingest_time)
                         for row in summary.filter(pc.equal(kind, DEAD_LETTER)).select(list(DEAD_LETTER_COLUMNS)).to_pylist()]
         offsets = summary.filter(pc.equal(kind, OFFSETS)).select(["topic", "kafka_partition", "kafka_offset",

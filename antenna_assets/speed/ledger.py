@@ -6,6 +6,9 @@ Two records, both written in the transactions that change the speed tables and t
 - `streaming_offsets`, per query and Kafka partition, the offsets below which every record is
   applied and landed. The speed layer filters each batch's records by these, so whatever the
   checkpoint (replayed, lost, replaced), a record is added once and landed once.
+
+The writes here never commit: each is the whole of one `postgres.transaction` of the speed layer,
+which commits when its block ends (the batch applied; the batch landed; a failure recorded).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Sequence
 import pyarrow as pa
 from psycopg2.extras import execute_values
 
-from antenna_assets.serving.schema import AggregateTable
+from antenna_assets.serving.schema import (DEAD_LETTER, LANDING_HOURS, STREAMING_BATCHES, STREAMING_FAILURES,
+                                           STREAMING_OFFSETS, AggregateTable)
 from antenna_assets.serving.writes import add_to_totals
 
 # (topic, partition) -> first offset after the records a batch covers.
@@ -39,7 +43,7 @@ class BatchKey:
 class MicroBatchResult:
     key: BatchKey
     increments: dict[AggregateTable, pa.Table]  # per table: key, window start (epoch seconds), bytes
-    dead_letters: Sequence[tuple]
+    dead_letters: Sequence[tuple]  # rows of dead_letter, all its columns in order
     good_messages: int
     bad_messages: int
     late_messages: int
@@ -56,6 +60,11 @@ class OffsetMarks:
     applied: Offsets
     landed: Offsets
 
+
+# What a writer supplies; the others are their defaults (applied_at, failed_at) or set later (landed_at).
+_BATCH_COLUMNS = ("query", "checkpoint_id", "batch_id", "good_messages", "bad_messages", "late_messages",
+                  "max_event_time", "end_offsets", "hours")
+_FAILURE_COLUMNS = ("query", "checkpoint_id", "batch_id", "attempts", "offsets", "error")
 
 APPLIED = "applied"  # its sums, dead letters and ledger row are committed; its lake files may be missing
 LANDED = "landed"  # and its lake files are written
@@ -106,7 +115,7 @@ def _advance(cur, query: str, offsets: Offsets, column: str) -> None:
     # Both marks start at the first batch's end: its records are applied and, once it lands, landed.
     execute_values(
         cur,
-        "INSERT INTO streaming_offsets (query, topic, kafka_partition, applied_until, landed_until) VALUES %s "
+        f"{STREAMING_OFFSETS.insert_into()} VALUES %s "
         f"ON CONFLICT (query, topic, kafka_partition) DO UPDATE SET {column} = "
         f"GREATEST(streaming_offsets.{column}, EXCLUDED.{column})",
         [(query, topic, partition, end, end if column == "landed_until" else 0)
@@ -115,7 +124,7 @@ def _advance(cur, query: str, offsets: Offsets, column: str) -> None:
 
 
 def mark_landed(conn, key: BatchKey) -> None:
-    """Record that the applied batch's lake files are written: its row, its offsets, its hours."""
+    """Record that the applied batch's lake files are written: its row, its offsets, its hours (one transaction)."""
     with conn.cursor() as cur:
         cur.execute("UPDATE streaming_batches SET landed_at = now() AT TIME ZONE 'UTC' "
                     "WHERE query = %s AND checkpoint_id = %s AND batch_id = %s RETURNING end_offsets, hours",
@@ -125,48 +134,42 @@ def mark_landed(conn, key: BatchKey) -> None:
         if hours:
             execute_values(
                 cur,
-                "INSERT INTO landing_hours (hour) VALUES %s "
+                f"{LANDING_HOURS.insert_into(('hour',))} VALUES %s "
                 "ON CONFLICT (hour) DO UPDATE SET last_batch_at = now() AT TIME ZONE 'UTC'",
                 [(hour,) for hour in hours],
             )
-    conn.commit()
 
 
 def apply_micro_batch(conn, result: MicroBatchResult) -> bool:
     """In one transaction: record the batch, add its partial sums, store its dead letters, advance
     the applied offsets.
 
-    Returns False (and changes nothing) when the batch was already applied.
+    Returns False (and changes nothing) when the batch was already applied: its ledger row exists,
+    so the insert did nothing and nothing else is written.
     """
     key = result.key
     with conn.cursor() as cur:
         cur.execute(
-            "INSERT INTO streaming_batches (query, checkpoint_id, batch_id, good_messages, bad_messages, late_messages, "
-            "max_event_time, end_offsets, hours) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::timestamp[]) "
+            f"{STREAMING_BATCHES.insert_into(_BATCH_COLUMNS)} VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::timestamp[]) "
             "ON CONFLICT DO NOTHING RETURNING batch_id",
             (key.query, key.checkpoint_id, key.batch_id, result.good_messages, result.bad_messages,
              result.late_messages, result.max_event_time, _encode(result.end_offsets), list(result.landed_hours)),
         )
         if cur.fetchone() is None:
-            conn.rollback()
             return False
         for table, rows in result.increments.items():
             add_to_totals(cur, table, rows)
         if result.dead_letters:
             execute_values(
                 cur,
-                "INSERT INTO dead_letter (topic, kafka_partition, kafka_offset, raw_key, raw_value, preview, reason, "
-                "kafka_timestamp, ingest_time) VALUES %s ON CONFLICT DO NOTHING",
+                f"{DEAD_LETTER.insert_into()} VALUES %s ON CONFLICT DO NOTHING",
                 result.dead_letters, page_size=1000,
             )
         _advance(cur, key.query, result.end_offsets, "applied_until")
-    conn.commit()
     return True
 
 
 def record_failure(conn, key: BatchKey, attempts: int, offsets: str, error: str) -> None:
     with conn.cursor() as cur:
-        cur.execute("INSERT INTO streaming_failures (query, checkpoint_id, batch_id, attempts, offsets, error) "
-                    "VALUES (%s, %s, %s, %s, %s, %s)",
+        cur.execute(f"{STREAMING_FAILURES.insert_into(_FAILURE_COLUMNS)} VALUES (%s, %s, %s, %s, %s, %s)",
                     (key.query, key.checkpoint_id, key.batch_id, attempts, offsets, error))
-    conn.commit()

@@ -30,7 +30,7 @@ def _per(table: AggregateTable):
         return bytes_per_window(events, table.key, table.value, window)
 
     aggregate.__name__ = f"bytes_per_{table.key}"
-    aggregate.__doc__ = f"Bytes per `{table.key}` and window: {', '.join(table.columns)}, messages, max_event_time."
+    aggregate.__doc__ = f"Bytes per `{table.key}` and window: {', '.join(table.names)}, messages, max_event_time."
     return aggregate
 
 

@@ -1,4 +1,4 @@
-"""Device usage messages: the contract's schema, parsing and validation (DATA_CONTRACT.md section 1).
+"""Device usage messages in Spark: the contract (sources/contract.py) as schemas, parsing and validation.
 
 Any Kafka record is input: whatever its bytes, parsing classifies it as a valid event or as a
 rejected one with a `reason`, and nothing here raises on bad input.
@@ -6,33 +6,27 @@ rejected one with a `reason`, and nothing here raises on bad input.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-EVENT_FIELDS = ("timestamp", "id", "antenna_id", "bytes", "app")
-TEXT_FIELDS = ("id", "antenna_id", "app")
+from antenna_assets.sources.contract import (ASCII_CONTROL, BROKEN_JSON, BYTES, BYTES_TOO_LARGE, CONTROL_CHARACTERS,
+                                             EMPTY_TEXT, FIELD_NAMES, MESSAGE_FIELDS, MISSING_FIELD, NEGATIVE_BYTES,
+                                             NOT_UTF8, TEXT_FIELDS, TEXT_TOO_LONG, TIMESTAMP, TIMESTAMP_IN_FUTURE,
+                                             TIMESTAMP_TOO_OLD, WRONG_TYPE, MessageRules)
+
 _CORRUPT = "_corrupt_record"
+_SPARK_TYPES = {"BIGINT": T.LongType(), "TEXT": T.StringType()}
 
 DEVICE_MESSAGE_SCHEMA = T.StructType([
-    T.StructField("timestamp", T.LongType()),
-    T.StructField("id", T.StringType()),
-    T.StructField("antenna_id", T.StringType()),
-    T.StructField("bytes", T.LongType()),
-    T.StructField("app", T.StringType()),
+    *(T.StructField(f.name, _SPARK_TYPES[f.sql_type]) for f in MESSAGE_FIELDS),
     # Spark fills this with the raw text when a value does not fit its type (e.g. "bytes": "many").
     T.StructField(_CORRUPT, T.StringType()),
 ])
 
 # The columns of a parsed, valid event as stored in the lake (plus the partition columns).
 EVENT_SCHEMA = T.StructType([
-    T.StructField("timestamp", T.LongType(), False),
-    T.StructField("id", T.StringType(), False),
-    T.StructField("antenna_id", T.StringType(), False),
-    T.StructField("bytes", T.LongType(), False),
-    T.StructField("app", T.StringType(), False),
+    *(T.StructField(f.name, _SPARK_TYPES[f.sql_type], False) for f in MESSAGE_FIELDS),
     T.StructField("event_time", T.TimestampType(), False),
 ])
 LAKE_PARTITION_COLUMNS = ("year", "month", "day", "hour")
@@ -41,52 +35,9 @@ LAKE_PARTITION_COLUMNS = ("year", "month", "day", "hour")
 # cannot make everybody else's events late.
 WATERMARK_TIME = "watermark_time"
 
-# Rejection reasons, in the order they are tested: a record gets the first that applies.
-NOT_UTF8 = "not_utf8"
-BROKEN_JSON = "broken_json"
-WRONG_TYPE = "wrong_type"
-MISSING_FIELD = "missing_field"
-NEGATIVE_BYTES = "negative_bytes"
-BYTES_TOO_LARGE = "bytes_too_large"
-TIMESTAMP_TOO_OLD = "timestamp_too_old"
-TIMESTAMP_IN_FUTURE = "timestamp_in_future"
-EMPTY_TEXT = "empty_text"
-TEXT_TOO_LONG = "text_too_long"
-CONTROL_CHARACTERS = "control_characters"
-REASONS = (NOT_UTF8, BROKEN_JSON, WRONG_TYPE, MISSING_FIELD, NEGATIVE_BYTES, BYTES_TOO_LARGE, TIMESTAMP_TOO_OLD,
-           TIMESTAMP_IN_FUTURE, EMPTY_TEXT, TEXT_TOO_LONG, CONTROL_CHARACTERS)
 
-BIGINT_MAX = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class MessageRules:
-    """Plausibility limits of a message (README: contract rules). Each violation is a dead letter.
-
-    Sums cannot overflow in Spark: a micro-batch holds at most `max_offsets_per_trigger` messages,
-    and the speed layer refuses a configuration where that many messages of `max_bytes` each could
-    exceed a BIGINT (10^6 x 10^12 = 10^18 < 9.22 x 10^18 at the defaults). A running total in
-    PostgreSQL or an hourly sum would need 9.2 million maximal messages for one key in one window
-    (30,000 a second for 5 minutes) to overflow; that fails the batch visibly rather than wrap.
-    """
-
-    max_bytes: int = 10**12
-    min_timestamp: int = 946_684_800  # 2000-01-01T00:00:00Z
-    future_tolerance_seconds: int = 600
-    max_text_length: int = 256
-
-    def __post_init__(self):
-        if not 0 <= self.max_bytes <= BIGINT_MAX:
-            raise ValueError(f"max_bytes must be between 0 and {BIGINT_MAX}, got {self.max_bytes}")
-        if self.future_tolerance_seconds < 0 or self.max_text_length < 1:
-            raise ValueError("future_tolerance_seconds must be >= 0 and max_text_length >= 1")
-
-
-# ASCII's control characters: C0 and DEL. A JSON string holds C0 only as an escape (raw ones are
-# broken JSON) and DEL raw or escaped, so only records with a backslash or a DEL are checked.
-ASCII_CONTROL = "".join(map(chr, (*range(0x20), 0x7F)))
-
-
+# A JSON string holds a C0 control character only as an escape (raw ones are broken JSON) and DEL
+# raw or escaped, so only records with a backslash or a DEL are checked.
 def _has_control_character(raw: Column, text: Column) -> Column:
     gate = raw.contains("\\") | raw.contains("\x7f")
     return gate & (F.length(F.translate(text, ASCII_CONTROL, "")) != F.length(text))
@@ -129,7 +80,7 @@ def _strictly_parsed_types(raw: Column, msg: Column) -> Column:
 
 def _rejection_reason(value: Column, raw: Column, msg: Column, strict: Column, kafka_seconds: Column,
                       rules: MessageRules) -> Column:
-    fields = [msg[f] for f in EVENT_FIELDS]
+    fields = [msg[f] for f in FIELD_NAMES]
     texts = [msg[f] for f in TEXT_FIELDS]
     return _first([
         (value.isNotNull() & ~F.is_valid_utf8(raw), NOT_UTF8),
@@ -139,11 +90,11 @@ def _rejection_reason(value: Column, raw: Column, msg: Column, strict: Column, k
         (_any([c.isNull() for c in fields]), MISSING_FIELD),
         (F.coalesce(strict["checked"], F.lit(False))
          & _any([strict[f] != F.lit("STRING") for f in TEXT_FIELDS]), WRONG_TYPE),
-        (msg["bytes"] < 0, NEGATIVE_BYTES),
-        (msg["bytes"] > rules.max_bytes, BYTES_TOO_LARGE),
-        (msg["timestamp"] < rules.min_timestamp, TIMESTAMP_TOO_OLD),
+        (msg[BYTES] < 0, NEGATIVE_BYTES),
+        (msg[BYTES] > rules.max_bytes, BYTES_TOO_LARGE),
+        (msg[TIMESTAMP] < rules.min_timestamp, TIMESTAMP_TOO_OLD),
         # Compared with the record's own timestamp, not the wall clock: a replay decides the same way.
-        (msg["timestamp"] > kafka_seconds + rules.future_tolerance_seconds, TIMESTAMP_IN_FUTURE),
+        (msg[TIMESTAMP] > kafka_seconds + rules.future_tolerance_seconds, TIMESTAMP_IN_FUTURE),
         (_any([F.length(c) == 0 for c in texts]), EMPTY_TEXT),
         (_any([F.length(c) > rules.max_text_length for c in texts]), TEXT_TOO_LONG),
         (_any([_has_control_character(raw, c) for c in texts]), CONTROL_CHARACTERS),
@@ -167,17 +118,17 @@ def parse_device_messages(kafka_rows: DataFrame, rules: MessageRules = MessageRu
                 .withColumn("strict", _strictly_parsed_types(raw, F.col("msg"))))
     reason = _rejection_reason(value, raw, F.col("msg"), F.col("strict"), F.unix_seconds(F.col("kafka_timestamp")),
                                rules)
-    parsed = with_msg.select(*[F.col("msg")[f].alias(f) for f in EVENT_FIELDS], reason.alias("reason"),
+    parsed = with_msg.select(*[F.col("msg")[f].alias(f) for f in FIELD_NAMES], reason.alias("reason"),
                              "key", "value", "topic", "partition", "offset", "kafka_timestamp")
     # Only a valid timestamp becomes a time: a huge one would overflow Spark's microseconds.
-    event_time = F.timestamp_seconds(F.when(F.col("reason").isNull(), F.col("timestamp")))
+    event_time = F.timestamp_seconds(F.when(F.col("reason").isNull(), F.col(TIMESTAMP)))
     watermark_time = F.when(event_time.isNotNull(), F.least(event_time, F.col("kafka_timestamp")))
     return parsed.select("*", event_time.alias("event_time"), watermark_time.alias(WATERMARK_TIME))
 
 
 def valid_events(parsed: DataFrame) -> DataFrame:
     """The valid messages: the contract's five fields and `event_time` (UTC)."""
-    return parsed.where(F.col("reason").isNull()).select(*EVENT_FIELDS, "event_time")
+    return parsed.where(F.col("reason").isNull()).select(*FIELD_NAMES, "event_time")
 
 
 def rejected_messages(parsed: DataFrame) -> DataFrame:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
@@ -22,6 +21,8 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
+from antenna_assets.errors import StackError
+from antenna_assets.postgres import transaction
 from antenna_assets.serving.operators import store
 from antenna_assets.serving.operators.auth import LoginRateLimiter, verify_operator
 from antenna_assets.serving.operators.config import PageConfig
@@ -66,9 +67,6 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
         response.headers.update(SECURITY_HEADERS)
         return response
 
-    def connect():
-        return closing(psycopg2.connect(config.database_url, connect_timeout=10, options="-c timezone=UTC"))
-
     def csrf_token(request: Request) -> str:
         token = request.session.get("csrf")
         if not token:
@@ -110,6 +108,8 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
         title = "Not found" if exc.status_code == 404 else "Refused"
         return render(request, "error.html", exc.status_code, title=title, message=str(exc.detail))
 
+    # StackError: `postgres.connect` could not reach the server; OperationalError: lost mid-request.
+    @app.exception_handler(StackError)
     @app.exception_handler(psycopg2.OperationalError)
     def _database(request: Request, exc: Exception):
         log.error("database unavailable: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
@@ -153,7 +153,7 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
                               error=f"Too many failed sign-ins: try again in {wait} seconds.")
             response.headers["Retry-After"] = str(wait)
             return response
-        with connect() as conn:
+        with transaction(config.database_url) as conn:
             ok = bool(name) and len(name) <= 200 and verify_operator(conn, name, password)
         if not ok:
             limiter.failed(name, address)
@@ -177,7 +177,7 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
     def users(request: Request, q: str = "", sort: str = "id", dir: str = "asc"):
         operator(request)
         sort = sort if sort in store.SORTS else "id"
-        with connect() as conn:
+        with transaction(config.database_url) as conn:
             usage = store.usage_available(conn)
             rows, total = store.list_users(conn, now(), q.strip()[:200], sort, dir == "desc", usage=usage)
         return render(request, "users.html", users=rows, total=total, q=q, sort=sort, dir=dir,
@@ -202,7 +202,7 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
         user, errors = validate_user(values, generate_id=True)
         if user is not None:
             try:
-                with connect() as conn:
+                with transaction(config.database_url) as conn:
                     store.create_user(conn, who, user)
             except store.ChangeRefused as refused:
                 errors = refused.errors
@@ -211,7 +211,7 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
         return done(request, f"User {user.name} ({user.id}) added.", f"/users/{user.id}")
 
     def user_page(request: Request, user: store.UserRow, status_code: int = 200, **context) -> HTMLResponse:
-        with connect() as conn:
+        with transaction(config.database_url) as conn:
             usage = store.hourly_usage(conn, user.email, now()) if store.usage_available(conn) else None
             history = store.audit_rows(conn, user.id)
         context.setdefault("values", {"name": user.name, "email": user.email, "quota": quota_input_text(user.quota)})
@@ -220,7 +220,7 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
                          history=history, **context)
 
     def existing_user(user_id: str) -> store.UserRow:
-        with connect() as conn:
+        with transaction(config.database_url) as conn:
             user = store.get_user(conn, user_id)
         if user is None:
             raise StarletteHTTPException(404, "No user with this id (maybe another operator removed it).")
@@ -241,7 +241,7 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
         user, errors = validate_user({**values, "id": user_id}, generate_id=False)
         if user is not None:
             try:
-                with connect() as conn:
+                with transaction(config.database_url) as conn:
                     changed = store.update_user(conn, who, user)
             except store.ChangeRefused as refused:
                 errors = refused.errors
@@ -261,7 +261,7 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
     def delete(request: Request, user_id: str, csrf_token: str = Form("")):
         who = operator(request)
         check_csrf(request, csrf_token)
-        with connect() as conn:
+        with transaction(config.database_url) as conn:
             removed = store.delete_user(conn, who, user_id)
         if not removed:
             raise StarletteHTTPException(404, "No user with this id (maybe another operator removed it).")
@@ -281,7 +281,7 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
         users_in_file, errors = parse_users_csv(data)
         if not errors:
             try:
-                with connect() as conn:
+                with transaction(config.database_url) as conn:
                     created, updated = store.import_users(conn, who, users_in_file)
             except store.ChangeRefused as refused:
                 errors = list(refused.errors.items())
@@ -293,7 +293,7 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
     @app.get("/audit")
     def audit(request: Request):
         operator(request)
-        with connect() as conn:
+        with transaction(config.database_url) as conn:
             rows = store.audit_rows(conn)
         return render(request, "audit.html", rows=rows)
 

@@ -9,6 +9,8 @@ from collections import deque
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from antenna_assets.serving.operators.schema import OPERATORS
+
 MIN_PASSWORD_LENGTH = 10
 MAX_NAME_LENGTH = 64
 _HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
@@ -40,10 +42,9 @@ def add_operator(conn, name: str, password: str, reset: bool = False) -> bool:
         exists = cur.fetchone() is not None
         if exists and not reset:
             raise OperatorError(f"operator {name!r} already exists: use --reset-password to give it a new password")
-        cur.execute("INSERT INTO operators (name, password_hash) VALUES (%s, %s) "
+        cur.execute(f"{OPERATORS.insert_into(('name', 'password_hash'))} VALUES (%s, %s) "
                     "ON CONFLICT (name) DO UPDATE SET password_hash = EXCLUDED.password_hash",
                     (name, hash_password(password)))
-    conn.commit()
     return not exists
 
 

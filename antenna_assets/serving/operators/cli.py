@@ -32,30 +32,20 @@ def _read_password() -> str:
 
 
 def _add(args: argparse.Namespace) -> int:
-    import psycopg2
-
-    from antenna_assets.serving.schema import migrate
+    from antenna_assets.postgres import transaction
     from antenna_assets.serving.operators.auth import OperatorError, add_operator, check_new_operator
+    from antenna_assets.serving.schema import migrate
     from antenna_assets.settings import Settings
-    from antenna_assets.postgres import connect
 
     settings = Settings.from_env()
     password = _read_password()
     try:
-        check_new_operator(args.name, password)
-        conn = connect(settings.postgres_url)
+        check_new_operator(args.name, password)  # before connecting: a refused password costs no round trip
+        with transaction(settings.postgres_url) as conn:
+            migrate(conn)
+            created = add_operator(conn, args.name, password, reset=args.reset_password)
     except OperatorError as exc:
         raise StackError(str(exc)) from None
-    except psycopg2.OperationalError as exc:
-        raise StackError(f"cannot connect to PostgreSQL: {str(exc).strip().splitlines()[0]}. "
-                         "Start it with `antenna stack up` or fix ANTENNA_POSTGRES_URL") from None
-    try:
-        migrate(conn)
-        created = add_operator(conn, args.name, password, reset=args.reset_password)
-    except OperatorError as exc:
-        raise StackError(str(exc)) from None
-    finally:
-        conn.close()
     print(f"operator {args.name!r} {'created' if created else 'has a new password'}; sign in at "
           f"http://{settings.operators_host}:{settings.operators_port}/login")
     return 0

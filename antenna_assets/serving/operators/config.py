@@ -40,23 +40,11 @@ class PageConfig:
 def prepare_database(settings: Settings, serving_url: str | None = None) -> None:
     """As the product's user: migrate, create (or re-password) the page's role and grant it its
     privileges. Idempotent; run before the page starts."""
-    import psycopg2
-
-    from antenna_assets.postgres import ensure_login_role
+    from antenna_assets.postgres import ensure_login_role, transaction
     from antenna_assets.serving.schema import migrate
-    from antenna_assets.errors import StackError
-    from antenna_assets.postgres import connect
     from antenna_assets.stack.secrets import stack_secret
 
-    try:
-        conn = connect(serving_url or settings.postgres_url)
-    except psycopg2.OperationalError as exc:
-        raise StackError(f"cannot connect to PostgreSQL: {str(exc).strip().splitlines()[0]}. "
-                         "Start it with `antenna stack up` or fix ANTENNA_POSTGRES_URL") from None
-    try:
+    with transaction(serving_url or settings.postgres_url) as conn:
         migrate(conn)
         ensure_login_role(conn, OPERATORS_ROLE, stack_secret(settings, ROLE_PASSWORD_SECRET)[0])
-        conn.commit()
         grant_operators_role(conn)
-    finally:
-        conn.close()

@@ -6,23 +6,30 @@ refuses UPDATE, DELETE and TRUNCATE from anyone (the owner included).
 
 from __future__ import annotations
 
+from antenna_assets.serving.schema import Column, Table
+
 OPERATORS_ROLE = "antenna_operators"
 # Serializes the page's writes to user_metadata: the email uniqueness check and the write are atomic.
 WRITE_LOCK_ID = 7_286_015
 
+OPERATORS = Table("operators", (
+    Column("name", "TEXT NOT NULL"),
+    Column("password_hash", "TEXT NOT NULL"),
+    Column("created_at", "TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC')"),
+), ("name",))
+USER_METADATA_AUDIT = Table("user_metadata_audit", (
+    Column("id", "BIGSERIAL"),
+    Column("changed_at", "TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC')"),
+    Column("operator", "TEXT NOT NULL"),
+    Column("user_id", "TEXT NOT NULL"),
+    Column("field", "TEXT NOT NULL"),
+    Column("old_value", "TEXT"),
+    Column("new_value", "TEXT"),
+), ("id",))
+
 DDL = [
-    """CREATE TABLE IF NOT EXISTS operators (
-        name TEXT PRIMARY KEY,
-        password_hash TEXT NOT NULL,
-        created_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'))""",
-    """CREATE TABLE IF NOT EXISTS user_metadata_audit (
-        id BIGSERIAL PRIMARY KEY,
-        changed_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
-        operator TEXT NOT NULL,
-        user_id TEXT NOT NULL,
-        field TEXT NOT NULL,
-        old_value TEXT,
-        new_value TEXT)""",
+    OPERATORS.ddl(),
+    USER_METADATA_AUDIT.ddl(),
     "CREATE INDEX IF NOT EXISTS user_metadata_audit_by_user ON user_metadata_audit (user_id, id)",
     """CREATE OR REPLACE FUNCTION user_metadata_audit_is_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN RAISE EXCEPTION 'user_metadata_audit is append-only'; END $$""",
@@ -59,4 +66,3 @@ def grant_operators_role(conn, role: str = OPERATORS_ROLE) -> None:
             cur.execute("SELECT to_regclass(%s) IS NOT NULL", (relation,))
             if cur.fetchone()[0]:
                 cur.execute(f"GRANT SELECT ON {relation} TO {ident}")
-    conn.commit()

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from antenna_assets.serving.operators.schema import WRITE_LOCK_ID
+from antenna_assets.serving.operators.schema import USER_METADATA_AUDIT, WRITE_LOCK_ID
+from antenna_assets.serving.schema import USER_METADATA
 from antenna_assets.serving.operators.validation import FIELDS, UserInput
 
 LIST_LIMIT = 500
@@ -36,6 +37,8 @@ class UserRow:
 
 @dataclass(frozen=True)
 class AuditRow:
+    """A row of user_metadata_audit, its columns in order."""
+
     id: int
     changed_at: datetime
     operator: str
@@ -94,8 +97,8 @@ def list_users(conn, now: datetime, search: str = "", sort: str = "id", descendi
 
 def get_user(conn, user_id: str, lock: bool = False) -> UserRow | None:
     with conn.cursor() as cur:
-        cur.execute("SELECT id, name, email, quota FROM user_metadata WHERE id = %s" + (" FOR UPDATE" if lock else ""),
-                    (user_id,))
+        cur.execute(f"SELECT {', '.join(USER_METADATA.names)} FROM user_metadata WHERE id = %s"
+                    + (" FOR UPDATE" if lock else ""), (user_id,))
         row = cur.fetchone()
     return UserRow(*row) if row else None
 
@@ -112,13 +115,12 @@ def hourly_usage(conn, email: str, now: datetime, hours: int = 24) -> list[tuple
 
 
 def audit_rows(conn, user_id: str | None = None, limit: int = 200) -> list[AuditRow]:
+    select = f"SELECT {', '.join(USER_METADATA_AUDIT.names)} FROM user_metadata_audit"
     with conn.cursor() as cur:
         if user_id is None:
-            cur.execute("SELECT id, changed_at, operator, user_id, field, old_value, new_value "
-                        "FROM user_metadata_audit ORDER BY id DESC LIMIT %s", (limit,))
+            cur.execute(f"{select} ORDER BY id DESC LIMIT %s", (limit,))
         else:
-            cur.execute("SELECT id, changed_at, operator, user_id, field, old_value, new_value "
-                        "FROM user_metadata_audit WHERE user_id = %s ORDER BY id DESC LIMIT %s", (user_id, limit))
+            cur.execute(f"{select} WHERE user_id = %s ORDER BY id DESC LIMIT %s", (user_id, limit))
         return [AuditRow(*row) for row in cur.fetchall()]
 
 
@@ -136,17 +138,19 @@ def _email_conflicts(cur, users: list[UserInput]) -> dict[str, str]:
             for u in users if owner.get(u.email.lower(), u.id) != u.id}
 
 
+_AUDITED = ("operator", "user_id", "field", "old_value", "new_value")
+
+
 def _audit(cur, operator: str, user_id: str, changes: list[tuple[str, object, object]]) -> None:
     for field, old, new in changes:
-        cur.execute("INSERT INTO user_metadata_audit (operator, user_id, field, old_value, new_value) "
-                    "VALUES (%s, %s, %s, %s, %s)",
+        cur.execute(f"{USER_METADATA_AUDIT.insert_into(_AUDITED)} VALUES (%s, %s, %s, %s, %s)",
                     (operator, user_id, field, None if old is None else str(old), None if new is None else str(new)))
 
 
 def _write(cur, operator: str, user: UserInput, before: UserRow | None) -> int:
     """Insert or update one user (the lock is held), with its audit rows; returns the changed fields."""
     if before is None:
-        cur.execute("INSERT INTO user_metadata (id, name, email, quota) VALUES (%s, %s, %s, %s)",
+        cur.execute(f"{USER_METADATA.insert_into()} VALUES (%s, %s, %s, %s)",
                     (user.id, user.name, user.email, user.quota))
         changes = [(f, None, getattr(user, f)) for f in FIELDS if f != "id"]
     else:
@@ -168,7 +172,6 @@ def create_user(conn, operator: str, user: UserInput) -> None:
         if conflicts:
             raise ChangeRefused({"email": conflicts[user.id]})
         _write(cur, operator, user, None)
-    conn.commit()
 
 
 def update_user(conn, operator: str, user: UserInput) -> int:
@@ -182,7 +185,6 @@ def update_user(conn, operator: str, user: UserInput) -> int:
         if conflicts:
             raise ChangeRefused({"email": conflicts[user.id]})
         changed = _write(cur, operator, user, before)
-    conn.commit()
     return changed
 
 
@@ -195,7 +197,6 @@ def delete_user(conn, operator: str, user_id: str) -> bool:
         cur.execute("DELETE FROM user_metadata WHERE id = %s", (user_id,))
         _audit(cur, operator, user_id, [("deleted", user_id, None)]
                + [(f, getattr(before, f), None) for f in FIELDS if f != "id"])
-    conn.commit()
     return True
 
 
@@ -213,5 +214,4 @@ def import_users(conn, operator: str, users: list[tuple[int, UserInput]]) -> tup
             changed = _write(cur, operator, user, before)
             created += before is None
             updated += before is not None and changed > 0
-    conn.commit()
     return created, updated

@@ -7,10 +7,11 @@ import uuid
 from dataclasses import dataclass
 
 from antenna_assets.serving.operators.quota import QuotaError, parse_quota
+from antenna_assets.serving.schema import USER_METADATA
 
 MAX_NAME_LENGTH = 100
 MAX_EMAIL_LENGTH = 254  # RFC 5321's limit on a forward path
-FIELDS = ("id", "name", "email", "quota")
+FIELDS = USER_METADATA.names
 # One @, a dot in the domain, no spaces or control characters; deliverability is not our business.
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f.]+(\.[^@\s\x00-\x1f\x7f.]+)+$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)

@@ -9,7 +9,7 @@ from importlib import import_module
 _EXPORTS = {
     "SimulatorConfig": "config", "SimulatorConfigError": "config",
     "GroundTruth": "ground_truth", "Totals": "ground_truth",
-    "EXTRA_FIELD": "messages", "MALFORMED_KINDS": "messages", "MESSAGE_FIELDS": "messages",
+    "MALFORMED_KINDS": "messages",
     "SimulationError": "producer",
     "SimulationResult": "runner", "run_simulation": "runner", "simulate": "runner",
 }

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MESSAGE_FIELDS = ("timestamp", "id", "antenna_id", "bytes", "app")
-MAX_BYTES = 9999
-# The streaming parser classifies rejects by exactly these kinds.
-MALFORMED_KINDS = ("broken_json", "missing_field", "wrong_type", "negative_bytes")
+from antenna_assets.sources.contract import (ANTENNA_ID, APP, BROKEN_JSON, BYTES, FIELD_NAMES, ID, MISSING_FIELD,
+                                             NEGATIVE_BYTES, TIMESTAMP, WRONG_TYPE)
+
+MAX_BYTES = 9999  # the original simulator's bytes per report: uniform in 0..9999
+# The contract's rejection reasons the simulator produces on purpose: the parser must give exactly these.
+MALFORMED_KINDS = (BROKEN_JSON, MISSING_FIELD, WRONG_TYPE, NEGATIVE_BYTES)
 EXTRA_FIELD = "signal"
 _NON_NUMERIC = ("many", "lots", "n/a")
 
@@ -56,13 +58,13 @@ class MessageRenderer:
     def __init__(self, user_ids: tuple[str, ...], antenna_ids: tuple[str, ...], apps: tuple[str, ...]):
         self.user_ids, self.antenna_ids, self.apps = user_ids, antenna_ids, apps
         # `{"timestamp":T,"id":"U","antenna_id":"A","bytes":B,"app":"P"}` cut at the variable parts.
-        self._user_parts = [f'{u}","antenna_id":"' for u in user_ids]
-        self._antenna_parts = [f'{a}","bytes":' for a in antenna_ids]
-        self._app_parts = [f',"app":"{p}"}}' for p in apps]
+        self._user_parts = [f'{u}","{ANTENNA_ID}":"' for u in user_ids]
+        self._antenna_parts = [f'{a}","{BYTES}":' for a in antenna_ids]
+        self._app_parts = [f',"{APP}":"{p}"}}' for p in apps]
 
     def render_tick(self, timestamp: int, antennas: list[int], nbytes: list[int], apps: list[int]) -> list[str]:
         """Valid messages of users 0..len(antennas)-1 at one tick."""
-        head = f'{{"timestamp":{timestamp},"id":"'
+        head = f'{{"{TIMESTAMP}":{timestamp},"{ID}":"'
         antenna_parts, app_parts = self._antenna_parts, self._app_parts
         return [head + u + antenna_parts[a] + str(b) + app_parts[p]
                 for u, a, b, p in zip(self._user_parts, antennas, nbytes, apps)]
@@ -70,23 +72,23 @@ class MessageRenderer:
     def render_special(self, timestamp: int, user: int, antenna: int, nbytes: int, app: int,
                        malformed_kind: int, detail: int) -> str:
         """A malformed message of the given kind, or (kind -1) a valid one with an extra field."""
-        message: dict = {"timestamp": timestamp, "id": self.user_ids[user], "antenna_id": self.antenna_ids[antenna],
-                         "bytes": nbytes, "app": self.apps[app]}
+        message: dict = {TIMESTAMP: timestamp, ID: self.user_ids[user], ANTENNA_ID: self.antenna_ids[antenna],
+                         BYTES: nbytes, APP: self.apps[app]}
         kind = MALFORMED_KINDS[malformed_kind] if malformed_kind >= 0 else None
         if kind is None:
             message[EXTRA_FIELD] = -40 - detail % 60
-        elif kind == "broken_json":
+        elif kind == BROKEN_JSON:
             text = _compact(message)
             # Any proper prefix of an object is invalid JSON: its closing brace is the last character.
             return text[: 1 + detail % (len(text) - 1)]
-        elif kind == "missing_field":
-            del message[MESSAGE_FIELDS[detail % len(MESSAGE_FIELDS)]]
-        elif kind == "wrong_type":
-            name = ("bytes", "timestamp")[detail % 2]
+        elif kind == MISSING_FIELD:
+            del message[FIELD_NAMES[detail % len(FIELD_NAMES)]]
+        elif kind == WRONG_TYPE:
+            name = (BYTES, TIMESTAMP)[detail % 2]
             if (detail >> 1) % 2:
                 message[name] = message[name] + 0.5
             else:
                 message[name] = _NON_NUMERIC[(detail >> 2) % len(_NON_NUMERIC)]
         else:  # negative_bytes
-            message["bytes"] = -1 - detail % (MAX_BYTES + 1)
+            message[BYTES] = -1 - detail % (MAX_BYTES + 1)
         return _compact(message)
