@@ -56,8 +56,8 @@ SECTION = "## Soak"
 SECTION_INTRO = (
     "`bench/bench_soak.py`: live load at a steady rate through the speed layer for many minutes, an operator\n"
     "edit every minute, the hourly batch when the event hour closes. Per-minute figures are listed in the\n"
-    "row (minute: p50/p99 freshness s, Kafka lag messages, RSS GiB). The RSS slope is fitted after the first\n"
-    "two minutes (warm-up). `exact` means the lake, the three speed tables and the closed hour's four tables\n"
+    "row (minute: p50/p99 freshness s, Kafka lag messages, RSS GiB). Slopes are fitted after the first two\n"
+    "minutes (warm-up); the JVM's live heap is read after a full GC once a minute (what a leak would grow). `exact` means the lake, the three speed tables and the closed hour's four tables\n"
     "equal what was sent.\n\n")
 TABLE_HEADER = ("| date | machine | command | events | freshness p50 / p99 per minute (s) | Kafka lag per minute | "
                 "RSS per minute (GiB) | RSS slope | batch | exact |\n|---|---|---|---|---|---|---|---|---|---|\n")
@@ -77,11 +77,15 @@ def poll_freshness(url: str, sent_path: str, result_path: str, stop) -> None:
 class Minutely(BackgroundLoop):
     """Once a minute: an operator edit, the Kafka lag and the streaming process's RSS."""
 
-    def __init__(self, settings: Settings, url: str, topic: str, query_name: str, started: float):
+    def __init__(self, spark, settings: Settings, url: str, topic: str, query_name: str, started: float):
         super().__init__("soak-minutely")
-        self.settings, self.url, self.topic, self.query_name, self.started = settings, url, topic, query_name, started
+        self.spark, self.settings, self.url, self.topic = spark, settings, url, topic
+        self.query_name, self.started = query_name, started
         self.lag: list[int] = []
-        self.rss: list[float] = []
+        self.rss: list[float] = []  # GiB: the driver and its Spark JVM
+        self.python_rss: list[float] = []  # MiB: the driver's Python process alone
+        self.heap_live: list[float] = []  # MiB: the JVM heap in use right after a full GC (what a leak grows)
+        self.heap_committed: list[float] = []  # MiB: the heap the JVM holds from the OS (grows up to its -Xmx)
         self.edits = 0
 
     def _run(self, stop: threading.Event) -> None:
@@ -101,7 +105,14 @@ class Minutely(BackgroundLoop):
             jvms = [c for c in me.children() if c.name() == "java"]
             members = [me, *jvms, *(d for jvm in jvms for d in jvm.children(recursive=True))]
             self.rss.append(sum(p.memory_info().rss for p in members) / 2**30)
-            print(f"  minute {minute}: Kafka lag {self.lag[-1]:,}, RSS {self.rss[-1]:.2f} GiB", flush=True)
+            self.python_rss.append(me.memory_info().rss / 2**20)
+            runtime = self.spark._jvm.java.lang.Runtime.getRuntime()
+            runtime.gc()  # a full collection once a minute (~0.1-0.3 s): what survives it is live
+            self.heap_live.append((runtime.totalMemory() - runtime.freeMemory()) / 2**20)
+            self.heap_committed.append(runtime.totalMemory() / 2**20)
+            print(f"  minute {minute}: Kafka lag {self.lag[-1]:,}, RSS {self.rss[-1]:.2f} GiB (Python "
+                  f"{self.python_rss[-1]:.0f} MiB; JVM heap live {self.heap_live[-1]:.0f} MiB of "
+                  f"{self.heap_committed[-1]:.0f} committed)", flush=True)
             minute += 1
         consumer.close()
 
@@ -184,6 +195,12 @@ def check_exact(spark, url: str, landing: str, sent: dict, closed_hour: datetime
     return problems
 
 
+def _slope(per_minute: list[float]) -> float:
+    """Per-minute growth of a series, fitted after the first two minutes (warm-up)."""
+    steady = per_minute[2:] if len(per_minute) > 3 else per_minute
+    return float(np.polyfit(np.arange(len(steady)), steady, 1)[0]) if len(steady) > 1 else 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=15, help="minutes of load (default 15)")
@@ -240,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         poller.start()
         producer.start()
         batch.start()
-        with Minutely(settings, url, topic, query_name, time.time()) as minutely:
+        with Minutely(spark, settings, url, topic, query_name, time.time()) as minutely:
             run_until_stopped(layer, should_stop=should_stop, poll_seconds=0.5)
         batch.join()
         stop_polling.set()
@@ -258,10 +275,13 @@ def main(argv: list[str] | None = None) -> int:
         seen = latency[(minute_of == minute) & np.isfinite(latency)]
         per_minute.append((np.percentile(seen, 50), np.percentile(seen, 99)) if len(seen) else (np.inf, np.inf))
     unseen = int(np.count_nonzero(~np.isfinite(latency)))
-    steady = np.array(minutely.rss[2:]) if len(minutely.rss) > 3 else np.array(minutely.rss)
-    slope = float(np.polyfit(np.arange(len(steady)), steady, 1)[0]) * 1024 if len(steady) > 1 else 0.0
+    slope = _slope([gib * 1024 for gib in minutely.rss])
+    heap = (f"JVM live heap after GC {minutely.heap_live[0]:.0f} -> {minutely.heap_live[-1]:.0f} MiB "
+            f"({_slope(minutely.heap_live):+.1f} MiB/min), committed {minutely.heap_committed[0]:.0f} -> "
+            f"{minutely.heap_committed[-1]:.0f} MiB; driver Python {minutely.python_rss[0]:.0f} -> "
+            f"{minutely.python_rss[-1]:.0f} MiB ({_slope(minutely.python_rss):+.1f} MiB/min)")
     print(f"soak: {len(latency):,} events at {args.rate:,.0f}/s, {minutely.edits} operator edits, {unseen} never seen; "
-          f"RSS slope {slope:+.1f} MiB/min; batch {', '.join(f'{s:.1f} s' for s in batch_seconds)}; "
+          f"RSS slope {slope:+.1f} MiB/min; {heap}; batch {', '.join(f'{s:.1f} s' for s in batch_seconds)}; "
           f"{'exact' if not problems else 'WRONG: ' + '; '.join(problems)}", flush=True)
     command = f"python -m bench.bench_soak --minutes {args.minutes:g} --rate {args.rate:g} --trigger '{args.trigger}'"
     record_run(SECTION, SECTION_INTRO, TABLE_HEADER, command, [
@@ -269,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         ", ".join(f"{m + 1}: {p50:.1f}/{p99:.1f}" for m, (p50, p99) in enumerate(per_minute)),
         ", ".join(f"{m + 1}: {lag:,}" for m, lag in enumerate(minutely.lag)),
         ", ".join(f"{m + 1}: {rss:.2f}" for m, rss in enumerate(minutely.rss)),
-        f"{slope:+.1f} MiB/min",
+        f"{slope:+.1f} MiB/min; {heap}",
         f"{closed_hour:%H:00} in {', '.join(f'{s:.0f} s' for s in batch_seconds)}",
         "yes" if not problems else "NO: " + "; ".join(problems)], dry_run=args.no_record)
     return 1 if problems else 0
