@@ -19,7 +19,7 @@ import time
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -67,6 +67,9 @@ class SpeedLayerTargets:
     landing_path: str
     checkpoint_path: str
     postgres_url: str
+    # Spark's `kafka.` options (kafka_client.spark_kafka_options): the cluster's security. Out of the
+    # repr, as they may hold the SASL password; Spark keeps them in the driver.
+    kafka_options: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ class SpeedLayer:
 
     def kafka_stream(self) -> DataFrame:
         reader = (self.spark.readStream.format("kafka")
-                  .option("kafka.bootstrap.servers", self.targets.kafka_bootstrap)
+                  .options(**{"kafka.bootstrap.servers": self.targets.kafka_bootstrap, **self.targets.kafka_options})
                   .option("subscribe", self.targets.topic)
                   .option("startingOffsets", self.config.starting_offsets)
                   .option("failOnDataLoss", str(self.config.fail_on_data_loss).lower())
