@@ -18,7 +18,7 @@ from antenna_assets.sensors import speed_layer_decision
 from antenna_assets.settings import Settings
 from antenna_assets.sources.simulator import SimulationError, SimulatorConfig, run_simulation
 from antenna_assets.speed.config import SpeedLayerConfig
-from antenna_assets.speed.layer import SpeedLayer, SpeedLayerTargets, run_until_stopped
+from antenna_assets.speed.layer import SpeedLayer, SpeedLayerTargets, StreamFailed, run_until_stopped
 from antenna_assets.stack.kafka import KafkaBroker, ensure_topic
 from antenna_assets_tests.test_simulator import antenna, consume
 from antenna_assets_tests.truth import expected, read_table
@@ -94,11 +94,11 @@ def test_simulator_sends_with_the_right_credentials_and_stops_in_one_line_with_w
 def test_simulator_cli_reads_the_password_file_and_fails_in_one_line_with_a_wrong_password(sasl):
     env = {"ANTENNA_STACK_DIR": str(sasl.stack_dir), "ANTENNA_KAFKA_BOOTSTRAP": sasl.kafka_bootstrap,
            "ANTENNA_KAFKA_LOCAL_SASL": "1", "ANTENNA_TOPIC": "devices-sasl-cli"}
-    sent = antenna("simulate", "--count", "40", "--no-progress", env=env)
+    sent = antenna("simulate", "--backfill-hours", "1", "--count", "40", "--no-progress", env=env)
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout.startswith("sent 40 messages to devices-sasl-cli")
 
-    refused = antenna("simulate", "--count", "40", "--no-progress", env={**env, "ANTENNA_KAFKA_SASL_PASSWORD": WRONG})
+    refused = antenna("simulate", "--backfill-hours", "1", "--count", "40", "--no-progress", env={**env, "ANTENNA_KAFKA_SASL_PASSWORD": WRONG})
     assert refused.returncode == 1
     assert refused.stderr.startswith("antenna simulate: error: Kafka at ")
     _assert_one_line_sasl_failure(refused.stderr, sasl)
@@ -130,7 +130,7 @@ def test_speed_layer_reads_through_sasl_and_fails_in_one_line_with_a_wrong_passw
         return SpeedLayer(spark, config, targets)
 
     began = time.monotonic()
-    with pytest.raises(Exception) as failure:  # noqa: PT011 - what matters is its one line
+    with pytest.raises(StreamFailed) as failure:
         run_until_stopped(layer(_wrong(sasl), "sasl_wrong"))
     refused_after = time.monotonic() - began
     message = str(failure.value)

@@ -322,6 +322,11 @@ class MicroBatchFailed(RuntimeError):
     """A micro-batch failed every attempt; the message names it, its offsets and the last error."""
 
 
+class StreamFailed(RuntimeError):
+    """The query stopped with an error outside the micro-batches (e.g. Kafka refused the credentials);
+    the message is Spark's first line."""
+
+
 def _not_below(marks: Offsets) -> Column:
     """Records at or past their partition's mark (all records of a partition without one)."""
     condition = F.lit(True)
@@ -384,7 +389,9 @@ def run_until_stopped(layer: SpeedLayer, on_progress: Callable[[StreamingQuery, 
     except StreamingQueryException as exc:
         if layer.failure is not None:  # Spark wraps it in pages of JVM trace; the one line is ours
             raise MicroBatchFailed(layer.failure) from None
-        raise RuntimeError(f"speed layer query {layer.config.query_name!r} failed: {exc}") from exc
+        # Spark's message goes on with the query's state and plan; its first line says what failed.
+        first_line = str(exc).partition("\n")[0]
+        raise StreamFailed(f"speed layer query {layer.config.query_name!r} failed: {first_line}") from exc
     finally:
         _stop(query)
     if on_progress is not None:
