@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from antenna_assets.kafka_client import KafkaUnavailable, librdkafka_config, sasl_password, spark_kafka_options, topic_names
 from antenna_assets.sensors import speed_layer_decision
-from antenna_assets.settings import Settings
+from antenna_assets.settings import Settings, SettingsError
 from antenna_assets.sources.simulator import SimulationError, SimulatorConfig, run_simulation
 from antenna_assets.speed.config import SpeedLayerConfig
 from antenna_assets.speed.layer import SpeedLayer, SpeedLayerTargets, StreamFailed, run_until_stopped
@@ -54,6 +54,27 @@ def _assert_one_line_sasl_failure(text: str, sasl: Settings) -> None:
     assert "\n" not in text.strip(), text
     assert SASL_FAILURE in text, text
     assert sasl_password(sasl) not in text and WRONG not in text
+
+
+def test_one_set_of_settings_configures_librdkafka_and_spark_alike(tmp_path):
+    ca = tmp_path / "ca.pem"
+    password = 'with "quote" and \\ backslash'
+    settings = Settings.from_env(kafka_bootstrap="b1:9096,b2:9096", kafka_security_protocol="sasl_ssl",
+                                 kafka_sasl_mechanism="scram-sha-256", kafka_sasl_username="pipeline",
+                                 kafka_sasl_password=password, kafka_ssl_ca_file=str(ca))
+    assert password not in repr(settings)
+    assert librdkafka_config(settings) == {
+        "bootstrap.servers": "b1:9096,b2:9096", "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-256",
+        "sasl.username": "pipeline", "sasl.password": password, "ssl.ca.location": str(ca)}
+    assert spark_kafka_options(settings) == {
+        "kafka.bootstrap.servers": "b1:9096,b2:9096", "kafka.security.protocol": "SASL_SSL",
+        "kafka.sasl.mechanism": "SCRAM-SHA-256",
+        "kafka.sasl.jaas.config": 'org.apache.kafka.common.security.scram.ScramLoginModule required '
+                                  'username="pipeline" password="with \\"quote\\" and \\\\ backslash";',
+        "kafka.ssl.truststore.type": "PEM", "kafka.ssl.truststore.location": str(ca)}
+    with pytest.raises(SettingsError, match="ANTENNA_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT needs "
+                                            "ANTENNA_KAFKA_SASL_USERNAME"):
+        Settings.from_env(kafka_security_protocol="SASL_PLAINTEXT")
 
 
 def test_local_broker_keeps_the_password_in_0600_files_only(sasl):
