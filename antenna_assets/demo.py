@@ -48,6 +48,7 @@ def _demo(args: argparse.Namespace) -> int:
     from antenna_assets.partitions import partition_range_tags
     from antenna_assets.sources.user_metadata import provision_users
     from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
+    from antenna_assets.kafka_client import librdkafka_config
     from antenna_assets.settings import Settings
     from antenna_assets.sources.simulator import SimulatorConfig, simulate
     from antenna_assets.stack.dagster_ui import DagsterUI
@@ -86,7 +87,8 @@ def _demo(args: argparse.Namespace) -> int:
         truth_path = settings.stack_dir / f"demo-ground-truth-{start:%Y%m%d%H}.json"
         result = simulate(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=settings.topic,
                                           backfill_hours=count, start=start, seed=args.seed,
-                                          malformed_fraction=0.01, ground_truth_path=str(truth_path)))
+                                          malformed_fraction=0.01, ground_truth_path=str(truth_path),
+                                          kafka_client=librdkafka_config(settings)))
         sent_before.add([start + timedelta(hours=n) for n in range(count)])
         print(f"{result.produced} messages ({result.truth.malformed} malformed on purpose); ground truth in {truth_path}")
 

@@ -11,7 +11,8 @@ from antenna_assets.batch.bookkeeping import landed_hours
 from antenna_assets.hours import hour_closes_at, partition_key
 from antenna_assets.partitions import hourly_partitions
 from antenna_assets.resources import PostgresResource
-from antenna_assets.settings import Settings
+from antenna_assets.kafka_client import KafkaUnavailable, librdkafka_config, topic_names
+from antenna_assets.settings import Settings, SettingsError
 from antenna_assets.hours import utc_now
 
 # Runs that count as "alive": the coordinator's queue as well as the in-progress statuses.
@@ -25,14 +26,14 @@ def _default_status(on: bool) -> dg.DefaultSensorStatus:
     return dg.DefaultSensorStatus.RUNNING if on else dg.DefaultSensorStatus.STOPPED
 
 
-def _topic_exists(settings: Settings) -> bool:
-    from confluent_kafka.admin import AdminClient
-
+def _why_no_topic(settings: Settings) -> str | None:
+    """Why there is nothing to stream yet: the topic is missing, the broker does not answer or refuses
+    the credentials (one line, password redacted); None when the topic exists."""
     try:
-        metadata = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=5)
-    except Exception:  # noqa: BLE001 - unreachable broker: nothing to stream yet
-        return False
-    return settings.topic in metadata.topics
+        topics = topic_names(librdkafka_config(settings), timeout=5)
+    except (KafkaUnavailable, SettingsError) as exc:
+        return str(exc)
+    return None if settings.topic in topics else f"Kafka topic {settings.topic!r} not found at {settings.kafka_bootstrap}"
 
 
 def backoff_seconds(consecutive_failures: int, base: float, maximum: float) -> float:
@@ -55,8 +56,9 @@ def speed_layer_decision(instance: dg.DagsterInstance, settings: Settings, now: 
     alive = instance.get_run_records(dg.RunsFilter(job_name=speed_layer_job.name, statuses=ALIVE_STATUSES), limit=1)
     if alive:
         return dg.SkipReason(f"speed layer run {alive[0].dagster_run.run_id} is {alive[0].dagster_run.status.value}")
-    if not _topic_exists(settings):
-        return dg.SkipReason(f"Kafka topic {settings.topic!r} not found at {settings.kafka_bootstrap}")
+    no_topic = _why_no_topic(settings)
+    if no_topic:
+        return dg.SkipReason(no_topic)
     recent = instance.get_run_records(dg.RunsFilter(job_name=speed_layer_job.name), limit=10)
     failures = _failures_in_a_row(recent)
     if failures:

@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SPARK_VERSION = "4.2.0"  # must equal the pinned pyspark: the Kafka connector jars are fetched for it
 KAFKA_VERSION = "4.1.1"
 DEVICES_TOPIC = "devices"
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+LOCAL_KAFKA_USER = "antenna"  # the product's SCRAM user on the local broker with kafka_local_sasl
 ENV_PREFIX = "ANTENNA_"
 
 _KINDS = {"int_parsing": "an integer", "float_parsing": "a number", "bool_parsing": "1 or 0"}
@@ -40,6 +43,14 @@ class Settings(BaseSettings):
     kafka_heap: str = "1g"
     topic: str = DEVICES_TOPIC
     topic_partitions: int = Field(default=3, ge=1)
+    # Kafka security, one set for every client (simulator, sensor, stack, Spark): antenna_assets/kafka.py.
+    kafka_security_protocol: str = ""  # empty: SASL_PLAINTEXT with kafka_local_sasl, else PLAINTEXT
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""  # empty with kafka_local_sasl: LOCAL_KAFKA_USER
+    kafka_sasl_password: SecretStr = SecretStr("")  # SecretStr: never shown by a repr or a log line
+    kafka_sasl_password_file: str = ""  # empty with kafka_local_sasl and no password: <stack_dir>/secrets/kafka-antenna
+    kafka_ssl_ca_file: str = ""  # PEM file of the CA that signed the brokers' certificates
+    kafka_local_sasl: bool = False  # the local broker listens with SASL_PLAINTEXT + SCRAM-SHA-512 only
     # PostgreSQL: the embedded server on postgres_port, unless a URL names another server.
     postgres_port: int = 15432
     postgres_url: str = ""  # empty: the embedded server
@@ -94,6 +105,7 @@ class Settings(BaseSettings):
         derived["postgres_url"] = (self.postgres_url
                                    or f"postgresql://postgres:antenna@127.0.0.1:{self.postgres_port}/antenna")
         derived["gcs_endpoint"] = self.gcs_endpoint.rstrip("/")
+        derived.update(self._kafka_security(derived["stack_dir"]))
         for name, value in derived.items():
             object.__setattr__(self, name, value)
         parsed = urlparse(self.postgres_url)
@@ -104,6 +116,30 @@ class Settings(BaseSettings):
             raise ValueError(f"{ENV_PREFIX}SPARK_MASTER={self.spark_master!r}: expected local[*], spark://host:port, "
                              "yarn or k8s://")
         return self
+
+    def _kafka_security(self, stack_dir: Path) -> dict[str, str]:
+        """The derived Kafka security settings; a combination no client can use is a ValueError."""
+        local = self.kafka_local_sasl
+        protocol = (self.kafka_security_protocol or ("SASL_PLAINTEXT" if local else "PLAINTEXT")).upper()
+        mechanism = self.kafka_sasl_mechanism.upper()
+        username = self.kafka_sasl_username or (LOCAL_KAFKA_USER if local else "")
+        password_file = self.kafka_sasl_password_file
+        if local and not password_file and not self.kafka_sasl_password.get_secret_value():
+            password_file = str(stack_dir / "secrets" / f"kafka-{LOCAL_KAFKA_USER}")
+        if protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ValueError(f"{ENV_PREFIX}KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol!r}: expected one of "
+                             f"{', '.join(KAFKA_SECURITY_PROTOCOLS)}")
+        if mechanism not in KAFKA_SASL_MECHANISMS:
+            raise ValueError(f"{ENV_PREFIX}KAFKA_SASL_MECHANISM={self.kafka_sasl_mechanism!r}: expected one of "
+                             f"{', '.join(KAFKA_SASL_MECHANISMS)}")
+        if protocol.startswith("SASL") and not (username and (password_file or self.kafka_sasl_password.get_secret_value())):
+            raise ValueError(f"{ENV_PREFIX}KAFKA_SECURITY_PROTOCOL={protocol} needs {ENV_PREFIX}KAFKA_SASL_USERNAME and "
+                             f"{ENV_PREFIX}KAFKA_SASL_PASSWORD (or {ENV_PREFIX}KAFKA_SASL_PASSWORD_FILE)")
+        if self.kafka_ssl_ca_file and not protocol.endswith("SSL"):
+            raise ValueError(f"{ENV_PREFIX}KAFKA_SSL_CA_FILE is set but {ENV_PREFIX}KAFKA_SECURITY_PROTOCOL={protocol} "
+                             "does not use TLS: use SSL or SASL_SSL")
+        return {"kafka_security_protocol": protocol, "kafka_sasl_mechanism": mechanism,
+                "kafka_sasl_username": username, "kafka_sasl_password_file": password_file}
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Settings":

@@ -29,7 +29,9 @@ def consume(settings, topic: str, expected: int, timeout: float = 30.0) -> list[
     """Every message of the topic: waits for `expected`, then briefly for any surplus."""
     from confluent_kafka import Consumer
 
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"test-{uuid.uuid4().hex}",
+    from antenna_assets.kafka_client import librdkafka_config
+
+    consumer = Consumer({**librdkafka_config(settings), "group.id": f"test-{uuid.uuid4().hex}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
     values: list[bytes] = []

@@ -7,7 +7,7 @@ from antenna_assets.resources import LakeResource, PostgresResource, SparkResour
 from antenna_assets.settings import Settings
 from antenna_assets.speed.config import SpeedLayerConfig
 from antenna_assets.speed.runtime import progress_summary, speed_layer_targets
-from antenna_assets.speed.layer import MicroBatchFailed, SpeedLayer, run_until_stopped
+from antenna_assets.speed.layer import MicroBatchFailed, SpeedLayer, StreamFailed, run_until_stopped
 
 devices_topic = dg.AssetSpec(
     "devices_topic",
@@ -53,6 +53,8 @@ def speed_layer(context: dg.AssetExecutionContext, config: SpeedLayerConfig, spa
         # Seen on the asset's page as well as on the failed run; the sensor relaunches with back-off.
         context.log_event(dg.AssetObservation(asset_key="devices_landing", metadata={
             "failing_micro_batch": dg.MetadataValue.text(str(exc))}))
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    except StreamFailed as exc:  # e.g. Kafka refused the credentials: one line, Spark's trace is in the run's stderr
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     summary = {k: v for k, v in progress_summary(query, layer).items() if v is not None}
     for spec in SPEED_LAYER_SPECS:

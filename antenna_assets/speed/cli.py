@@ -40,7 +40,7 @@ def _stream(args: argparse.Namespace) -> int:
     from antenna_assets.resources.spark import build_spark_session
     from antenna_assets.speed.config import SpeedLayerConfig
     from antenna_assets.speed.runtime import progress_summary, speed_layer_targets
-    from antenna_assets.speed.layer import MicroBatchFailed, SpeedLayer, run_until_stopped
+    from antenna_assets.speed.layer import MicroBatchFailed, SpeedLayer, StreamFailed, run_until_stopped
 
     overrides = {k: v for k, v in vars(args).items()
                  if k in SpeedLayerConfig.model_fields and v is not None}
@@ -73,7 +73,7 @@ def _stream(args: argparse.Namespace) -> int:
         signal.signal(stop_signal, lambda signum, frame: stop_requested.set())
     try:
         run_until_stopped(layer, on_progress=report, should_stop=stop_requested.is_set)
-    except MicroBatchFailed as exc:
+    except (MicroBatchFailed, StreamFailed) as exc:
         print(f"antenna stream: error: {exc}", file=sys.stderr)
         return 1
     if stop_requested.is_set():

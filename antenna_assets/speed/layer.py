@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -70,6 +70,9 @@ class SpeedLayerTargets:
     landing_path: str
     checkpoint_path: str
     postgres_url: str
+    # Spark's `kafka.` options (kafka_client.spark_kafka_options): the cluster's security. Out of the
+    # repr, as they may hold the SASL password; Spark keeps them in the driver.
+    kafka_options: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ class SpeedLayer:
 
     def kafka_stream(self) -> DataFrame:
         reader = (self.spark.readStream.format("kafka")
-                  .option("kafka.bootstrap.servers", self.targets.kafka_bootstrap)
+                  .options(**{"kafka.bootstrap.servers": self.targets.kafka_bootstrap, **self.targets.kafka_options})
                   .option("subscribe", self.targets.topic)
                   .option("startingOffsets", self.config.starting_offsets)
                   .option("failOnDataLoss", str(self.config.fail_on_data_loss).lower())
@@ -324,6 +327,11 @@ class MicroBatchFailed(RuntimeError):
     """A micro-batch failed every attempt; the message names it, its offsets and the last error."""
 
 
+class StreamFailed(RuntimeError):
+    """The query stopped with an error outside the micro-batches (e.g. Kafka refused the credentials);
+    the message is Spark's first line."""
+
+
 def _not_below(marks: Offsets) -> Column:
     """Records at or past their partition's mark (all records of a partition without one)."""
     condition = F.lit(True)
@@ -390,7 +398,9 @@ def run_until_stopped(layer: SpeedLayer, on_progress: Callable[[StreamingQuery, 
     except StreamingQueryException as exc:
         if layer.failure is not None:  # Spark wraps it in pages of JVM trace; the one line is ours
             raise MicroBatchFailed(layer.failure) from None
-        raise RuntimeError(f"speed layer query {layer.config.query_name!r} failed: {exc}") from exc
+        # Spark's message goes on with the query's state and plan; its first line says what failed.
+        first_line = str(exc).partition("\n")[0]
+        raise StreamFailed(f"speed layer query {layer.config.query_name!r} failed: {first_line}") from exc
     finally:
         _stop(query)
     if on_progress is not None:

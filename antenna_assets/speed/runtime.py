@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from antenna_assets.kafka_client import spark_kafka_options
 from antenna_assets.resources import LakeResource
 from antenna_assets.settings import Settings
 from antenna_assets.speed.config import SpeedLayerConfig
@@ -18,6 +19,7 @@ def speed_layer_targets(settings: Settings, lake: LakeResource, postgres_url: st
         landing_path=lake.landing_path,
         checkpoint_path=lake.checkpoint_path(config.query_name),
         postgres_url=postgres_url,
+        kafka_options=spark_kafka_options(settings),
     )
 
 

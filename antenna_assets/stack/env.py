@@ -24,6 +24,8 @@ def stack_environment(settings: Settings) -> dict[str, str]:
         "DAGSTER_PG_PASSWORD": unquote(url.password or "antenna"),
         "DAGSTER_PG_DB": settings.dagster_db,
     }
+    if settings.kafka_local_sasl:  # the password stays in its 0600 file, named by the settings
+        env["ANTENNA_KAFKA_LOCAL_SASL"] = "1"
     # Exporting the embedded server's URL would make later commands treat it as external.
     if settings.external_postgres:
         env["ANTENNA_POSTGRES_URL"] = settings.postgres_url

@@ -77,6 +77,7 @@ def register(subparsers) -> None:
 
 
 def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from antenna_assets.kafka_client import librdkafka_config
     from antenna_assets.settings import Settings
     from antenna_assets.sources.simulator import SimulationError, SimulatorConfig, SimulatorConfigError, simulate
 
@@ -87,7 +88,7 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         duration_seconds=args.duration, count=args.count, backfill_hours=args.backfill_hours, start=args.start,
         seed=args.seed, malformed_fraction=args.malformed_fraction, extra_field_fraction=args.extra_field_fraction,
         processes=args.processes, ground_truth_path=args.ground_truth, progress=not args.no_progress,
-        producer_options=dict(args.producer_options),
+        producer_options=dict(args.producer_options), kafka_client=librdkafka_config(settings),
     )
     try:
         config.validate()

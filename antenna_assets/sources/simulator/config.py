@@ -36,6 +36,9 @@ class SimulatorConfig:
     progress: bool = True
     # librdkafka properties merged over the simulator's tuned producer settings.
     producer_options: Mapping[str, object] = field(default_factory=dict)
+    # The cluster's security (kafka_client.librdkafka_config(settings)), under producer_options and
+    # `bootstrap`; out of the repr: it may hold the SASL password.
+    kafka_client: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def backfill(self) -> bool:

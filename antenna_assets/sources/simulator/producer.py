@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from antenna_assets.settings import Settings
 from antenna_assets.errors import StackError
 
@@ -27,26 +26,23 @@ class SimulationError(RuntimeError):
     """The simulation could not deliver its messages; the message says what failed."""
 
 
-def prepare_topic(bootstrap: str, topic: str) -> None:
-    """Fail fast when the broker does not answer, then create the topic if it is missing."""
+def prepare_topic(bootstrap: str, topic: str, kafka_client: dict) -> None:
+    """Fail fast when the broker does not answer or refuses the credentials (`kafka_client`: its
+    librdkafka security), then create the topic if it is missing."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
 
-    # log_level 0: the error raised below says it once, instead of librdkafka logging every retry.
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
-    try:
-        admin.list_topics(timeout=BROKER_CHECK_TIMEOUT_SECONDS)
-    except KafkaException as exc:
-        raise SimulationError(
-            f"Kafka at {bootstrap} does not answer within {BROKER_CHECK_TIMEOUT_SECONDS:.0f} s "
-            f"({exc.args[0].str() if exc.args else exc}); start it with `antenna stack up` or pass --bootstrap"
-        ) from None
-    from antenna_assets.stack.kafka import ensure_topic
+    from antenna_assets.kafka_client import KafkaUnavailable, redact, topic_names
+    from antenna_assets.stack.kafka import create_topic
 
+    config = {**kafka_client, "bootstrap.servers": bootstrap}
     try:
-        ensure_topic(Settings.from_env().replace(kafka_bootstrap=bootstrap, topic=topic))
+        topic_names(config, timeout=BROKER_CHECK_TIMEOUT_SECONDS)
+    except KafkaUnavailable as exc:
+        raise SimulationError(str(exc)) from None
+    try:
+        create_topic(config, topic, Settings.from_env().topic_partitions)
     except (StackError, KafkaException) as exc:
-        raise SimulationError(f"could not create topic {topic!r} on {bootstrap}: {exc}") from None
+        raise SimulationError(redact(f"could not create topic {topic!r} on {bootstrap}: {exc}", config)) from None
 
 
 class DeliveringProducer:

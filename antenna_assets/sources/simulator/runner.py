@@ -43,7 +43,7 @@ def run_simulation(config: SimulatorConfig) -> GroundTruth:
 def simulate(config: SimulatorConfig) -> SimulationResult:
     """`run_simulation` with the throughput figures; raises SimulationError if a message was lost."""
     config.validate()
-    prepare_topic(config.bootstrap, config.topic)
+    prepare_topic(config.bootstrap, config.topic, config.kafka_client)
     plan = SimulationPlan.from_config(config, now=time.time())
     sent = _CONTEXT.Array("q", plan.processes, lock=False)
     stop_event = threading.Event() if plan.processes == 1 else _CONTEXT.Event()

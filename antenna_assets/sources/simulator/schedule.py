@@ -9,7 +9,7 @@ from __future__ import annotations
 import calendar
 import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from antenna_assets.sources.simulator.config import SimulatorConfig
@@ -49,6 +49,7 @@ class SimulationPlan:
     extra_field_fraction: float
     processes: int
     producer_options: dict
+    kafka_client: dict = field(repr=False)  # security properties, possibly a password
 
     @classmethod
     def from_config(cls, config: SimulatorConfig, now: float) -> "SimulationPlan":
@@ -86,6 +87,7 @@ class SimulationPlan:
             extra_field_fraction=config.effective_extra_field_fraction,
             processes=config.processes,
             producer_options=dict(config.producer_options),
+            kafka_client=dict(config.kafka_client),
         )
 
     @property
