@@ -108,7 +108,7 @@ def import_bundle(superset: "Superset") -> None:
     from antenna_assets.stack.superset import ADMIN
 
     settings = superset.settings
-    conn = connect(settings.postgres_url)
+    conn = connect(settings.postgres_admin_url)
     try:
         migrate(conn)  # the views the reader is granted must exist
     finally:

@@ -43,7 +43,7 @@ def _add(args: argparse.Namespace) -> int:
     password = _read_password()
     try:
         check_new_operator(args.name, password)
-        conn = connect(settings.postgres_url)
+        conn = connect(settings.postgres_admin_url)  # operators' accounts are set up by the admin
     except OperatorError as exc:
         raise StackError(str(exc)) from None
     except psycopg2.OperationalError as exc:

@@ -49,7 +49,7 @@ def prepare_database(settings: Settings, serving_url: str | None = None) -> None
     from antenna_assets.stack.secrets import stack_secret
 
     try:
-        conn = connect(serving_url or settings.postgres_url)
+        conn = connect(serving_url or settings.postgres_admin_url)
     except psycopg2.OperationalError as exc:
         raise StackError(f"cannot connect to PostgreSQL: {str(exc).strip().splitlines()[0]}. "
                          "Start it with `antenna stack up` or fix ANTENNA_POSTGRES_URL") from None
