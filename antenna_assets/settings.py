@@ -100,10 +100,12 @@ class Settings(BaseSettings):
         derived["gcs_endpoint"] = self.gcs_endpoint.rstrip("/")
         for name, value in derived.items():
             object.__setattr__(self, name, value)
+        from antenna_assets.postgres import redacted
+
         parsed = urlparse(self.postgres_url)
         if parsed.scheme not in ("postgresql", "postgres") or not parsed.hostname:
             raise ValueError(f"{ENV_PREFIX}POSTGRES_URL must look like postgresql://user:password@host:port/db, "
-                             f"got {self.postgres_url!r}")
+                             f"got {redacted(self.postgres_url)!r}")
         if not (self.spark_master.startswith(("local", "spark://", "k8s://")) or self.spark_master == "yarn"):
             raise ValueError(f"{ENV_PREFIX}SPARK_MASTER={self.spark_master!r}: expected local[*], spark://host:port, "
                              "yarn or k8s://")

@@ -128,7 +128,7 @@ class Superset(ServerProcess):
 
     def _prepare(self) -> str | None:
         """Metadata database, secrets, config, schema, roles and admin; returns the admin password when
-        it was generated now (to be shown once)."""
+        it was generated now."""
         metadata_url = self._metadata_database()
         stack_secret(self.settings, SECRET_KEY)
         password, created = stack_secret(self.settings, ADMIN_PASSWORD)
@@ -183,7 +183,9 @@ class Superset(ServerProcess):
             raise
         message = f"superset started (pid {process.pid}) at {self.url}, user {ADMIN}"
         if new_password:
-            message += (f"\nsuperset admin password (shown once; kept in {self.password_file}): {new_password}")
+            # Not printed: terminals and CI keep their output in logs.
+            message += (f"\nsuperset admin password generated into {self.password_file} (mode 0600; "
+                        "or `antenna stack env --show-secrets`)")
         return message
 
     @property
