@@ -186,6 +186,9 @@ class EmbeddedPostgres:
         with transaction(admin) as conn:
             migrate(conn)
             grant_writer(conn)
+            with conn.cursor() as cur:  # the roles that need it are granted CONNECT by name
+                cur.execute("SELECT quote_ident(current_database())")
+                cur.execute(f"REVOKE CONNECT ON DATABASE {cur.fetchone()[0]} FROM PUBLIC")
 
     def down(self) -> str:
         if self.settings.external_postgres:
