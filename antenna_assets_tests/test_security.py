@@ -204,13 +204,15 @@ def test_a_trust_data_folder_is_secured_on_up(settings, tmp_path):
 @pytest.fixture
 def live_stack(settings, topic, tmp_path, monkeypatch):
     """The demo's running parts on the test stack: the Dagster UI with its daemon and sensors (which
-    launch the streaming run and the closed hour's batch run) and the operators' page, over a topic
-    with one closed hour of traffic. Yields (instance, streaming run id, batch run id)."""
+    launch the streaming run and the closed hour's batch run), the operators' page and Superset (its
+    metadata as its own role), over a topic with one closed hour of traffic. Yields (instance,
+    streaming run id, batch run id)."""
     import dagster as dg
 
     from antenna_assets.sources.simulator import SimulatorConfig, run_simulation
     from antenna_assets.stack.dagster_ui import DagsterUI
     from antenna_assets.stack.operators_page import OperatorsPage
+    from antenna_assets.stack.superset import Superset
 
     hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0, tzinfo=None) - timedelta(hours=2)
     run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=1, start=hour,
@@ -218,7 +220,7 @@ def live_stack(settings, topic, tmp_path, monkeypatch):
     monkeypatch.setenv("ANTENNA_TOPIC", topic)
     stack = settings.replace(topic=topic, lake_root=str(tmp_path / "lake"))
     instance = dg.DagsterInstance.get()
-    ui, page = DagsterUI(stack), OperatorsPage(stack)
+    ui, page, superset = DagsterUI(stack), OperatorsPage(stack), Superset(stack)
     partition = f"{hour:%Y-%m-%d-%H:%M}"
 
     def runs(job: str, **tags):
@@ -229,6 +231,7 @@ def live_stack(settings, topic, tmp_path, monkeypatch):
     try:
         ui.up(automation=True)
         page.up()
+        superset.up()
         deadline = time.monotonic() + 420
         batch = None
         while batch is None or not batch.is_finished:
@@ -240,6 +243,7 @@ def live_stack(settings, topic, tmp_path, monkeypatch):
         [stream] = [r for r in runs("speed_layer_job") if r.status == dg.DagsterRunStatus.STARTED]
         yield instance, stream.run_id, batch.run_id
     finally:
+        superset.down()
         page.down()
         ui.down()
         for run in runs("speed_layer_job"):
@@ -259,7 +263,7 @@ def test_no_secret_on_command_lines_logs_or_run_events(settings, live_stack):
     secrets = _secret_values(settings)
     command_lines = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     for part in ("kafka.Kafka", "postgres", "dagster-webserver", "dagster-daemon", "operators serve",
-                 "antenna_assets"):
+                 "superset.app", "antenna_assets"):
         assert part in command_lines, part
     assert not [name for name, value in secrets.items() if value in command_lines]
     for log in Path(settings.stack_dir).rglob("*.log"):
