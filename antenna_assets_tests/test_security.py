@@ -15,6 +15,7 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import urlparse
 
 import psycopg2
 import pytest
@@ -107,6 +108,30 @@ def test_the_writer_may_only_write_the_pipelines_tables(settings, postgres):
     assert "permission denied" in _refused(url, "DELETE FROM dead_letter")
     with pytest.raises(Exception, match="permission denied for database"):
         connect(settings.postgres_url_for(settings.dagster_db)).close()
+
+
+def test_the_writer_migrates_nothing_and_says_who_must(settings):
+    """The running parts call migrate(): a no-op for the writer on a database at this version; on an
+    older one, a one-line error naming `antenna stack up` instead of a half-applied migration."""
+    from antenna_assets.errors import StackError
+    from antenna_assets.serving.roles import grant_writer
+    from antenna_assets.serving.schema import migrate
+    from antenna_assets_tests.conftest import fresh_database
+
+    with fresh_database(settings) as admin:
+        with connect(admin) as conn:
+            grant_writer(conn)
+        writer = settings.postgres_url_for(urlparse(admin).path.lstrip("/"), settings.postgres_url)
+        with connect(writer) as conn:
+            migrate(conn)  # at this version: nothing to do, nothing refused
+            with connect(admin) as owner, owner.cursor() as cur:
+                cur.execute("UPDATE schema_version SET digest = 'an older version'")
+                owner.commit()
+            with pytest.raises(StackError, match="may not migrate it: run `antenna stack up`"):
+                migrate(conn)
+            with connect(admin) as owner:
+                migrate(owner)
+            migrate(conn)
 
 
 def test_dagster_has_its_own_database_and_role(settings):
