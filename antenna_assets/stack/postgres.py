@@ -17,11 +17,10 @@ import subprocess
 import warnings
 from urllib.parse import urlparse
 
-from antenna_assets.settings import Settings
 from antenna_assets.errors import StackError
 from antenna_assets.postgres import (connect, ensure_database, ensure_login_role, ensure_owned_database, redacted,
                                      scram_sha256, transaction)
-from antenna_assets.settings import SUPERUSER, WRITER_ROLE
+from antenna_assets.settings import SUPERUSER, WRITER_ROLE, Settings
 from antenna_assets.stack.process import pid_alive, port_open, stop_pid, tail, wait_until
 from antenna_assets.stack.secrets import stack_secret, write_pgpass
 
@@ -85,7 +84,7 @@ class EmbeddedPostgres:
 
     def healthy(self) -> bool:
         try:
-            connect(self.settings.postgres_url_for("postgres", self.settings.postgres_admin_url), timeout=2).close()
+            connect(self._server_url, timeout=2).close()
             return True
         except Exception:  # noqa: BLE001 - any failure means "not answering"
             return False
@@ -126,6 +125,11 @@ class EmbeddedPostgres:
         return f"postgres started (pid {self.pid()}) on 127.0.0.1:{self.settings.postgres_port}"
 
     @property
+    def _server_url(self) -> str:
+        """The admin's URL of the server's `postgres` database (databases and roles are made there)."""
+        return self.settings.postgres_url_for("postgres", self.settings.postgres_admin_url)
+
+    @property
     def _hba_file(self):
         return self.data_dir / "pg_hba.conf"
 
@@ -151,11 +155,11 @@ class EmbeddedPostgres:
         if self._secured():
             return
         password = self._passwords()[SUPERUSER]
-        with transaction(self.settings.postgres_url_for("postgres", self.settings.postgres_admin_url)) as conn:
+        with transaction(self._server_url) as conn:
             with conn.cursor() as cur:
                 cur.execute(f"ALTER ROLE {SUPERUSER} PASSWORD %s", (scram_sha256(password),))
         self._hba_file.write_text(PG_HBA)
-        with transaction(self.settings.postgres_url_for("postgres", self.settings.postgres_admin_url)) as conn:
+        with transaction(self._server_url) as conn:
             with conn.cursor() as cur:
                 cur.execute("SELECT pg_reload_conf()")
 
@@ -171,18 +175,17 @@ class EmbeddedPostgres:
         from antenna_assets.serving.schema import migrate
 
         admin = self.settings.postgres_admin_url
-        serving = urlparse(self.settings.postgres_url).path.lstrip("/") or "postgres"
-        ensure_database(self.settings.postgres_url_for("postgres", admin), serving)
+        ensure_database(self._server_url, urlparse(self.settings.postgres_url).path.lstrip("/") or "postgres")
         if self.settings.external_postgres:
-            ensure_database(self.settings.postgres_url_for("postgres", admin), self.settings.dagster_db)
+            ensure_database(self._server_url, self.settings.dagster_db)
             with transaction(admin) as conn:
                 migrate(conn)
             return
         passwords = self._passwords()
-        with transaction(self.settings.postgres_url_for("postgres", admin)) as conn:
+        with transaction(self._server_url) as conn:
             for role in (WRITER_ROLE, DAGSTER_ROLE, SUPERSET_ROLE):
                 ensure_login_role(conn, role, passwords[role])
-        ensure_owned_database(self.settings.postgres_url_for("postgres", admin), self.settings.dagster_db, DAGSTER_ROLE)
+        ensure_owned_database(self._server_url, self.settings.dagster_db, DAGSTER_ROLE)
         with transaction(admin) as conn:
             migrate(conn)
             grant_writer(conn)
