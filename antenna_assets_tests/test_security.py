@@ -286,7 +286,7 @@ def test_no_secret_on_command_lines_logs_or_run_events(settings, live_stack):
 
     instance, stream_id, batch_id = live_stack
     secrets = _secret_values(settings)
-    command_lines = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    command_lines = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True, check=True).stdout
     for part in ("kafka.Kafka", "postgres", "dagster-webserver", "dagster-daemon", "operators serve",
                  "superset.app", "antenna_assets"):
         assert part in command_lines, part
