@@ -277,9 +277,10 @@ def live_stack(settings, topic, tmp_path, monkeypatch):
 
 
 def test_no_secret_on_command_lines_logs_or_run_events(settings, live_stack):
-    """`ps` while the stack, the operators' page, Dagster and the streaming run are alive; every log file
-    of the stack; and every event (logs and metadata) and the run config of the streaming run and of the
-    hour's batch run: no generated password anywhere, and no user's email in the runs' events."""
+    """`ps` while the stack, the operators' page, Superset, Dagster and the streaming run are alive;
+    every log file (and the runs' captured output) of the stack; and every event (logs and metadata)
+    and the run config of the streaming run and of the hour's batch run: no generated password
+    anywhere, and no user's email in the runs' events."""
     import dagster as dg
 
     from antenna_assets.sources.users import PROVISIONED_USERS
@@ -291,7 +292,9 @@ def test_no_secret_on_command_lines_logs_or_run_events(settings, live_stack):
                  "superset.app", "antenna_assets"):
         assert part in command_lines, part
     assert not [name for name, value in secrets.items() if value in command_lines]
-    for log in Path(settings.stack_dir).rglob("*.log"):
+    logs = [path for pattern in ("*.log", "*.out", "*.err") for path in Path(settings.stack_dir).rglob(pattern)]
+    assert any(path.suffix == ".out" for path in logs)  # the runs' captured output (Dagster's compute logs)
+    for log in logs:
         text = log.read_text(errors="replace")
         assert not [name for name, value in secrets.items() if value in text], log
     emails = [user.email for user in PROVISIONED_USERS]
