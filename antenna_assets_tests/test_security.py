@@ -288,9 +288,10 @@ def test_no_secret_on_command_lines_logs_or_run_events(settings, live_stack):
     instance, stream_id, batch_id = live_stack
     secrets = _secret_values(settings)
     command_lines = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True, check=True).stdout
-    # The services, Dagster's webserver, daemon and code server, and the runs' processes.
-    for part in ("kafka.Kafka", "postgres -D", "dagster_webserver", "dagster._daemon", "api grpc", "execute_run",
-                 "operators serve", "superset.app"):
+    # The services, Dagster's webserver, daemon and code server, the runs' processes (spawned by the code
+    # server) and the streaming run's Spark driver.
+    for part in ("kafka.Kafka", "postgres -D", "dagster_webserver", "dagster._daemon", "api grpc", "spawn_main",
+                 "SparkSubmit", "operators serve", "superset.app"):
         assert part in command_lines, part
     assert not [name for name, value in secrets.items() if value in command_lines]
     logs = [path for pattern in ("*.log", "*.out", "*.err") for path in Path(settings.stack_dir).rglob(pattern)]
