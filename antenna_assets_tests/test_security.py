@@ -306,3 +306,15 @@ def test_no_secret_on_command_lines_logs_or_run_events(settings, live_stack):
         assert "bytes_agg_user_1h" in events or run_id == stream_id
         assert not [name for name, value in secrets.items() if value in events or value in config], run_id
         assert not [email for email in emails if email in events], run_id
+
+
+def test_previews_show_personal_data_only_when_the_setting_allows(settings):
+    from antenna_assets.assets.previews import preview_table
+
+    rows = [("u1", "Ada", "ada@example.org", 10)]
+    columns = ("id", "name", "email", "quota")
+    hidden = preview_table(columns, rows, settings).value
+    assert "ada@example.org" not in hidden and "Ada" not in hidden and "| u1 | 10 |" in hidden
+    assert "ANTENNA_METADATA_PERSONAL_DATA=1" in hidden
+    shown = preview_table(columns, rows, settings.replace(metadata_personal_data=True)).value
+    assert "| u1 | Ada | ada@example.org | 10 |" in shown
