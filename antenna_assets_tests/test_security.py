@@ -247,12 +247,11 @@ def live_stack(settings, topic, tmp_path, monkeypatch):
     instance = dg.DagsterInstance.get()
     ui, page, superset = DagsterUI(stack), OperatorsPage(stack), Superset(stack)
     partition = f"{hour:%Y-%m-%d-%H:%M}"
+    started_at = datetime.now(timezone.utc)
 
     def runs(job: str, **tags):
-        return instance.get_runs(dg.RunsFilter(job_name=job, tags=tags,
-                                               created_after=started_at))
+        return instance.get_runs(dg.RunsFilter(job_name=job, tags=tags, created_after=started_at))
 
-    started_at = datetime.now(timezone.utc)
     try:
         ui.up(automation=True)
         page.up()
