@@ -49,7 +49,7 @@ def _stack(args: argparse.Namespace) -> int:
             print(service.status()[1])
         return 0 if healthy else 1
     elif args.action == "env":
-        print(export_lines(settings))
+        print(export_lines(settings, show_secrets=args.show_secrets))
     return 0
 
 
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="up: also start Apache Superset with the dashboards (or set ANTENNA_SUPERSET=1)")
     stack.add_argument("--operators", action="store_true",
                        help="up: also start the operators' web page (or set ANTENNA_OPERATORS_PAGE=1)")
+    stack.add_argument("--show-secrets", action="store_true",
+                       help="env: also print the stack's generated passwords and keys (else only where they are)")
     stack.set_defaults(handler=_stack)
     commands.add_parser("jars", help="fetch and cache the Kafka broker and Spark connector jars").set_defaults(handler=_jars)
     # Each layer adds its own sub-commands; their modules import their heavy parts lazily.

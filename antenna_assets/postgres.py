@@ -10,6 +10,10 @@ or a stolen password there cannot reach the rest.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 from urllib.parse import quote, urlparse
@@ -60,6 +64,46 @@ def ensure_database(server_url: str, name: str) -> None:
         conn.close()
 
 
+def ensure_owned_database(admin_url: str, name: str, owner: str) -> None:
+    """Database `name` exists and `owner` owns it, its schema `public` and everything in it (a
+    database created before the role existed is handed over); PUBLIC may not connect to it."""
+    ensure_database(admin_url, name)
+    conn = connect(urlparse(admin_url)._replace(path=f"/{name}").geturl())
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT quote_ident(%s), quote_ident(%s)", (name, owner))
+            database, role = cur.fetchone()
+            cur.execute(f"ALTER DATABASE {database} OWNER TO {role}")
+            cur.execute(f"REVOKE CONNECT ON DATABASE {database} FROM PUBLIC")
+            cur.execute(f"ALTER SCHEMA public OWNER TO {role}")
+            cur.execute("""SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                                                 WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END,
+                                  quote_ident(c.relname)
+                           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                           WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+                             AND pg_get_userbyid(c.relowner) <> %s
+                             AND NOT (c.relkind = 'S' AND EXISTS (
+                                 SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')))""",
+                        (owner,))
+            # A sequence owned by a column moves with its table.
+            for kind, relation in cur.fetchall():
+                cur.execute(f"ALTER {kind} {relation} OWNER TO {role}")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def scram_sha256(password: str, iterations: int = 4096) -> str:
+    """PostgreSQL's SCRAM-SHA-256 verifier of `password`: what `ALTER ROLE ... PASSWORD` is given, so
+    the server (and its log, should the statement fail) never sees the password itself."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    stored_key = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
 def redacted(url: str) -> str:
     parsed = urlparse(url)
     if parsed.password:
@@ -77,7 +121,8 @@ def ensure_login_role(conn, role: str, password: str) -> None:
         cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
         verb = "ALTER" if cur.fetchone() else "CREATE"
         try:
-            cur.execute(f"{verb} ROLE {ident} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s", (password,))
+            cur.execute(f"{verb} ROLE {ident} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s",
+                        (scram_sha256(password),))
         except psycopg2.errors.InsufficientPrivilege:
             raise StackError(f"cannot {verb.lower()} the PostgreSQL role {role!r}: the product's user needs CREATEROLE, "
                              f"or create the role yourself (LOGIN) and grant it as the README says") from None

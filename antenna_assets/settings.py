@@ -11,7 +11,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +23,9 @@ KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 LOCAL_KAFKA_USER = "antenna"  # the product's SCRAM user on the local broker with kafka_local_sasl
 ENV_PREFIX = "ANTENNA_"
+# The embedded PostgreSQL's roles (antenna_assets/stack/postgres.py creates them; README: Security).
+SUPERUSER = "postgres"
+WRITER_ROLE = "antenna_writer"
 
 _KINDS = {"int_parsing": "an integer", "float_parsing": "a number", "bool_parsing": "1 or 0"}
 
@@ -53,7 +56,7 @@ class Settings(BaseSettings):
     kafka_local_sasl: bool = False  # the local broker listens with SASL_PLAINTEXT + SCRAM-SHA-512 only
     # PostgreSQL: the embedded server on postgres_port, unless a URL names another server.
     postgres_port: int = 15432
-    postgres_url: str = ""  # empty: the embedded server
+    postgres_url: str = ""  # empty: the embedded server, as the pipeline's writer role
     dagster_db: str = "dagster"
     # The lake and the streaming checkpoints: local folders under the stack, or gs:// URLs.
     lake_root: str = ""  # empty: <stack_dir>/lake
@@ -93,6 +96,8 @@ class Settings(BaseSettings):
     operators_session_hours: int = Field(default=8, ge=1)
     operators_login_attempts: int = Field(default=5, ge=1)  # failed sign-ins per window, per name and per address
     operators_login_window_seconds: int = Field(default=900, ge=1)
+    # Users' names and emails are personal data: Dagster's event metadata (previews) leaves them out unless set.
+    metadata_personal_data: bool = False
 
     @model_validator(mode="after")
     def _derive_and_check(self) -> "Settings":
@@ -102,16 +107,17 @@ class Settings(BaseSettings):
         derived["checkpoint_root"] = (self.checkpoint_root or derived["lake_root"] + "/_checkpoints").rstrip("/")
         derived["kafka_controller_port"] = self.kafka_controller_port or self.kafka_port + 1
         derived["kafka_bootstrap"] = self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
-        derived["postgres_url"] = (self.postgres_url
-                                   or f"postgresql://postgres:antenna@127.0.0.1:{self.postgres_port}/antenna")
+        derived["postgres_url"] = self.postgres_url or self.embedded_url(WRITER_ROLE, derived["stack_dir"])
         derived["gcs_endpoint"] = self.gcs_endpoint.rstrip("/")
         derived.update(self._kafka_security(derived["stack_dir"]))
         for name, value in derived.items():
             object.__setattr__(self, name, value)
+        from antenna_assets.postgres import redacted
+
         parsed = urlparse(self.postgres_url)
         if parsed.scheme not in ("postgresql", "postgres") or not parsed.hostname:
             raise ValueError(f"{ENV_PREFIX}POSTGRES_URL must look like postgresql://user:password@host:port/db, "
-                             f"got {self.postgres_url!r}")
+                             f"got {redacted(self.postgres_url)!r}")
         if not (self.spark_master.startswith(("local", "spark://", "k8s://")) or self.spark_master == "yarn"):
             raise ValueError(f"{ENV_PREFIX}SPARK_MASTER={self.spark_master!r}: expected local[*], spark://host:port, "
                              "yarn or k8s://")
@@ -153,10 +159,26 @@ class Settings(BaseSettings):
         """A copy with `changes`; derived defaults (bootstrap, URLs, roots) are kept as they were."""
         return self.model_copy(update=changes)
 
+    def embedded_url(self, role: str, stack_dir: Path | None = None) -> str:
+        """The embedded server's serving database as `role`: no password in the URL, libpq reads it
+        from the stack's 0600 passfile."""
+        passfile = quote(str(pgpass_file(stack_dir or self.stack_dir)))
+        return f"postgresql://{role}@127.0.0.1:{self.postgres_port}/antenna?passfile={passfile}"
+
     @property
     def external_postgres(self) -> bool:
         """True when the URL names a server of its own rather than the embedded one."""
-        return self.postgres_url != f"postgresql://postgres:antenna@127.0.0.1:{self.postgres_port}/antenna"
+        return self.postgres_url != self.embedded_url(WRITER_ROLE)
+
+    @property
+    def postgres_admin_url(self) -> str:
+        """Who sets the server up (databases, migration, roles): the embedded server's superuser, or
+        an external server's own user. The product's running parts never connect with it."""
+        return self.postgres_url if self.external_postgres else self.embedded_url(SUPERUSER)
+
+    @property
+    def pgpass_file(self) -> Path:
+        return pgpass_file(self.stack_dir)
 
     def from_environment(self, name: str) -> bool:
         """Whether setting `name` was given by its environment variable rather than defaulted."""
@@ -166,13 +188,18 @@ class Settings(BaseSettings):
     def hour_close_grace(self) -> timedelta:
         return timedelta(minutes=self.hour_close_grace_minutes)
 
-    def postgres_url_for(self, database: str) -> str:
-        """The same server as `postgres_url`, another database on it."""
-        return urlparse(self.postgres_url)._replace(path=f"/{database}").geturl()
+    def postgres_url_for(self, database: str, url: str = "") -> str:
+        """The same server as `url` (default `postgres_url`), another database on it."""
+        return urlparse(url or self.postgres_url)._replace(path=f"/{database}").geturl()
 
     @property
     def jars_dir(self) -> Path:
         return self.stack_dir / "jars"
+
+
+def pgpass_file(stack_dir: Path) -> Path:
+    """libpq's password file for the embedded server's roles (mode 0600; README: Security)."""
+    return stack_dir / "secrets" / "pgpass"
 
 
 def env_name(field: str) -> str:

@@ -15,10 +15,14 @@ from antenna_assets.sources.user_metadata import provision_users
 @contextmanager
 def temporary_serving_database(settings: Settings, prefix: str) -> Iterator[str]:
     """A new serving database on the stack's server (schema migrated, the 20 users provisioned),
-    dropped afterwards; yields its URL. For tests and benchmarks that must not share tables."""
+    dropped afterwards; yields its URL. For tests and benchmarks that must not share tables.
+
+    The URL logs in as the server's admin, who owns the database: to the product it is an external
+    server's URL (migrating, creating the reader's and the page's roles), as in production."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    ensure_database(settings.postgres_url_for("postgres"), name)
-    url = settings.postgres_url_for(name)
+    admin = settings.postgres_admin_url
+    ensure_database(settings.postgres_url_for("postgres", admin), name)
+    url = settings.postgres_url_for(name, admin)
     conn = connect(url)
     try:
         migrate(conn)
@@ -29,7 +33,7 @@ def temporary_serving_database(settings: Settings, prefix: str) -> Iterator[str]
     try:
         yield url
     finally:
-        server = connect(settings.postgres_url_for("postgres"))
+        server = connect(settings.postgres_url_for("postgres", admin))
         server.autocommit = True
         with server.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -4,6 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from antenna_assets import checks
+from antenna_assets.assets.previews import preview_table
 from antenna_assets.batch import layer as batch_layer
 from antenna_assets.serving.writes import written_hours
 from antenna_assets.batch.bookkeeping import hourly_sums_from_speed, landing_marks, record_compaction
@@ -92,12 +93,10 @@ def hourly_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake:
         speed = {name: hourly_sums_from_speed(conn, speed_table, start, end)
                  for name, speed_table in checks.SPEED_TWIN.items() if name in selected}
     for name in selected:
-        rows = tables[name]
-        preview = "\n".join(" | ".join(str(v) for v in row) for row in sorted(rows)[:10])
         yield dg.MaterializeResult(asset_key=name, metadata={
             "row_count": dg.MetadataValue.int(written[name]),
             "hours": dg.MetadataValue.int(len(hours)),
-            "preview": dg.MetadataValue.md(f"```\n{preview}\n```"),
+            "preview": preview_table(batch_layer.HOURLY_TABLE_COLUMNS[name], sorted(tables[name])[:10]),
         })
     yield from checks.check_results(context, tables, stored, raw, speed)
 

@@ -3,6 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
+from antenna_assets.assets.previews import preview_table
 from antenna_assets.serving.schema import migrate
 from antenna_assets.sources.user_metadata import provision_users, read_snapshot, snapshot_hour
 from antenna_assets.partitions import hourly_partitions, run_hours
@@ -34,12 +35,10 @@ def user_metadata(context: dg.AssetExecutionContext, config: UserMetadataConfig,
     kept = sum(1 for _, taken in outcomes if not taken)
     if kept:
         context.log.info(f"kept the existing snapshot of {kept} hour(s) (refresh=false)")
-    table = "| id | name | email | quota |\n|---|---|---|---|\n" + "\n".join(
-        f"| {i} | {n} | {e} | {q} |" for i, n, e, q in preview)
     return dg.MaterializeResult(metadata={
         "row_count": dg.MetadataValue.int(outcomes[-1][0]),
         "hours": dg.MetadataValue.int(len(hours)),
         "snapshots_taken_now": dg.MetadataValue.int(len(hours) - kept),
         "provisioned_users": dg.MetadataValue.int(inserted),
-        "preview": dg.MetadataValue.md(table),
+        "preview": preview_table(("id", "name", "email", "quota"), preview),
     })

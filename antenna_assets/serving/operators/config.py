@@ -44,7 +44,7 @@ def prepare_database(settings: Settings, serving_url: str | None = None) -> None
     from antenna_assets.serving.schema import migrate
     from antenna_assets.stack.secrets import stack_secret
 
-    with transaction(serving_url or settings.postgres_url) as conn:
+    with transaction(serving_url or settings.postgres_admin_url) as conn:
         migrate(conn)
         ensure_login_role(conn, OPERATORS_ROLE, stack_secret(settings, ROLE_PASSWORD_SECRET)[0])
         grant_operators_role(conn)
