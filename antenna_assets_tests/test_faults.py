@@ -58,6 +58,7 @@ RECOVERY_TIMEOUT = 300  # seconds for the pipeline to catch up after a fault
 SPEED_TABLES = ((BYTES_AGG_ANTENNA, "antenna"), (BYTES_AGG_USER, "user"), (BYTES_AGG_APP, "app"))
 HOURLY_TABLES = ((BYTES_AGG_ANTENNA_1H, "antenna"), (BYTES_AGG_APP_1H, "app"))
 EMAIL = {u.id: u.email for u in PROVISIONED_USERS}
+QUOTA = {u.email: u.quota for u in PROVISIONED_USERS}
 
 
 @dataclass
@@ -323,6 +324,9 @@ def assert_hourly_tables_equal_truth(pipeline: Pipeline, hour: datetime, truth: 
         assert _rows_of_hour(pipeline.serving_url, table, hour) == expected(truth, per, hourly=True), table.name
     by_email = {(EMAIL[k], d): v for (k, d), v in expected(truth, "user", hourly=True).items()}
     assert _rows_of_hour(pipeline.serving_url, BYTES_AGG_USER_1H, hour) == by_email
+    over = {(e, d) for (e, d), v in by_email.items() if v > QUOTA[e]}
+    assert set(query(pipeline.serving_url, "SELECT email, date FROM users_over_quota_1h WHERE date = %s",
+                     (hour,))) == over
 
 
 def assert_exact_and_recovered(spark, pipeline: Pipeline, traffic: Traffic) -> dg.DagsterRun:
