@@ -341,21 +341,27 @@ def assert_exact_and_recovered(spark, pipeline: Pipeline, traffic: Traffic) -> d
     return alive
 
 
-def test_gcs_emulator_frozen_for_30_s(fault_stack, spark, tmp_path):
+def test_gcs_emulator_frozen_for_30_s(fault_stack, spark, tmp_path, monkeypatch):
     """The lake on GCS (the emulator) stops answering for 30 s mid-run. fake-gcs-server keeps objects in
     memory only (its filesystem backend cannot hold the connector's `dir/` placeholders), so a restart
     would empty the bucket; the outage is its process stopped with SIGSTOP and continued with SIGCONT."""
+    # The GCS client and the session's connector are pointed at this emulator below; both go back
+    # to the session stack's afterwards, for the test files that follow.
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", os.environ.get("STORAGE_EMULATOR_HOST", ""))
     fault_stack.gcs.up()
     fault_stack.gcs.ensure_bucket(FAULT_BUCKET)
-    with running_pipeline(fault_stack, "gcs", f"gs://{FAULT_BUCKET}/lake", tmp_path) as pipeline:
-        traffic = start_traffic(pipeline)
-        pid = fault_stack.gcs.pid()
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            time.sleep(30)  # the outage
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        assert_exact_and_recovered(spark, pipeline, traffic)
+    try:
+        with running_pipeline(fault_stack, "gcs", f"gs://{FAULT_BUCKET}/lake", tmp_path) as pipeline:
+            traffic = start_traffic(pipeline)
+            pid = fault_stack.gcs.pid()
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                time.sleep(30)  # the outage
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert_exact_and_recovered(spark, pipeline, traffic)
+    finally:
+        LakeResource().configure_session(spark)
 
 
 def test_kafka_killed_with_sigkill_and_back_after_20_s(fault_stack, pipeline, spark):
