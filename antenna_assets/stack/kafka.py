@@ -100,9 +100,8 @@ class KafkaBroker(ServerProcess):
         log4j = self.home / "log4j2.properties"
         log4j.write_text(_LOG4J2.format(log=self.home / "server.log"))
         if not (self.data_dir / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             proc = subprocess.run([java, "-cp", classpath, f"-Dlog4j2.configurationFile={log4j}", "kafka.tools.StorageTool",
-                                   "format", "-t", cluster_id, "-c", str(config)], capture_output=True, text=True)
+                                   "format", "-t", _cluster_id(), "-c", str(config)], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise StackError(f"formatting Kafka storage failed: {(proc.stderr or proc.stdout).strip()[-400:]}")
         heap = os.environ.get("ANTENNA_KAFKA_HEAP", "1g")
@@ -116,6 +115,15 @@ class KafkaBroker(ServerProcess):
         self._await_healthy(process, 90, interval=0.5, more_logs=(self.home / "server.log",))
         ensure_topic(self.settings)
         return f"kafka started (pid {process.pid}) on {self.address}"
+
+
+def _cluster_id() -> str:
+    """A KRaft cluster id as Kafka's own Uuid.randomUuid() makes it: URL-safe base64 of a random UUID,
+    never starting with '-', which the storage tool would take for an option (1 fresh stack in 64 failed)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def ensure_topic(settings: Settings, timeout: float = 30.0) -> None:
