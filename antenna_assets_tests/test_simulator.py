@@ -184,7 +184,6 @@ def antenna(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     (["--rate", "fast"], "argument --rate: expected a number, got 'fast'"),
     (["--count", "-3"], "argument --count: must be >= 1, got -3"),
     (["--malformed-fraction", "1.2"], "argument --malformed-fraction: must be >= 0 and <= 1, got 1.2"),
-    (["--backfill-hours", "1", "--rate", "10"], "rate paces live mode only"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
 ])
 def test_cli_rejects_bad_input_in_one_line(args, message):

@@ -174,9 +174,8 @@ class KafkaBroker(ServerProcess):
         """Format the storage; with kafka_local_sasl also create the product user's SCRAM credential,
         which KRaft only accepts at format time. Its arguments go through a java @argfile (mode 0600,
         deleted afterwards), so the password is never on a command line."""
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         arguments = ["-cp", classpath, f"-Dlog4j2.configurationFile={log4j}", "kafka.tools.StorageTool",
-                     "format", "-t", cluster_id, "-c", str(config)]
+                     "format", "-t", _cluster_id(), "-c", str(config)]
         if self.settings.kafka_local_sasl:
             arguments += ["--add-scram",
                           f"{LOCAL_SASL_MECHANISM}=[name={self.settings.kafka_sasl_username},password={password}]"]
@@ -191,6 +190,15 @@ class KafkaBroker(ServerProcess):
             raise StackError(f"formatting Kafka storage failed: {output.replace(password, '***') if password else output}")
         if self.settings.kafka_local_sasl:
             self._sasl_user_file.write_text(self.settings.kafka_sasl_username + "\n")
+
+
+def _cluster_id() -> str:
+    """A KRaft cluster id as Kafka's own Uuid.randomUuid() makes it: URL-safe base64 of a random UUID,
+    never starting with '-', which the storage tool would take for an option (1 fresh stack in 64 failed)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def ensure_topic(settings: Settings, timeout: float = 30.0) -> None:

@@ -70,8 +70,6 @@ class SimulatorConfig:
             fail(f"interval_seconds must be > 0, got {self.interval_seconds}")
         if self.rate is not None and not self.rate > 0:
             fail(f"rate must be > 0 messages/s, got {self.rate}")
-        if self.rate is not None and self.backfill:
-            fail("rate paces live mode only; a backfill is produced as fast as possible")
         if self.duration_seconds is not None and not self.duration_seconds > 0:
             fail(f"duration_seconds must be > 0, got {self.duration_seconds}")
         if self.count is not None and self.count < 1:

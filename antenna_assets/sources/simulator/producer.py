@@ -21,6 +21,11 @@ PRODUCER_TUNING = {
     "delivery.report.only.error": True,
 }
 
+# Nothing lost, nothing doubled when a broker dies mid-run: acks=all waits for every in-sync replica,
+# and idempotence makes librdkafka's retries of an unacknowledged batch impossible to write twice
+# (without it, a batch the broker stored just before dying is stored again by the retry).
+DELIVERY_GUARANTEES = {"acks": "all", "enable.idempotence": True}
+
 
 class SimulationError(RuntimeError):
     """The simulation could not deliver its messages; the message says what failed."""
@@ -54,7 +59,7 @@ class DeliveringProducer:
         self.topic = topic
         self.failed = 0
         self.last_error: str | None = None
-        self._producer = Producer({**PRODUCER_TUNING, **options, "bootstrap.servers": bootstrap,
+        self._producer = Producer({**PRODUCER_TUNING, **DELIVERY_GUARANTEES, **options, "bootstrap.servers": bootstrap,
                                    "on_delivery": self._on_failure})
 
     def _on_failure(self, err, _msg) -> None:

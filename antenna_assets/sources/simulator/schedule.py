@@ -41,6 +41,7 @@ class SimulationPlan:
     seed: int
     backfill: bool
     first_tick: float  # epoch seconds: event time of tick 0 (backfill) or its wall-clock time (live)
+    paced_from: float | None  # wall-clock epoch seconds of tick 0 when ticks are paced (live, or a backfill with a rate)
     tick_seconds: float
     ticks: int | None  # None: until stopped
     message_limit: int | None
@@ -78,6 +79,8 @@ class SimulationPlan:
             seed=config.seed if config.seed is not None else secrets.randbelow(2**63),
             backfill=config.backfill,
             first_tick=first_tick,
+            # A backfill with a rate replays its past event time at that pace instead of as fast as possible.
+            paced_from=now if not config.backfill or config.rate else None,
             tick_seconds=tick_seconds,
             ticks=ticks,
             message_limit=config.count,
@@ -124,4 +127,9 @@ class SimulationPlan:
         return max(0, min(self.users, self.message_limit - tick * self.users))
 
     def due(self, tick: int) -> float:
+        """The tick's event time (a backfill) or wall-clock time (live)."""
         return self.first_tick + tick * self.tick_seconds
+
+    def send_at(self, tick: int) -> float | None:
+        """Wall-clock time at which the tick is sent; None: as soon as possible."""
+        return None if self.paced_from is None else self.paced_from + tick * self.tick_seconds

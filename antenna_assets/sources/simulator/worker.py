@@ -46,14 +46,13 @@ def run_worker(plan: SimulationPlan, worker: int, sent_counter, stop_event) -> W
             if count == 0 or stop_event.is_set() or (plan.wall_deadline and time.time() >= plan.wall_deadline):
                 stopped = True
                 break
-            if plan.backfill:
-                timestamp = int(plan.due(tick))
-            else:
-                delay = plan.due(tick) - time.time()
+            send_at = plan.send_at(tick)
+            if send_at is not None:
+                delay = send_at - time.time()
                 if delay > 0 and stop_event.wait(delay):
                     stopped = True
                     break
-                timestamp = int(time.time())
+            timestamp = int(plan.due(tick)) if plan.backfill else int(time.time())
             lo = (tick - block * plan.ticks_per_block) * users
             values = renderer.render_tick(timestamp, antennas[lo:lo + count], nbytes[lo:lo + count], apps[lo:lo + count])
             while next_special < len(special) and special[next_special] < lo + count:
