@@ -179,6 +179,8 @@ def check_exact(spark, url: str, landing: str, sent: dict, closed_hour: datetime
     if landed != len(sent["event_time"]):
         problems.append(f"the lake holds {landed:,} events, {len(sent['event_time']):,} were sent")
     hourly = expected_totals(sent, closed_hour)
+    if not hourly["antenna"]:
+        problems.append(f"no event was sent in {closed_hour:%H:00}: the closed hour was not exercised")
     emails = dict(query(url, "SELECT id, email FROM user_metadata_hourly WHERE date = %s", (closed_hour,)))
     quotas = dict(query(url, "SELECT email, quota FROM user_metadata_hourly WHERE date = %s", (closed_hour,)))
     per_email: dict[tuple[str, datetime], int] = defaultdict(int)
@@ -211,14 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     spawn = multiprocessing.get_context("spawn")
-    wall_start = time.time()
-    # The event clock: LEAD_IN_SECONDS before an hour boundary now, so that hour closes when the grace has passed.
-    boundary = wall_start // 3600 * 3600
-    clock_offset = wall_start - boundary + LEAD_IN_SECONDS
-    closed_hour = utc_from_epoch_seconds(int(boundary)) - HOUR
-    batch_due = wall_start + LEAD_IN_SECONDS + settings.hour_close_grace_minutes * 60 + 5
-    if args.minutes * 60 < batch_due - wall_start + 60:
-        sys.exit(f"--minutes must leave the hour time to close: at least {(batch_due - wall_start + 60) / 60:.1f}")
+    lasts_until_closed = LEAD_IN_SECONDS + settings.hour_close_grace_minutes * 60 + 65
+    if args.minutes * 60 < lasts_until_closed:
+        sys.exit(f"--minutes must leave the hour time to close: at least {lasts_until_closed / 60:.1f}")
     spark = spark_session()
     with scratch_topic(settings, "soak") as topic, fresh_database(settings) as url, scratch_folder() as folder, \
             tempfile.TemporaryDirectory(prefix="antenna-soak-dagster-") as dagster_home:
@@ -235,16 +232,26 @@ def main(argv: list[str] | None = None) -> int:
         stop_polling = spawn.Event()
         poller = spawn.Process(target=poll_freshness, args=(url, str(sent_path), str(latency_path), stop_polling),
                                name="soak-poller", daemon=True)
+        # The event clock, set as the load starts (set-up takes a while): LEAD_IN_SECONDS before an hour
+        # boundary, so that hour has events and closes once the grace has passed.
+        wall_start = time.time()
+        boundary = wall_start // 3600 * 3600
+        closed_hour = utc_from_epoch_seconds(int(boundary)) - HOUR
+        batch_due = wall_start + lasts_until_closed - 60
         producer = spawn.Process(target=produce_paced, name="soak-producer", daemon=True,
                                  args=(settings.kafka_bootstrap, topic, args.rate, args.minutes * 60,
-                                       str(folder / "sent"), clock_offset))
+                                       str(folder / "sent"), wall_start - boundary + LEAD_IN_SECONDS))
         batch_seconds: list[float] = []
+        batch_failure: list[BaseException] = []
 
         def hourly_batch() -> None:
-            time.sleep(max(0.0, batch_due - time.time()))
-            print(f"  event hour {closed_hour:%H:00} closed: running the hourly batch", flush=True)
-            batch_seconds.append(run_hourly_batch(settings, url, lake_root, closed_hour, dagster_home))
-            print(f"  hourly batch for {closed_hour:%H:00}: {batch_seconds[-1]:.1f} s", flush=True)
+            try:
+                time.sleep(max(0.0, batch_due - time.time()))
+                print(f"  event hour {closed_hour:%H:00} closed: running the hourly batch", flush=True)
+                batch_seconds.append(run_hourly_batch(settings, url, lake_root, closed_hour, dagster_home))
+                print(f"  hourly batch for {closed_hour:%H:00}: {batch_seconds[-1]:.1f} s", flush=True)
+            except BaseException as exc:  # noqa: BLE001 - a thread's SystemExit would vanish silently
+                batch_failure.append(exc)
 
         batch = threading.Thread(target=hourly_batch, name="soak-batch", daemon=True)
         stop_at: list[float] = []
@@ -260,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         with Minutely(spark, settings, url, topic, query_name, time.time()) as minutely:
             run_until_stopped(layer, should_stop=should_stop, poll_seconds=0.5)
         batch.join()
+        if batch_failure:
+            sys.exit(f"the hourly batch failed: {batch_failure[0]}")
         stop_polling.set()
         poller.join()
         if producer.exitcode != 0 or poller.exitcode != 0:
