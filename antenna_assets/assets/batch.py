@@ -96,7 +96,7 @@ def hourly_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake:
         yield dg.MaterializeResult(asset_key=name, metadata={
             "row_count": dg.MetadataValue.int(written[name]),
             "hours": dg.MetadataValue.int(len(hours)),
-            "preview": preview_table(batch_layer.HOURLY_TABLE_COLUMNS[name], sorted(tables[name])[:10]),
+            "preview": preview_table(batch_layer.HOURLY_TABLES[name].names, sorted(tables[name])[:10]),
         })
     yield from checks.check_results(context, tables, stored, raw, speed)
 
