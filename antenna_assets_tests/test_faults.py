@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from unittest import mock
@@ -31,7 +31,7 @@ import pytest
 
 from antenna_assets.hours import HOUR, partition_key, utc_from_epoch_seconds, utc_now
 from antenna_assets.jobs import speed_layer_job
-from antenna_assets.postgres import ensure_database
+from antenna_assets.postgres import ensure_owned_database
 from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
 from antenna_assets.sensors import ALIVE_STATUSES
 from antenna_assets.serving.schema import (BYTES_AGG_ANTENNA, BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP, BYTES_AGG_APP_1H,
@@ -43,7 +43,7 @@ from antenna_assets.stack.dagster_home import ensure_dagster_home
 from antenna_assets.stack.env import stack_environment
 from antenna_assets.stack.gcs_emulator import GcsEmulator
 from antenna_assets.stack.kafka import KafkaBroker, ensure_topic
-from antenna_assets.stack.postgres import EmbeddedPostgres
+from antenna_assets.stack.postgres import DAGSTER_ROLE, EmbeddedPostgres
 from antenna_assets.stack.process import pid_alive, wait_until
 from antenna_assets_tests.databases import temporary_serving_database
 from antenna_assets_tests.truth import expected, query
@@ -109,7 +109,10 @@ def fault_stack(settings):
         with environment(stack.env):
             for service in (stack.postgres, stack.kafka):
                 service.up()
-        yield stack
+        # This process's Dagster instances reach the fault stack's storage as its Dagster role, whose
+        # password libpq reads from the stack's passfile (the product's own URLs name theirs).
+        with mock.patch.dict(os.environ, {"PGPASSFILE": stack.env["PGPASSFILE"]}):
+            yield stack
     finally:
         for service in (stack.gcs, stack.kafka, stack.postgres):
             service.down()
@@ -122,11 +125,12 @@ class Pipeline:
     def __init__(self, stack: FaultStack, name: str, serving_url: str, lake: LakeResource, log_dir: Path):
         self.stack, self.serving_url, self.lake, self.log_dir = stack, serving_url, lake, log_dir
         dagster_db = f"dagster_{name}"
-        ensure_database(stack.settings.postgres_url_for("postgres"), dagster_db)
+        # Dagster's storage as the stack keeps it: a database of its own, owned by its own role.
+        ensure_owned_database(stack.settings.postgres_admin_url, dagster_db, DAGSTER_ROLE)
         self.env = {**stack.env, "ANTENNA_TOPIC": f"devices-{name}", "ANTENNA_POSTGRES_URL": serving_url,
                     "ANTENNA_LAKE_ROOT": lake.effective_root, "DAGSTER_PG_DB": dagster_db,
                     "ANTENNA_AUTOSTART_STREAMING": "1", "ANTENNA_STREAM_BACKOFF_SECONDS": "1"}
-        ensure_topic(replace(stack.settings, topic=self.topic))
+        ensure_topic(stack.settings.replace(topic=self.topic))
         with environment(self.env):
             self.instance = dg.DagsterInstance.from_config(self.env["DAGSTER_HOME"])
         self.daemons: list[subprocess.Popen] = []
