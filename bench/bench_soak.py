@@ -181,8 +181,9 @@ def check_exact(spark, url: str, landing: str, sent: dict, closed_hour: datetime
     hourly = expected_totals(sent, closed_hour)
     if not hourly["antenna"]:
         problems.append(f"no event was sent in {closed_hour:%H:00}: the closed hour was not exercised")
-    emails = dict(query(url, "SELECT id, email FROM user_metadata_hourly WHERE date = %s", (closed_hour,)))
-    quotas = dict(query(url, "SELECT email, quota FROM user_metadata_hourly WHERE date = %s", (closed_hour,)))
+    snapshot = query(url, "SELECT id, email, quota FROM user_metadata_hourly WHERE date = %s", (closed_hour,))
+    emails = {user: email for user, email, _ in snapshot}
+    quotas = {email: quota for _, email, quota in snapshot}
     per_email: dict[tuple[str, datetime], int] = defaultdict(int)
     for (user, hour), total in hourly["user"].items():
         per_email[(emails[user], hour)] += total
