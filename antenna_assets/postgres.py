@@ -14,7 +14,7 @@ import base64
 import hashlib
 import hmac
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Iterator
 from urllib.parse import quote, urlparse
 
@@ -34,18 +34,59 @@ def connect(url: str, timeout: int = 5, **options):
         raise StackError(f"cannot connect to PostgreSQL at {redacted(url)}: {reason}{hint}") from None
 
 
+UTC_SESSION = "-c timezone=UTC"
+
+
 @contextmanager
 def transaction(url: str, timeout: int = 10) -> Iterator[Any]:
     """A connection (session time zone UTC) whose work commits when the block ends, rolls back on error."""
-    conn = connect(url, timeout=timeout, options="-c timezone=UTC")
+    conn = connect(url, timeout=timeout, options=UTC_SESSION)
     try:
-        yield conn
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
+        with _committed(conn):
+            yield conn
     finally:
         conn.close()
+
+
+@contextmanager
+def _committed(conn) -> Iterator[None]:
+    try:
+        yield
+        conn.commit()
+    except BaseException:
+        with suppress(Exception):  # a broken connection cannot roll back; the first error is the one to see
+            conn.rollback()
+        raise
+
+
+class KeptConnection:
+    """One connection for many transactions, with `transaction`'s commit rule. For a loop that
+    commits every second: a login per transaction (SCRAM, a server process) cost more than the
+    work. A connection that broke (server restarted, network) is replaced at the next transaction."""
+
+    def __init__(self, url: str, timeout: int = 10):
+        self.url, self.timeout = url, timeout
+        self._conn = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.url, timeout=self.timeout, options=UTC_SESSION)
+        from psycopg2.extensions import TRANSACTION_STATUS_IDLE
+
+        conn = self._conn
+        try:
+            with _committed(conn):
+                yield conn
+        except BaseException:
+            if conn.closed or conn.get_transaction_status() != TRANSACTION_STATUS_IDLE:
+                self.close()  # broken, or in a state no rollback cleared: the next transaction logs in again
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def ensure_database(server_url: str, name: str) -> None:

@@ -1,10 +1,11 @@
 """The speed layer's throughput, freshness and memory on the running local stack.
 
-    python -m bench.bench_speed_layer [--messages N] [--max-offsets-per-trigger M] [--rate R]
+    python -m bench.bench_speed_layer [--messages N] [--max-offsets-per-trigger M] [--backlog-rate B] [--rate R]
                                       [--seconds S] [--quick] [--no-record]
 
-Throughput: the simulator preloads N messages (backfill, 2 processes, 2,000 users, 100 antennas,
-0.1% malformed) into a fresh topic; the real SpeedLayer drains it with the available_now trigger
+Throughput (catch-up): the simulator preloads N messages (2 processes, 2,000 users, 100 antennas,
+0.1% malformed; B events per second of event time, as an outage under live traffic leaves them)
+into a fresh topic; the real SpeedLayer drains it with the available_now trigger
 into a fresh lake folder and a fresh serving database (lake + three tables + dead letters + ledger),
 and the result is checked against the simulator's ground truth. Reference, in the same warm Spark
 session: a batch query that only reads the same topic, parses it with from_json (the contract's
@@ -20,7 +21,6 @@ sampled every 200 ms. Topics, databases and lake folders are deleted afterwards.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import shutil
 import sys
@@ -156,11 +156,15 @@ def streaming_process_memory() -> PeakMemory:
 # Throughput -------------------------------------------------------------------------------------
 
 
-def preload(settings: Settings, topic: str, messages: int) -> GroundTruth:
-    hours = -(-messages // USERS) / 60 + 1  # one message per user per minute
+def preload(settings: Settings, topic: str, messages: int, event_rate: float = 0) -> GroundTruth:
+    """`messages` in the topic, `event_rate` per second of event time: a backlog left by an outage of
+    the stream under live traffic; 0: one message per user per minute, a backfill's shape (every
+    user in a new 5-minute window every 5 messages: the most partial sums per message)."""
+    interval = USERS / event_rate if event_rate else 60.0
+    hours = -(-messages // USERS) * interval / 3600 + 1
     result = simulate(SimulatorConfig(settings.kafka_bootstrap, topic, users=USERS, antennas=ANTENNAS,
-                                      backfill_hours=hours, count=messages, seed=1, processes=2,
-                                      malformed_fraction=0.001, extra_field_fraction=0.0, progress=False))
+                                      interval_seconds=interval, backfill_hours=hours, count=messages, seed=1,
+                                      processes=2, malformed_fraction=0.001, extra_field_fraction=0.0, progress=False))
     print(f"  preloaded {result.produced:,} messages ({result.truth.malformed:,} malformed) in "
           f"{result.seconds:.1f} s", flush=True)
     return result.truth
@@ -236,22 +240,22 @@ def check_against_truth(spark, postgres_url: str, folder: Path, query_name: str,
           flush=True)
 
 
-def warm_up_speed_layer(spark, settings: Settings, config: SpeedLayerConfig) -> None:
+def warm_up_speed_layer(spark, settings: Settings, config: SpeedLayerConfig, event_rate: float) -> None:
     """One throwaway run on a small topic, so that the measured run, like the reference, finds the
     session's JVM warm (a long-running stream is; its first batches here took up to 2x longer)."""
     with scratch_topic(settings, "warm-up") as topic:
-        truth = preload(settings, topic, WARM_UP_MESSAGES)
+        truth = preload(settings, topic, WARM_UP_MESSAGES, event_rate)
         produced = truth.messages + truth.malformed
         with fresh_database(settings) as url, scratch_folder() as folder:
             run_speed_layer(spark, settings, topic, url, folder,
                             config.model_copy(update={"query_name": topic.replace("-", "_")}), produced)
 
 
-def throughput(spark, settings: Settings, messages: int,
-               max_offsets_per_trigger: int) -> tuple[Throughput, float, float]:
+def throughput(spark, settings: Settings, messages: int, max_offsets_per_trigger: int,
+               event_rate: float) -> tuple[Throughput, float, float]:
     """(speed layer run, reference events/s, floor events/s) on one preloaded topic."""
     with scratch_topic(settings, "speed") as topic:
-        truth = preload(settings, topic, messages)
+        truth = preload(settings, topic, messages, event_rate)
         produced = truth.messages + truth.malformed
         reference_timings, valid = time_warm(lambda: parse_and_count(spark, settings, topic), repeats=2)
         if valid != truth.messages:
@@ -267,7 +271,7 @@ def throughput(spark, settings: Settings, messages: int,
         config = SpeedLayerConfig(trigger="available_now", watermark=NO_LATE_DROPS,
                                   max_offsets_per_trigger=max_offsets_per_trigger, query_name=topic.replace("-", "_"),
                                   progress_interval_seconds=3600)
-        warm_up_speed_layer(spark, settings, config)
+        warm_up_speed_layer(spark, settings, config, event_rate)
         with fresh_database(settings) as url, scratch_folder() as folder:
             run = run_speed_layer(spark, settings, topic, url, folder, config, produced)
             print(f"  speed layer: {produced:,} messages in {run.seconds:.2f} s ({run.batches} batches of <= "
@@ -292,25 +296,32 @@ def produce_paced(bootstrap: str, topic: str, rate: float, seconds: float, sent_
     rng = np.random.default_rng(3)
     per_tick = max(1, round(rate * TICK_SECONDS))
     total = int(seconds / TICK_SECONDS) * per_tick
-    users, antennas, apps = rng.integers(1, USERS + 1, total), rng.integers(0, ANTENNAS, total), rng.integers(0, 5, total)
-    nbytes = rng.integers(1, 10_000, total)
+    users = rng.integers(1, USERS + 1, total, dtype=np.int32)
+    antennas = rng.integers(0, ANTENNAS, total, dtype=np.int16)
+    apps = rng.integers(0, len(APPS), total, dtype=np.int8)
+    nbytes = rng.integers(1, 10_000, total, dtype=np.int32)
     user_ids, antenna_ids = [user_id(n) for n in range(USERS + 1)], [antenna_id(n) for n in range(ANTENNAS)]
     sent_at = np.empty(total)
+    event_time = np.empty(total, dtype=np.int64)
     start = time.time()
     for first in range(0, total, per_tick):
         delay = start + first / per_tick * TICK_SECONDS - time.time()
         if delay > 0:
             time.sleep(delay)
-        for i in range(first, first + per_tick):
-            now = sent_at[i] = time.time()
-            producer.produce(topic, json.dumps({"timestamp": int(now - clock_offset), "id": user_ids[users[i]],
-                                                "antenna_id": antenna_ids[antennas[i]], "bytes": int(nbytes[i]),
-                                                "app": APPS[apps[i]]}).encode())
+        # One clock reading per tick (its events leave within ~2 ms): a Python call per event held the
+        # producer below 60,000 events/s on a core it shares with Spark.
+        now = time.time()
+        stamp = int(now - clock_offset)
+        last = min(first + per_tick, total)
+        sent_at[first:last], event_time[first:last] = now, stamp
+        for u, a, b, k in zip(users[first:last].tolist(), antennas[first:last].tolist(), nbytes[first:last].tolist(),
+                              apps[first:last].tolist()):
+            producer.produce(topic, f'{{"timestamp": {stamp}, "id": "{user_ids[u]}", "antenna_id": '
+                                    f'"{antenna_ids[a]}", "bytes": {b}, "app": "{APPS[k]}"}}'.encode())
         producer.poll(0)
     if producer.flush(30):
         raise RuntimeError("the freshness producer could not deliver every message")
-    np.savez(sent_path, sent_at=sent_at, antenna=antennas, user=users, app=apps, bytes=nbytes,
-             event_time=(sent_at - clock_offset).astype(np.int64))
+    np.savez(sent_path, sent_at=sent_at, antenna=antennas, user=users, app=apps, bytes=nbytes, event_time=event_time)
 
 
 class AntennaTablePoller(BackgroundLoop):
@@ -336,17 +347,23 @@ class AntennaTablePoller(BackgroundLoop):
 def latencies(sent_path: Path, snapshots: list[tuple[float, dict]]) -> np.ndarray:
     """Seconds from send to first visibility of each event, in send order (inf: never seen)."""
     sent = np.load(sent_path)
-    sent_at, antenna, nbytes = sent["sent_at"], sent["antenna"], sent["bytes"]
+    sent_at, nbytes = sent["sent_at"], sent["bytes"].astype(np.int64)
     window = sent["event_time"] // WINDOW_SECONDS * WINDOW_SECONDS
+    group = sent["antenna"].astype(np.int64) * (1 << 40) + window  # one group per (antenna, window)
+    order = np.argsort(group, kind="stable")  # by group, in send order within each
+    grouped, running = group[order], np.cumsum(nbytes[order])
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    running -= np.repeat(running[starts] - nbytes[order][starts], ends - starts)  # each window's running sum
     poll_times = np.array([t for t, _ in snapshots])
     antenna_ids = [antenna_id(n) for n in range(ANTENNAS)]
     visible_at = np.full(len(sent_at), np.inf)
-    for a, w in set(zip(antenna.tolist(), window.tolist())):
-        events = np.flatnonzero((antenna == a) & (window == w))  # in send order
+    for first, end in zip(starts.tolist(), ends.tolist()):
+        a, w = divmod(int(grouped[first]), 1 << 40)
         totals = np.maximum.accumulate([snapshot.get((antenna_ids[a], w), 0) for _, snapshot in snapshots])
-        first_poll = np.searchsorted(totals, np.cumsum(nbytes[events]), side="left")
+        first_poll = np.searchsorted(totals, running[first:end], side="left")
         seen = first_poll < len(poll_times)
-        visible_at[events[seen]] = poll_times[first_poll[seen]]
+        visible_at[order[first:end][seen]] = poll_times[first_poll[seen]]
     return visible_at - sent_at
 
 
@@ -385,7 +402,11 @@ def freshness(spark, settings: Settings, trigger_interval: str, rate: float, sec
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_speed_layer", description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=5_000_000, help="messages preloaded (default 5,000,000)")
-    parser.add_argument("--max-offsets-per-trigger", type=int, default=2_000_000, help="micro-batch size limit")
+    parser.add_argument("--max-offsets-per-trigger", type=int, default=SpeedLayerConfig().max_offsets_per_trigger,
+                        help="micro-batch size limit (default: the speed layer's)")
+    parser.add_argument("--backlog-rate", type=float, default=20_000,
+                        help="events per second of event time in the backlog (default 20,000: an outage under live "
+                             "traffic); 0: a backfill's shape, one message per user per minute")
     parser.add_argument("--rate", type=float, default=20_000, help="freshness: events/s (default 20,000)")
     parser.add_argument("--seconds", type=float, default=75, help="freshness: seconds of load per trigger")
     parser.add_argument("--triggers", default=TRIGGERS, help="freshness: trigger intervals to try")
@@ -398,13 +419,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     spark = spark_session()
     print(f"speed layer throughput, {messages:,} messages:", flush=True)
-    run, reference_rate, floor_rate = throughput(spark, settings, messages, args.max_offsets_per_trigger)
+    run, reference_rate, floor_rate = throughput(spark, settings, messages, args.max_offsets_per_trigger,
+                                                 args.backlog_rate)
     fresh = [freshness(spark, settings, trigger, args.rate, seconds) for trigger in triggers]
     spark.stop()
 
     peak = max([run.peak_rss, *(f.peak_rss for f in fresh)])
     command = "python -m bench.bench_speed_layer" + (" --quick" if args.quick else (
-        f" --messages {messages} --max-offsets-per-trigger {args.max_offsets_per_trigger} --rate {args.rate:g}"
+        f" --messages {messages} --max-offsets-per-trigger {args.max_offsets_per_trigger}"
+        f" --backlog-rate {args.backlog_rate:g} --rate {args.rate:g}"
         f" --seconds {seconds:g}" + (f" --triggers '{args.triggers}'" if args.triggers != TRIGGERS else "")))
     freshness_text = "; ".join(f"{f.p50:.2f} / {f.p99:.2f} s ({f.trigger}, {args.rate:,.0f} ev/s, {f.visible:,} of "
                                f"{f.events:,} seen)" for f in fresh)

@@ -38,7 +38,7 @@ from antenna_assets.speed.ledger import (LANDED, BatchKey, MicroBatchResult, Off
 from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
 from antenna_assets.serving.schema import DEAD_LETTER as DEAD_LETTER_TABLE
 from antenna_assets.sources.user_metadata import read_live
-from antenna_assets.postgres import transaction
+from antenna_assets.postgres import KeptConnection
 from antenna_assets.speed.config import SpeedLayerConfig, parse_duration
 from antenna_assets.hours import epoch_seconds, utc_from_epoch_millis, utc_from_epoch_seconds, utc_now
 from antenna_assets.transforms.aggregates import (MAX_EVENT_TIME, MESSAGES, bytes_per_antenna, bytes_per_app,
@@ -114,6 +114,7 @@ class SpeedLayer:
         self.window = parse_duration(config.window)
         self.watermark_delay = parse_duration(config.watermark)
         self.stats = SpeedLayerStats()
+        self.postgres = KeptConnection(targets.postgres_url)  # three transactions a batch, one login
         self._user_metadata: UserDirectory | None = None
         self._user_metadata_read_at = float("-inf")
         self.failure: str | None = None  # set when a micro-batch failed every attempt
@@ -146,7 +147,7 @@ class SpeedLayer:
         without a restart."""
         now = time.monotonic()
         if self._user_metadata is None or now - self._user_metadata_read_at >= self.config.metadata_refresh_seconds:
-            with transaction(self.targets.postgres_url) as conn:
+            with self.postgres.transaction() as conn:
                 rows = [(user_id, email) for user_id, _, email, _ in read_live(conn)]
             ids = pa.array([user_id for user_id, _ in rows], pa.string())
             # Through Arrow: a DataFrame of driver rows otherwise runs a Python worker at every broadcast.
@@ -183,7 +184,7 @@ class SpeedLayer:
         offsets = self._offsets_of(kafka_rows)
         self.failure = f"{key}, offsets {offsets}, failed {attempt} times: {error}"
         try:
-            with transaction(self.targets.postgres_url) as conn:
+            with self.postgres.transaction() as conn:
                 record_failure(conn, key, attempt, offsets, error)
         except Exception as exc:  # noqa: BLE001 - the database may be what fails; the run still says why
             logging.getLogger(__name__).warning("could not record the failure in streaming_failures: %s", exc)
@@ -198,7 +199,7 @@ class SpeedLayer:
         return describe_offsets({(r[0], r[1]): (r[2], r[3]) for r in rows})
 
     def _process(self, kafka_rows: DataFrame, key: BatchKey) -> None:
-        with transaction(self.targets.postgres_url) as conn:
+        with self.postgres.transaction() as conn:
             state = batch_state(conn, key)
             marks = offset_marks(conn, key.query)
             latest = max_event_time(conn, key.query)
@@ -223,7 +224,7 @@ class SpeedLayer:
                     summary = self._summary(parsed, _not_below(marks.applied))
                 result = self._micro_batch_result(key, summary, watermark, user_metadata.ids)
                 # The batch's one commit point: its sums, dead letters, ledger row and offsets together.
-                with self.stats.timing(POSTGRES), transaction(self.targets.postgres_url) as conn:
+                with self.stats.timing(POSTGRES), self.postgres.transaction() as conn:
                     applied = apply_micro_batch(conn, result)
                 self._count(result, applied)
             else:
@@ -232,7 +233,7 @@ class SpeedLayer:
                 self._land(valid_events(parsed.where(_not_below(marks.landed))), key, user_metadata.frame)
         finally:
             parsed.unpersist()
-        with transaction(self.targets.postgres_url) as conn:
+        with self.postgres.transaction() as conn:
             mark_landed(conn, key)
 
     def _land(self, events: DataFrame, key: BatchKey, user_metadata: DataFrame) -> None:
@@ -403,6 +404,7 @@ def run_until_stopped(layer: SpeedLayer, on_progress: Callable[[StreamingQuery, 
         raise StreamFailed(f"speed layer query {layer.config.query_name!r} failed: {first_line}") from exc
     finally:
         _stop(query)
+        layer.postgres.close()
     if on_progress is not None:
         on_progress(query, layer)
     return query

@@ -1,0 +1,73 @@
+"""The commit rule on a real PostgreSQL, for one-off transactions and the speed layer's kept connection."""
+
+from __future__ import annotations
+
+from contextlib import closing
+
+import psycopg2
+import pytest
+
+from antenna_assets.postgres import KeptConnection, connect, transaction
+
+
+def _backend(conn) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        return cur.fetchone()[0]
+
+
+def _count(url: str) -> int:
+    with closing(connect(url)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM kept")
+        return cur.fetchone()[0]
+
+
+@pytest.fixture
+def kept_table(serving_db):
+    with transaction(serving_db) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE kept (n INT PRIMARY KEY)")
+    return serving_db
+
+
+def test_kept_connection_commits_each_transaction_on_one_login(kept_table):
+    kept = KeptConnection(kept_table)
+    backends = set()
+    for n in range(3):
+        with kept.transaction() as conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO kept VALUES (%s)", (n,))
+            backends.add(_backend(conn))
+        assert _count(kept_table) == n + 1  # committed when the block ended
+    assert len(backends) == 1
+    kept.close()
+
+
+def test_kept_connection_rolls_back_a_failed_transaction_and_goes_on(kept_table):
+    kept = KeptConnection(kept_table)
+    with kept.transaction() as conn:
+        first = _backend(conn)
+    with pytest.raises(psycopg2.errors.UniqueViolation), kept.transaction() as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO kept VALUES (1)")
+        cur.execute("INSERT INTO kept VALUES (1)")
+    assert _count(kept_table) == 0  # the first insert went with the failed transaction
+    with kept.transaction() as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO kept VALUES (2)")
+        assert _backend(conn) == first  # a failed statement does not cost a login
+    assert _count(kept_table) == 1
+    kept.close()
+
+
+def test_kept_connection_replaces_a_connection_the_server_dropped(kept_table):
+    kept = KeptConnection(kept_table)
+    with kept.transaction() as conn:
+        dropped = _backend(conn)
+    with transaction(kept_table) as other, other.cursor() as cur:  # as a server restart would
+        cur.execute("SELECT pg_terminate_backend(%s)", (dropped,))
+    # The transaction that meets the dropped connection fails (the speed layer retries its batch) ...
+    with pytest.raises(psycopg2.OperationalError), kept.transaction() as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO kept VALUES (1)")
+    # ... and the next one logs in again.
+    with kept.transaction() as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO kept VALUES (2)")
+        assert _backend(conn) != dropped
+    assert _count(kept_table) == 1
+    kept.close()
