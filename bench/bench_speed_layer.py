@@ -172,12 +172,13 @@ def preload(settings: Settings, topic: str, messages: int, event_rate: float = 0
 
 def read_topic(spark, settings: Settings, topic: str):
     """The whole topic as a batch DataFrame, read with the speed layer's Kafka options (8 MiB fetches,
-    its default minPartitions)."""
+    its fetch wait, its default minPartitions)."""
     return (spark.read.format("kafka")
             .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
             .option("subscribe", topic)
             .option("startingOffsets", "earliest").option("endingOffsets", "latest")
             .option("kafka.max.partition.fetch.bytes", str(8 * 1024 * 1024))
+            .option("kafka.fetch.max.wait.ms", str(SpeedLayerConfig().kafka_fetch_max_wait_ms))
             .option("minPartitions", str(2 * spark.sparkContext.defaultParallelism))
             .load())
 
