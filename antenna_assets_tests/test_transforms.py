@@ -8,7 +8,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from antenna_assets.batch.layer import HOURLY_TABLES, collect_table, compute_hourly_tables, snapshot_frame
-from antenna_assets.transforms.aggregates import bytes_per_app
+from antenna_assets.speed.layer import SPEED_TABLES
+from antenna_assets.transforms.aggregates import bytes_per_app, bytes_per_window, bytes_per_window_of_each
 from antenna_assets.transforms.devices import parse_device_messages, valid_events, with_lake_partitions
 
 GOOD = '{"bytes":9082,"timestamp":1600545287,"app":"SKYPE","id":"u1","antenna_id":"a0"}'
@@ -61,6 +62,30 @@ def test_five_minute_windows_start_on_utc_boundaries(spark):
                              (base + 300, "u", "a", 7, "SKYPE")])
     rows = collect_table(bytes_per_app(events, "5 minutes"), ("app", "date", "sum_app_bytes"))
     assert sorted(rows) == [("SKYPE", datetime(2026, 1, 1, 0, 0), 11), ("SKYPE", datetime(2026, 1, 1, 0, 5), 7)]
+
+
+def test_every_speed_table_from_one_aggregation_equals_its_own_aggregate(spark):
+    """Property: the speed layer's grouping-sets aggregation gives each table exactly what
+    `bytes_per_window` gives it alone (the batch layer's definition)."""
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hypothesis_settings
+    from hypothesis import strategies as st
+
+    base = 1767225600
+    event = st.tuples(st.integers(0, 1200), st.sampled_from(["u1", "u2", "a0"]), st.sampled_from(["a0", "a1"]),
+                      st.integers(0, 10**12), st.sampled_from(["SKYPE", "TELEGRAM"]))
+
+    @hypothesis_settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(event, min_size=1, max_size=20))
+    def check(rows):
+        events = _events(spark, [(base + t, *rest) for t, *rest in rows])
+        combined = bytes_per_window_of_each(events, SPEED_TABLES, "5 minutes").collect()
+        for table in SPEED_TABLES:
+            alone = bytes_per_window(events, table.key, table.value, "5 minutes").collect()
+            assert sorted((r.key, r.date, r.bytes, r.messages, r.max_event_time) for r in combined
+                          if r.table == table.name) == sorted(tuple(r) for r in alone)
+
+    check()
 
 
 def test_hourly_totals_quota_is_strict_and_per_hour_snapshot(spark):

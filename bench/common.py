@@ -29,15 +29,18 @@ def machine() -> str:
 
 
 def record(section: str, intro: str, table_header: str, row: str) -> None:
-    """Add the row to `section` of BENCHMARKS.md (created with `intro` and `table_header` if missing),
-    leaving other sections alone."""
+    """Add the row under the last row of `section`'s table in BENCHMARKS.md (the section created with
+    `intro` and `table_header` if missing), leaving other sections alone."""
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\nMeasured on the machines named in each row.\n"
     if section not in text:
         text = text.rstrip("\n") + f"\n\n{section}\n\n{intro}{table_header}"
     start = text.index(section)
     following = text.find("\n## ", start + len(section))
     end = len(text) if following < 0 else following + 1
-    body = text[start:end].rstrip("\n") + "\n" + row + "\n"
+    lines = text[start:end].rstrip("\n").split("\n")
+    # Under the section's last row, above any notes written below its table.
+    last_row = max(i for i, line in enumerate(lines) if line.startswith("|"))
+    body = "\n".join([*lines[:last_row + 1], row, *lines[last_row + 1:]]) + "\n"
     BENCHMARKS.write_text(text[:start] + body + ("\n" + text[end:] if following >= 0 else ""))
     print(f"recorded in {BENCHMARKS}")
 

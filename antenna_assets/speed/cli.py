@@ -20,6 +20,8 @@ def register(commands) -> None:
     parser.add_argument("--max-offsets-per-trigger", type=int, help="messages per micro-batch at most")
     parser.add_argument("--kafka-min-partitions", type=int,
                         help="Spark tasks reading Kafka per micro-batch, at least (0: twice Spark's default parallelism)")
+    parser.add_argument("--kafka-fetch-max-wait-ms", type=int,
+                        help="how long a Kafka fetch may wait for more data (default 10)")
     parser.add_argument("--starting-offsets", help="earliest or latest, for a query without checkpoint")
     parser.add_argument("--metadata-refresh-seconds", type=float, help="re-read user_metadata at most this often")
     parser.add_argument("--progress-interval-seconds", type=float, help="how often progress is printed")

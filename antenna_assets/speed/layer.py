@@ -41,8 +41,7 @@ from antenna_assets.sources.user_metadata import read_live
 from antenna_assets.postgres import KeptConnection
 from antenna_assets.speed.config import SpeedLayerConfig, parse_duration
 from antenna_assets.hours import epoch_seconds, utc_from_epoch_millis, utc_from_epoch_seconds, utc_now
-from antenna_assets.transforms.aggregates import (MAX_EVENT_TIME, MESSAGES, bytes_per_antenna, bytes_per_app,
-                                                  bytes_per_user)
+from antenna_assets.transforms.aggregates import MAX_EVENT_TIME, MESSAGES, bytes_per_window_of_each
 from antenna_assets.sources.contract import ASCII_CONTROL
 from antenna_assets.transforms.devices import (LAKE_PARTITION_COLUMNS, WATERMARK_TIME, parse_device_messages,
                                                rejected_messages, valid_events, with_lake_partitions)
@@ -58,7 +57,7 @@ PREVIEW_CHARACTERS = 200
 # PostgreSQL transaction, the lake write.
 SPARK_TOTALS, POSTGRES, LAKE = "spark_totals", "postgres", "lake"
 STEPS = (SPARK_TOTALS, POSTGRES, LAKE)
-_PER_TABLE = ((BYTES_AGG_ANTENNA, bytes_per_antenna), (BYTES_AGG_USER, bytes_per_user), (BYTES_AGG_APP, bytes_per_app))
+SPEED_TABLES = (BYTES_AGG_ANTENNA, BYTES_AGG_USER, BYTES_AGG_APP)
 
 
 @dataclass(frozen=True)
@@ -258,11 +257,9 @@ class SpeedLayer:
         Sums and dead letters come from the records not applied yet (`not_applied`); offsets from all."""
         fresh = parsed.where(not_applied)
         events = valid_events(fresh)
-        parts = [aggregate(events, self.config.window)
-                 .select(F.lit(table.name).alias("table"), F.col(table.key).alias("key"),
-                         F.unix_seconds("date").alias("date"), F.col(table.value).alias("bytes"), MESSAGES,
-                         F.unix_seconds(MAX_EVENT_TIME).alias(MAX_EVENT_TIME))
-                 for table, aggregate in _PER_TABLE]
+        sums = (bytes_per_window_of_each(events, SPEED_TABLES, self.config.window)
+                .select("table", "key", F.unix_seconds("date").alias("date"), "bytes", MESSAGES,
+                        F.unix_seconds(MAX_EVENT_TIME).alias(MAX_EVENT_TIME)))
         dead_letters = (rejected_messages(fresh)
                         .select(F.lit(DEAD_LETTER).alias("table"), *DEAD_LETTER_COLUMNS[:-1],
                                 F.unix_millis("kafka_timestamp").alias("kafka_timestamp")))
@@ -270,10 +267,8 @@ class SpeedLayer:
                    .agg(F.max("offset").alias("kafka_offset"),
                         F.unix_seconds(F.max(F.when(not_applied, F.col(WATERMARK_TIME)))).alias(MAX_EVENT_TIME))
                    .select(F.lit(OFFSETS).alias("table"), "*"))
-        combined = parts[0]
-        for part in (*parts[1:], dead_letters, offsets):
-            combined = combined.unionByName(part, allowMissingColumns=True)
-        return combined.toArrow()
+        return (sums.unionByName(dead_letters, allowMissingColumns=True)
+                .unionByName(offsets, allowMissingColumns=True).toArrow())
 
     def _micro_batch_result(self, key: BatchKey, summary: pa.Table, watermark: datetime | None,
                             known_ids: pa.Array) -> MicroBatchResult:
@@ -296,7 +291,7 @@ class SpeedLayer:
         closed = pc.less_equal(pc.add(window_start, int(self.window.total_seconds())), cutoff)
         open_sums = sums.filter(pc.invert(closed))
         increments = {table: open_sums.filter(pc.equal(open_sums.column("table"), table.name))
-                      .select(["key", "date", "bytes"]) for table, _ in _PER_TABLE}
+                      .select(["key", "date", "bytes"]) for table in SPEED_TABLES}
         is_app = pc.equal(sums.column("table"), BYTES_AGG_APP.name)  # every valid event is in exactly one app row
         apps = sums.filter(is_app)
         hours = np.unique(apps.column("date").to_numpy() // 3600 * 3600).tolist()

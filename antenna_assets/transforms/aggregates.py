@@ -6,7 +6,9 @@ The speed layer calls them with a 5-minute window on each micro-batch, the batch
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
+from typing import Sequence
+
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from antenna_assets.serving.schema import (BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER, BYTES_AGG_USER_1H,
@@ -19,10 +21,31 @@ MAX_EVENT_TIME = "max_event_time"
 
 def bytes_per_window(events: DataFrame, key: str, value: str, window: str) -> DataFrame:
     """Sum of `bytes` per `key` and event-time window: columns key, date, value, messages, max_event_time."""
-    return (events
-            .groupBy(F.col(key), F.window("event_time", window).start.alias("date"))
-            .agg(F.sum("bytes").alias(value), F.count(F.lit(1)).alias(MESSAGES),
-                 F.max("event_time").alias(MAX_EVENT_TIME)))
+    return events.groupBy(F.col(key), _window_start(window)).agg(*_window_totals(value))
+
+
+def bytes_per_window_of_each(events: DataFrame, tables: Sequence[AggregateTable], window: str) -> DataFrame:
+    """`bytes_per_window` of every table in `tables` from one aggregation (grouping sets): one shuffle
+    instead of one per table, which a micro-batch of a second pays in time, whatever its size.
+    Columns: table (its name), key (the value of its key column), date, bytes, messages, max_event_time."""
+    keys = [table.key for table in tables]
+    grouped = [F.grouping(key) == 0 for key in keys]
+    table_name = F.when(grouped[0], F.lit(tables[0].name))
+    key_value = F.when(grouped[0], F.col(keys[0]))
+    for table, is_grouped in zip(tables[1:], grouped[1:]):
+        table_name, key_value = table_name.when(is_grouped, F.lit(table.name)), key_value.when(is_grouped, F.col(table.key))
+    return (events.select(*keys, "bytes", "event_time", _window_start(window))
+            .groupingSets([[key, "date"] for key in keys], *keys, "date")
+            .agg(table_name.alias("table"), key_value.alias("key"), *_window_totals("bytes"))
+            .drop(*keys))
+
+
+def _window_start(window: str) -> Column:
+    return F.window("event_time", window).start.alias("date")
+
+
+def _window_totals(value: str) -> list[Column]:
+    return [F.sum("bytes").alias(value), F.count(F.lit(1)).alias(MESSAGES), F.max("event_time").alias(MAX_EVENT_TIME)]
 
 
 def _per(table: AggregateTable):
