@@ -33,6 +33,8 @@ class SpeedLayerConfig(Config):
     kafka_fetch_max_wait_ms: int = Field(
         default=10, ge=0, description="how long a Kafka fetch may wait for more data; Kafka's 500 ms default "
                                       "cost each micro-batch a second of waiting for records that were there")
+    shuffle_partitions: int = Field(
+        default=0, ge=0, description="partitions of a micro-batch's shuffles (its sums); 0: Spark's default parallelism")
     starting_offsets: str = Field(default="earliest", description="where a query without checkpoint starts: earliest or latest")
     fail_on_data_loss: bool = Field(default=True, description="fail if Kafka deleted messages the query had not read")
     metadata_refresh_seconds: float = Field(default=30.0, ge=0, description="re-read user_metadata at most this often; 0: every batch")

@@ -209,6 +209,10 @@ class SpeedLayer:
         # Spark's rule: the watermark a batch uses comes from the batches before it, so a replay sees the same.
         watermark = latest - self.watermark_delay if latest is not None else None
         user_metadata = self.user_metadata()  # one read for the whole batch: its totals and its lake rows agree
+        # The batch's own session (Spark's copy for the query): its few thousand partial sums need no more
+        # partitions than cores, and every partition more was a task in each of its two shuffles.
+        shuffle_partitions = self.config.shuffle_partitions or self.spark.sparkContext.defaultParallelism
+        kafka_rows.sparkSession.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions))
 
         parsed = (parse_device_messages(kafka_rows, self.config.message_rules())
                   # Only rejected records need their raw bytes: the cached batch stays small.
