@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import psycopg2
+from pyspark import StorageLevel
 
 from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
 from antenna_assets.settings import Settings
@@ -69,9 +70,10 @@ SECTION_INTRO = (
     "a warm-up. Ratio = speed layer / reference. Targets: >= 150,000 events/s and ratio >= 0.5. Steps: the\n"
     "run's seconds in the Spark job of the sums (Kafka read and parse included), the PostgreSQL transaction\n"
     "and the lake write. Ceiling: events/s if the Spark work cost only the reference's and the lake write\n"
-    "nothing, with the run's PostgreSQL seconds. Floor (in the reference cell, same session and topic): one\n"
-    "Spark job that reads, parses with the speed layer's parse and writes the valid messages to Parquet by\n"
-    "UTC hour, best of 2 after a warm-up: what any design must do besides its totals; ratio = floor / reference.\n"
+    "nothing, with the run's PostgreSQL seconds. Floor (in the reference cell, same session and topic): read,\n"
+    "parse once with the speed layer's parse (cached, as the speed layer does; since 2026-11-29, before that\n"
+    "uncached) and write the valid messages to Parquet by UTC hour, best of 2 after a warm-up: what any design\n"
+    "must do besides its totals; ratio = floor / reference.\n"
     "Freshness: processing-time trigger; a paced producer process sends R events/s (2,000 users, 100\n"
     "antennas) stamped with their send time and remembers, per (antenna, 5-minute window), each event's\n"
     "send time and the window's running byte sum after it; a poller reads `bytes_agg_antenna` every 100 ms\n"
@@ -202,11 +204,18 @@ def parse_and_count(spark, settings: Settings, topic: str) -> int:
 
 def parse_and_land(spark, settings: Settings, topic: str, folder: Path) -> None:
     """The floor: what any design of the speed layer has to do besides its totals. Read the topic,
-    parse it with the speed layer's own parse, write every valid message to Parquet under its UTC
-    hour: one Spark job, no totals, no dead letters, no PostgreSQL, no enrichment, no streaming."""
-    events = valid_events(parse_device_messages(read_topic(spark, settings, topic)))
-    (with_lake_partitions(events).write.mode("overwrite")
-     .partitionBy(*LAKE_PARTITION_COLUMNS).parquet(str(folder / "floor")))
+    parse it once with the speed layer's own parse, write every valid message to Parquet under its UTC
+    hour: no totals, no dead letters, no PostgreSQL, no enrichment, no streaming.
+
+    The parse is cached, as the speed layer caches it: uncached, Spark pushes the valid-message filter
+    under the parse and inlines the parse into it, parsing each record several times (5M records:
+    147 s, 34,074 events/s, 2026-11-29)."""
+    parsed = parse_device_messages(read_topic(spark, settings, topic)).persist(StorageLevel.MEMORY_AND_DISK_DESER)
+    try:
+        (with_lake_partitions(valid_events(parsed)).write.mode("overwrite")
+         .partitionBy(*LAKE_PARTITION_COLUMNS).parquet(str(folder / "floor")))
+    finally:
+        parsed.unpersist()
 
 
 def run_speed_layer(spark, settings: Settings, topic: str, postgres_url: str, folder: Path,
