@@ -22,6 +22,18 @@ def _count(url: str) -> int:
         return cur.fetchone()[0]
 
 
+def _login(kept: KeptConnection) -> int:
+    with kept.transaction() as conn:
+        return _backend(conn)
+
+
+def _insert(kept: KeptConnection, n: int) -> int:
+    """Insert n in its own transaction; the backend it ran on."""
+    with kept.transaction() as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO kept VALUES (%s)", (n,))
+        return _backend(conn)
+
+
 @pytest.fixture
 def kept_table(serving_db):
     with transaction(serving_db) as conn, conn.cursor() as cur:
@@ -29,45 +41,38 @@ def kept_table(serving_db):
     return serving_db
 
 
-def test_kept_connection_commits_each_transaction_on_one_login(kept_table):
-    kept = KeptConnection(kept_table)
+@pytest.fixture
+def kept(kept_table):
+    connection = KeptConnection(kept_table)
+    yield connection
+    connection.close()
+
+
+def test_kept_connection_commits_each_transaction_on_one_login(kept, kept_table):
     backends = set()
     for n in range(3):
-        with kept.transaction() as conn, conn.cursor() as cur:
-            cur.execute("INSERT INTO kept VALUES (%s)", (n,))
-            backends.add(_backend(conn))
+        backends.add(_insert(kept, n))
         assert _count(kept_table) == n + 1  # committed when the block ended
     assert len(backends) == 1
-    kept.close()
 
 
-def test_kept_connection_rolls_back_a_failed_transaction_and_goes_on(kept_table):
-    kept = KeptConnection(kept_table)
-    with kept.transaction() as conn:
-        first = _backend(conn)
+def test_kept_connection_rolls_back_a_failed_transaction_and_goes_on(kept, kept_table):
+    first = _login(kept)
     with pytest.raises(psycopg2.errors.UniqueViolation), kept.transaction() as conn, conn.cursor() as cur:
         cur.execute("INSERT INTO kept VALUES (1)")
         cur.execute("INSERT INTO kept VALUES (1)")
     assert _count(kept_table) == 0  # the first insert went with the failed transaction
-    with kept.transaction() as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO kept VALUES (2)")
-        assert _backend(conn) == first  # a failed statement does not cost a login
+    assert _insert(kept, 2) == first  # a failed statement does not cost a login
     assert _count(kept_table) == 1
-    kept.close()
 
 
-def test_kept_connection_replaces_a_connection_the_server_dropped(kept_table):
-    kept = KeptConnection(kept_table)
-    with kept.transaction() as conn:
-        dropped = _backend(conn)
+def test_kept_connection_replaces_a_connection_the_server_dropped(kept, kept_table):
+    dropped = _login(kept)
     with transaction(kept_table) as other, other.cursor() as cur:  # as a server restart would
         cur.execute("SELECT pg_terminate_backend(%s)", (dropped,))
     # The transaction that meets the dropped connection fails (the speed layer retries its batch) ...
-    with pytest.raises(psycopg2.OperationalError), kept.transaction() as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO kept VALUES (1)")
+    with pytest.raises(psycopg2.OperationalError):
+        _insert(kept, 1)
     # ... and the next one logs in again.
-    with kept.transaction() as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO kept VALUES (2)")
-        assert _backend(conn) != dropped
+    assert _insert(kept, 2) != dropped
     assert _count(kept_table) == 1
-    kept.close()

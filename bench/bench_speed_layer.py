@@ -174,13 +174,15 @@ def preload(settings: Settings, topic: str, messages: int, event_rate: float = 0
 
 def read_topic(spark, settings: Settings, topic: str):
     """The whole topic as a batch DataFrame, read with the speed layer's Kafka options (8 MiB fetches,
-    its fetch wait, its default minPartitions)."""
+    its default minPartitions)."""
     return (spark.read.format("kafka")
             .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
             .option("subscribe", topic)
             .option("startingOffsets", "earliest").option("endingOffsets", "latest")
             .option("kafka.max.partition.fetch.bytes", str(8 * 1024 * 1024))
-            .option("kafka.fetch.max.wait.ms", str(SpeedLayerConfig().kafka_fetch_max_wait_ms))
+            # A batch query's fetch otherwise waits Kafka's 500 ms for more data at the end of its
+            # range: ~1 s of every read (100 records: 1.27 s -> 0.21 s). The stream's reads do not wait.
+            .option("kafka.fetch.max.wait.ms", "10")
             .option("minPartitions", str(2 * spark.sparkContext.defaultParallelism))
             .load())
 

@@ -20,8 +20,6 @@ def register(commands) -> None:
     parser.add_argument("--max-offsets-per-trigger", type=int, help="messages per micro-batch at most")
     parser.add_argument("--kafka-min-partitions", type=int,
                         help="Spark tasks reading Kafka per micro-batch, at least (0: twice Spark's default parallelism)")
-    parser.add_argument("--kafka-fetch-max-wait-ms", type=int,
-                        help="how long a Kafka fetch may wait for more data (default 10)")
     parser.add_argument("--shuffle-partitions", type=int,
                         help="partitions of a micro-batch's shuffles (0: Spark's default parallelism)")
     parser.add_argument("--starting-offsets", help="earliest or latest, for a query without checkpoint")

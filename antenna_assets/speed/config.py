@@ -30,9 +30,6 @@ class SpeedLayerConfig(Config):
     max_offsets_per_trigger: int = Field(default=1_000_000, ge=1, description="messages per micro-batch at most")
     kafka_min_partitions: int = Field(
         default=0, ge=0, description="Spark tasks reading Kafka per micro-batch, at least; 0: twice Spark's default parallelism")
-    kafka_fetch_max_wait_ms: int = Field(
-        default=10, ge=0, description="how long a Kafka fetch may wait for more data; Kafka's 500 ms default "
-                                      "cost each micro-batch a second of waiting for records that were there")
     shuffle_partitions: int = Field(
         default=0, ge=0, description="partitions of a micro-batch's shuffles (its sums); 0: Spark's default parallelism")
     starting_offsets: str = Field(default="earliest", description="where a query without checkpoint starts: earliest or latest")
