@@ -1,7 +1,7 @@
 """The highest input rate the speed layer sustains with its default settings, and where a batch's time goes.
 
     python -m bench.bench_sustained [--rates 20000,40000,60000,80000] [--seconds 180] [--settle 30]
-                                    [--quick] [--no-record]
+                                    [--warm-up 60] [--quick] [--no-record]
 
 For each rate, ascending, on a fresh topic, serving database and lake folder: a paced producer process
 sends R events/s (2,000 users, 100 antennas, stamped with their send time) for `settle` + `seconds`
@@ -16,7 +16,9 @@ seconds into the real SpeedLayer with the default SpeedLayerConfig (processing-t
   PostgreSQL transaction, lake write; the rest of addBatch is the ledger, metadata and cache);
 - peak RSS of this driver and its Spark JVM.
 A rate is sustained when p99 <= 5 s and the lag grew by at most one trigger interval of input. The
-search stops at the first rate not sustained. Fixed versus per-event cost: a least-squares line of
+search stops at the first rate not sustained. Before it, `--warm-up` seconds of load at the first rate warm
+the session's JVM, as a long-running stream's is (a cold start at 60,000 events/s built a backlog that took
+the whole window to drain). Fixed versus per-event cost: a least-squares line of
 batch time against batch rows over the measured batches of every rate tried.
 """
 
@@ -192,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default=RATES, help=f"events/s to try, ascending (default {RATES})")
     parser.add_argument("--seconds", type=float, default=180, help="measured seconds per rate (default 180)")
     parser.add_argument("--settle", type=float, default=30, help="seconds of load before the window (default 30)")
+    parser.add_argument("--warm-up", type=float, default=60,
+                        help="seconds of load at the first rate before the search, not measured (default 60): a "
+                             "long-running stream's JVM is warm, a new session's is not")
     parser.add_argument("--quick", action="store_true", help="60 s windows after 20 s of load")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -199,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     rates = [float(r) for r in args.rates.split(",") if r]
     settings = Settings.from_env()
     spark = spark_session()
+    if args.warm_up > 0:
+        print(f"warm-up: {rates[0]:,.0f} events/s for {args.warm_up:g} s (not measured)", flush=True)
+        run_rate(spark, settings, rates[0], 0, args.warm_up)
     results: list[RateResult] = []
     for rate in rates:
         print(f"{rate:,.0f} events/s for {settle:g} + {seconds:g} s:", flush=True)
@@ -212,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sustained: {best.rate if best else 0:,.0f} events/s; batch time = {fixed:.0f} ms + {per_event:.1f} µs "
           f"per event", flush=True)
     command = "python -m bench.bench_sustained" + (" --quick" if args.quick else "") + (
-        f" --rates {args.rates}" if args.rates != RATES else "")
+        f" --rates {args.rates}" if args.rates != RATES else "") + (f" --warm-up {args.warm_up:g}")
     record_run(SECTION, SECTION_INTRO, TABLE_HEADER, command,
                [f"{best.rate:,.0f}" if best else "none", "; ".join(r.summary() for r in results),
                 best.breakdown() if best else "-", f"{fixed:.0f} ms + {per_event:.1f} µs x rows",
