@@ -169,6 +169,16 @@ def ensure_login_role(conn, role: str, password: str) -> None:
                              f"or create the role yourself (LOGIN) and grant it as the README says") from None
 
 
+def grant_database_use(cur, role: str, database_privileges: str = "CONNECT") -> str:
+    """Give `role` `database_privileges` on the connected database and USAGE on its schema public;
+    returns the role's quoted identifier, for the grants on relations that follow."""
+    cur.execute("SELECT quote_ident(%s), quote_ident(current_database())", (role,))
+    ident, database = cur.fetchone()
+    cur.execute(f"GRANT {database_privileges} ON DATABASE {database} TO {ident}")
+    cur.execute(f"GRANT USAGE ON SCHEMA public TO {ident}")
+    return ident
+
+
 def role_url(server_url: str, role: str, password: str) -> str:
     """`server_url` (same host, port and database) logging in as `role`."""
     parsed = urlparse(server_url)

@@ -121,10 +121,11 @@ class Freshness:
     peak_rss: int
 
 
-def spark_session():
+def spark_session(app_name: str = "bench_speed_layer", **conf: str):
+    """The benchmarks' session: local[2], and `conf` (Spark keys) over the product's configuration."""
     from antenna_assets.resources.spark import build_spark_session
 
-    return build_spark_session(Settings.from_env(), app_name="bench_speed_layer", extra={"spark.master": "local[2]"})
+    return build_spark_session(Settings.from_env(), app_name=app_name, extra={"spark.master": "local[2]", **conf})
 
 
 @contextmanager

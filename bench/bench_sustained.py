@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 
@@ -38,7 +39,7 @@ from antenna_assets.speed.config import SpeedLayerConfig
 from antenna_assets.speed.layer import STEPS, SpeedLayer, run_until_stopped
 from antenna_assets_tests.truth import query
 from bench.bench_speed_layer import (AntennaTablePoller, latencies, produce_paced, scratch_folder, scratch_topic,
-                                     streaming_process_memory, targets)
+                                     spark_session, streaming_process_memory, targets)
 from bench.common import BackgroundLoop, fresh_database, record_run
 
 P99_TARGET_SECONDS = 5.0
@@ -168,8 +169,6 @@ def run_rate(spark, settings: Settings, rate: float, settle: float, seconds: flo
 
 
 def _epoch(timestamp: str) -> float:
-    from datetime import datetime
-
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
@@ -179,14 +178,6 @@ def fixed_and_per_event(results: list[RateResult]) -> tuple[float, float]:
     ms = np.concatenate([r.batch_ms for r in results]).astype(float)
     per_event, fixed = np.polyfit(rows, ms, 1)
     return float(fixed), float(per_event * 1000)
-
-
-def spark_session():
-    from antenna_assets.resources.spark import build_spark_session
-
-    # Enough progress reports for a whole window at one batch a second.
-    return build_spark_session(Settings.from_env(), app_name="bench_sustained",
-                               extra={"spark.master": "local[2]", "spark.sql.streaming.numRecentProgressUpdates": "1000"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds, settle = (60, 20) if args.quick else (args.seconds, args.settle)
     rates = [float(r) for r in args.rates.split(",") if r]
     settings = Settings.from_env()
-    spark = spark_session()
+    # Enough progress reports for a whole window at one batch a second.
+    spark = spark_session("bench_sustained", **{"spark.sql.streaming.numRecentProgressUpdates": "1000"})
     if args.warm_up > 0:
         print(f"warm-up: {rates[0]:,.0f} events/s for {args.warm_up:g} s (not measured)", flush=True)
         run_rate(spark, settings, rates[0], 0, args.warm_up)

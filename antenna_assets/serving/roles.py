@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from antenna_assets.postgres import ensure_login_role, role_url, transaction
+from antenna_assets.postgres import ensure_login_role, grant_database_use, role_url, transaction
 from antenna_assets.serving.schema import BATCH_TABLES, STREAMING_TABLES, USERS_OVER_QUOTA_1H
 from antenna_assets.serving.views import SERVING_VIEWS
 from antenna_assets.settings import WRITER_ROLE, Settings
@@ -45,10 +45,7 @@ WRITER_PRIVILEGES = {
 def grant_writer(conn, role: str = WRITER_ROLE) -> None:
     """Exactly the writer's privileges on this (migrated) database; run by the schema's owner."""
     with conn.cursor() as cur:
-        cur.execute("SELECT quote_ident(%s), quote_ident(current_database())", (role,))
-        ident, database = cur.fetchone()
-        cur.execute(f"GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {ident}")
-        cur.execute(f"GRANT USAGE ON SCHEMA public TO {ident}")
+        ident = grant_database_use(cur, role, "CONNECT, TEMPORARY")
         cur.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {ident}")
         for relation, privileges in WRITER_PRIVILEGES.items():
             cur.execute(f"GRANT {privileges} ON {relation} TO {ident}")

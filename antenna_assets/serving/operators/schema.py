@@ -6,6 +6,7 @@ refuses UPDATE, DELETE and TRUNCATE from anyone (the owner included).
 
 from __future__ import annotations
 
+from antenna_assets.postgres import grant_database_use
 from antenna_assets.serving.schema import Column, Table
 
 OPERATORS_ROLE = "antenna_operators"
@@ -53,10 +54,7 @@ def grant_operators_role(conn, role: str = OPERATORS_ROLE) -> None:
     """Exactly the page's privileges on this database: read the serving data, read and write
     user_metadata, append to and read the audit, read the operators; nothing else."""
     with conn.cursor() as cur:
-        cur.execute("SELECT quote_ident(%s), quote_ident(current_database())", (role,))
-        ident, database = cur.fetchone()
-        cur.execute(f"GRANT CONNECT ON DATABASE {database} TO {ident}")
-        cur.execute(f"GRANT USAGE ON SCHEMA public TO {ident}")
+        ident = grant_database_use(cur, role)
         cur.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON user_metadata TO {ident}")
         cur.execute(f"REVOKE UPDATE, DELETE, TRUNCATE ON user_metadata_audit FROM {ident}, PUBLIC")
         cur.execute(f"GRANT SELECT, INSERT ON user_metadata_audit TO {ident}")
