@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 import pytest
 from pyspark.sql import functions as F
 
-from antenna_assets.batch.layer import HOURLY_TABLES, collect_table, compute_hourly_tables, snapshot_frame
+from antenna_assets.batch.layer import HOURLY_TABLES, collect_table, compute_hourly_tables
 from antenna_assets.speed.layer import SPEED_TABLES
-from antenna_assets.transforms.aggregates import bytes_per_app, bytes_per_window, bytes_per_window_of_each
+from antenna_assets.transforms.aggregates import bytes_per_window, bytes_per_window_of_each
 from antenna_assets.transforms.devices import parse_device_messages, valid_events, with_lake_partitions
 
 GOOD = '{"bytes":9082,"timestamp":1600545287,"app":"SKYPE","id":"u1","antenna_id":"a0"}'
@@ -60,7 +60,7 @@ def test_five_minute_windows_start_on_utc_boundaries(spark):
     base = 1767225600  # 2026-01-01 00:00:00 UTC
     events = _events(spark, [(base + 10, "u", "a", 5, "SKYPE"), (base + 299, "u", "a", 6, "SKYPE"),
                              (base + 300, "u", "a", 7, "SKYPE")])
-    rows = collect_table(bytes_per_app(events, "5 minutes"), ("app", "date", "sum_app_bytes"))
+    rows = collect_table(bytes_per_window(events, "app", "sum_app_bytes", "5 minutes"), ("app", "date", "sum_app_bytes"))
     assert sorted(rows) == [("SKYPE", datetime(2026, 1, 1, 0, 0), 11), ("SKYPE", datetime(2026, 1, 1, 0, 5), 7)]
 
 
@@ -96,10 +96,10 @@ def test_hourly_totals_quota_is_strict_and_per_hour_snapshot(spark):
         (h0 + 4, "ghost", "a", 50, "SKYPE"),  # not in user_metadata
         (h1 + 5, "u1", "a", 800, "SKYPE"),  # hour 1: u1's quota was lowered to 500
     ])
-    snapshots = snapshot_frame(spark, [("u1", "one@gmail.com", 1000, h0), ("u2", "two@gmail.com", 1000, h0),
-                                       ("u1", "one@gmail.com", 500, h1), ("u2", "two@gmail.com", 1000, h1)])
-    tables = compute_hourly_tables(events, snapshots, list(HOURLY_TABLES))
     d0, d1 = datetime(2026, 1, 1, 0), datetime(2026, 1, 1, 1)
+    snapshot = [("u1", "one@gmail.com", 1000, d0), ("u2", "two@gmail.com", 1000, d0),
+                ("u1", "one@gmail.com", 500, d1), ("u2", "two@gmail.com", 1000, d1)]
+    tables = compute_hourly_tables(events, snapshot, list(HOURLY_TABLES))
     assert sorted(tables["users_over_quota_1h"]) == [
         ("one@gmail.com", d1, 500, 800), ("two@gmail.com", d0, 1000, 1001)]
     assert sorted(tables["bytes_agg_user_1h"]) == [
@@ -110,6 +110,60 @@ def test_hourly_totals_quota_is_strict_and_per_hour_snapshot(spark):
     assert sorted(tables["bytes_agg_app_1h"]) == [
         ("SKYPE", d0, 1651), ("SKYPE", d1, 800), ("TELEGRAM", d0, 400)]
     assert sorted(tables["unknown_users"]) == [("ghost", d0, 50)]
+
+
+def _hourly_oracle(events, snapshot):
+    """The four hourly tables and unknown users read straight off the contract, from the events
+    (epoch seconds, id, antenna_id, bytes, app) in plain Python, one event at a time."""
+    from collections import Counter
+
+    def hour(t):
+        return datetime(1970, 1, 1) + timedelta(seconds=t - t % 3600)
+
+    email_of = {(i, d): e for i, e, _, d in snapshot}
+    quota_of = Counter()
+    for _, email, quota, date in snapshot:
+        quota_of[email, date] = max(quota_of.get((email, date), quota), quota)
+    per_antenna, per_app, per_email, unknown = Counter(), Counter(), Counter(), Counter()
+    for t, user, antenna, size, app in events:
+        per_antenna[antenna, hour(t)] += size
+        per_app[app, hour(t)] += size
+        if (user, hour(t)) in email_of:
+            per_email[email_of[user, hour(t)], hour(t)] += size
+        else:
+            unknown[user, hour(t)] += size
+    over = [(e, d, quota_of[e, d], total) for (e, d), total in per_email.items() if total > quota_of[e, d]]
+    return {"bytes_agg_antenna_1h": per_antenna, "bytes_agg_app_1h": per_app, "bytes_agg_user_1h": per_email,
+            "unknown_users": unknown, "users_over_quota_1h": over}
+
+
+def test_hourly_tables_equal_a_plain_reading_of_the_events(spark):
+    """Property: whatever the events, users, shared emails, quotas and hours, the batch layer's tables
+    (two Spark aggregates, the rest on the driver) equal a plain event-by-event reading."""
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hypothesis_settings
+    from hypothesis import strategies as st
+
+    base = 1767225600
+    event = st.tuples(st.integers(0, 3 * 3600 - 1), st.sampled_from(["u1", "u2", "u3", "ghost"]),
+                      st.sampled_from(["a0", "a1"]), st.integers(0, 10**12), st.sampled_from(["SKYPE", "TELEGRAM"]))
+    # Per hour, a snapshot row per known user; u1 and u2 may share an email (its quota is the larger).
+    snapshot_row = st.tuples(st.sampled_from(["u1", "u2", "u3"]), st.sampled_from(["one@x.com", "two@x.com"]),
+                             st.integers(0, 3 * 10**12), st.integers(0, 2))
+
+    @hypothesis_settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(event, min_size=1, max_size=25), st.lists(snapshot_row, max_size=9))
+    def check(rows, snapshot_rows):
+        unique = {(user, h): (user, email, quota, datetime(2026, 1, 1, h)) for user, email, quota, h in snapshot_rows}
+        snapshot = list(unique.values())
+        events = [(base + t, *rest) for t, *rest in rows]
+        tables = compute_hourly_tables(_events(spark, events), snapshot, list(HOURLY_TABLES))
+        expected = _hourly_oracle(events, snapshot)
+        for name in ("bytes_agg_antenna_1h", "bytes_agg_app_1h", "bytes_agg_user_1h", "unknown_users"):
+            assert sorted(tables[name]) == sorted((k, d, v) for (k, d), v in expected[name].items()), name
+        assert sorted(tables["users_over_quota_1h"]) == sorted(expected["users_over_quota_1h"])
+
+    check()
 
 
 def test_every_record_is_classified_as_the_contract_rules_say(spark):

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Sequence
 
-import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -19,7 +18,8 @@ from antenna_assets.serving.writes import replace_window
 from antenna_assets.lake.layout import hour_partition_dir
 from antenna_assets.serving.views import mark_batch_hours
 from antenna_assets.hours import HOUR, utc_from_epoch_seconds
-from antenna_assets.transforms.aggregates import hourly_totals
+from antenna_assets.transforms import hourly
+from antenna_assets.transforms.aggregates import ANTENNA_APP, hourly_partials
 from antenna_assets.transforms.devices import EVENT_SCHEMA, LAKE_PARTITION_COLUMNS, with_lake_partitions
 
 HOURLY_TABLES = {t.name: t for t in (*BATCH_TABLES, USERS_OVER_QUOTA_1H)}
@@ -97,50 +97,45 @@ def hour_stats(events: DataFrame, hours: Sequence[datetime]) -> list[HourStats]:
     return stats
 
 
-def user_metadata_snapshots(spark: SparkSession, conn, hours: Sequence[datetime]) -> DataFrame:
-    """The user_metadata snapshot of each hour as a DataFrame (id, email, quota, date)."""
+def user_metadata_snapshots(conn, hours: Sequence[datetime]) -> list[tuple[str, str, int, datetime]]:
+    """The user_metadata snapshot of each hour: rows (id, email, quota, date = hour start)."""
     with conn.cursor() as cur:
         cur.execute("SELECT id, email, quota, EXTRACT(EPOCH FROM date)::bigint FROM user_metadata_hourly "
                     "WHERE date >= %s AND date < %s", (min(hours), max(hours) + HOUR))
-        rows = cur.fetchall()
-    missing = sorted(set(hours) - {utc_from_epoch_seconds(r[3]) for r in rows})
+        rows = [(user_id, email, quota, utc_from_epoch_seconds(epoch)) for user_id, email, quota, epoch in cur]
+    missing = sorted(set(hours) - {row[3] for row in rows})
     if missing:
         listed = ", ".join(f"{h:%Y-%m-%d-%H:00}" for h in missing[:5])
         raise MissingSnapshotError(f"no user_metadata snapshot for hour(s) {listed}: materialize the user_metadata "
                                    "asset for those partitions first")
-    return snapshot_frame(spark, rows)
-
-
-def snapshot_frame(spark: SparkSession, rows: Sequence[tuple[str, str, int, int]]) -> DataFrame:
-    """Snapshot rows (id, email, quota, hour as epoch seconds) as a DataFrame (id, email, quota, date)."""
-    frame = pd.DataFrame(list(rows), columns=["id", "email", "quota", "epoch"]).astype(
-        {"id": object, "email": object, "quota": "int64", "epoch": "int64"})
-    # Through Arrow: a DataFrame of driver rows otherwise runs a Python worker at each scan of it.
-    return (spark.createDataFrame(frame, "id string, email string, quota long, epoch long")
-            .select("id", "email", "quota", F.timestamp_seconds("epoch").alias("date")))
+    return rows
 
 
 def collect_table(frame: DataFrame, columns: Sequence[str]) -> list[tuple]:
-    """Rows of a result table with `date` as naive UTC (see timeutil for why not collect() it directly)."""
+    """Rows of a result table with `date` as naive UTC (see hours for why not collect() it directly)."""
     selected = [F.unix_seconds("date").alias("date") if c == "date" else F.col(c) for c in columns]
     return [tuple(utc_from_epoch_seconds(v) if c == "date" else v for c, v in zip(columns, row))
             for row in frame.select(*selected).collect()]
 
 
-def compute_hourly_tables(events: DataFrame, snapshots: DataFrame, tables: Sequence[str]) -> dict[str, list[tuple]]:
-    """The rows of the requested hourly tables, plus `unknown_users` (id, date, sum_user_bytes)."""
-    # Cached: the snapshot is joined three times; three results derive from the small per-user totals.
-    # (Collecting all tables in one Spark job instead was measured slower: BENCHMARKS.md.)
-    snapshots = snapshots.persist()
-    frames = hourly_totals(events, snapshots)
-    cached = [snapshots, frames["bytes_per_user"].persist()]
-    try:
-        result = {name: collect_table(frames[name], HOURLY_TABLES[name].names) for name in tables}
-        result["unknown_users"] = collect_table(frames["unknown_users"], UNKNOWN_USERS_COLUMNS)
-    finally:
-        for frame in cached:
-            frame.unpersist()
-    return result
+def compute_hourly_tables(events: DataFrame, snapshot: hourly.Snapshot, tables: Sequence[str]) -> dict[str, list[tuple]]:
+    """The rows of the requested hourly tables, plus `unknown_users` (id, date, sum_user_bytes; empty
+    unless a per-user table is requested).
+
+    Two Spark jobs read the events (per user id; per antenna and app), only those the requested tables
+    need; the tables derive from their few thousand rows on the driver."""
+    partials = hourly_partials(events)
+    result: dict[str, list[tuple]] = {"unknown_users": []}
+    if {"bytes_agg_antenna_1h", "bytes_agg_app_1h"} & set(tables):
+        per_antenna_app = collect_table(partials["per_antenna_app"], (*ANTENNA_APP, "date", "bytes"))
+        result["bytes_agg_antenna_1h"] = hourly.rollup(per_antenna_app, 0, 2, 3)
+        result["bytes_agg_app_1h"] = hourly.rollup(per_antenna_app, 1, 2, 3)
+    if {"bytes_agg_user_1h", "users_over_quota_1h"} & set(tables):
+        per_user = collect_table(partials["per_user"], UNKNOWN_USERS_COLUMNS)
+        result["bytes_agg_user_1h"] = hourly.bytes_per_email(per_user, snapshot)
+        result["users_over_quota_1h"] = hourly.users_over_quota(result["bytes_agg_user_1h"], snapshot)
+        result["unknown_users"] = hourly.unknown_users(per_user, snapshot)
+    return {name: rows for name, rows in result.items() if name in tables or name == "unknown_users"}
 
 
 def write_hourly_tables(conn, tables: dict[str, list[tuple]], start: datetime, end: datetime) -> dict[str, int]:
