@@ -95,6 +95,7 @@ class Throughput:
     seconds: float
     batches: int
     peak_rss: int
+    memory: str  # PeakMemory.describe()
     step_seconds: dict[str, float]  # SpeedLayerStats.step_seconds
 
     @property
@@ -119,6 +120,7 @@ class Freshness:
     p99: float
     max: float
     peak_rss: int
+    memory: str
 
 
 def spark_session(app_name: str = "bench_speed_layer", **conf: str):
@@ -228,7 +230,8 @@ def run_speed_layer(spark, settings: Settings, topic: str, postgres_url: str, fo
         started = time.perf_counter()
         run_until_stopped(layer)
         seconds = time.perf_counter() - started
-    return Throughput(produced, seconds, layer.stats.batches, memory.peak_bytes, dict(layer.stats.step_seconds))
+    return Throughput(produced, seconds, layer.stats.batches, memory.peak_bytes, memory.describe(),
+                      dict(layer.stats.step_seconds))
 
 
 def check_against_truth(spark, postgres_url: str, folder: Path, query_name: str, truth: GroundTruth) -> None:
@@ -289,7 +292,7 @@ def throughput(spark, settings: Settings, messages: int, max_offsets_per_trigger
             run = run_speed_layer(spark, settings, topic, url, folder, config, produced)
             print(f"  speed layer: {produced:,} messages in {run.seconds:.2f} s ({run.batches} batches of <= "
                   f"{max_offsets_per_trigger:,}) = {run.rate:,.0f} events/s; ratio {run.rate / reference_rate:.2f}; "
-                  f"peak RSS {run.peak_rss / 2**30:.2f} GiB; steps: {run.steps()}; ceiling "
+                  f"peak RSS {run.memory}; steps: {run.steps()}; ceiling "
                   f"{run.ceiling(reference_rate):,.0f} events/s", flush=True)
             check_against_truth(spark, url, folder, config.query_name, truth)
     return run, reference_rate, floor_rate
@@ -405,10 +408,10 @@ def freshness(spark, settings: Settings, trigger_interval: str, rate: float, sec
         latency = latency[np.isfinite(latency)]
         events = len(np.load(sent_path)["sent_at"])
     result = Freshness(trigger_interval, events, len(latency), float(np.percentile(latency, 50)),
-                       float(np.percentile(latency, 99)), float(latency.max()), memory.peak_bytes)
+                       float(np.percentile(latency, 99)), float(latency.max()), memory.peak_bytes, memory.describe())
     print(f"  freshness, trigger {trigger_interval}, {rate:,.0f} events/s for {seconds:g} s: {result.visible:,} of "
           f"{result.events:,} events seen; p50 {result.p50:.2f} s, p99 {result.p99:.2f} s, max {result.max:.2f} s; "
-          f"peak RSS {result.peak_rss / 2**30:.2f} GiB", flush=True)
+          f"peak RSS {result.memory}", flush=True)
     return result
 
 
@@ -437,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     fresh = [freshness(spark, settings, trigger, args.rate, seconds) for trigger in triggers]
     spark.stop()
 
-    peak = max([run.peak_rss, *(f.peak_rss for f in fresh)])
+    peak = max([run, *fresh], key=lambda r: r.peak_rss)
     command = "python -m bench.bench_speed_layer" + (" --quick" if args.quick else (
         f" --messages {messages} --max-offsets-per-trigger {args.max_offsets_per_trigger}"
         f" --backlog-rate {args.backlog_rate:g} --rate {args.rate:g}"
@@ -449,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{run.ceiling(reference_rate):,.0f})",
                 f"{reference_rate:,.0f} (floor {floor_rate:,.0f}, ratio {floor_rate / reference_rate:.2f})",
                 f"{run.rate / reference_rate:.2f}", freshness_text or "-",
-                f"{peak / 2**30:.2f} GiB (throughput {run.peak_rss / 2**30:.2f})"], dry_run=args.no_record)
+                f"{peak.memory}; throughput {run.memory}"], dry_run=args.no_record)
     return 0
 
 

@@ -74,6 +74,7 @@ class RateResult:
     spark_ms: dict[str, float]  # mean per batch, SPARK_STEPS
     step_ms: dict[str, float]  # mean per batch, the speed layer's STEPS
     peak_rss: int
+    memory: str  # PeakMemory.describe()
 
     @property
     def sustained(self) -> bool:
@@ -162,9 +163,9 @@ def run_rate(spark, settings: Settings, rate: float, settle: float, seconds: flo
         batch_ms=np.array([p["durationMs"]["triggerExecution"] for p in batches]),
         spark_ms={k: float(np.mean([p["durationMs"].get(k, 0) for p in batches])) for k in SPARK_STEPS},
         step_ms={s: 1000 * (window["steps_at_end"][s] - window["steps_at_start"][s]) / measured for s in STEPS},
-        peak_rss=memory.peak_bytes)
+        peak_rss=memory.peak_bytes, memory=memory.describe())
     print(f"  {result.summary()}; producer {result.sent_per_second:,.0f} events/s; {result.unseen:,} unseen; "
-          f"ms per batch {result.breakdown()}; peak RSS {result.peak_rss / 2**30:.2f} GiB", flush=True)
+          f"ms per batch {result.breakdown()}; peak RSS {result.memory}", flush=True)
     return result
 
 
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     record_run(SECTION, SECTION_INTRO, TABLE_HEADER, command,
                [f"{best.rate:,.0f}" if best else "none", "; ".join(r.summary() for r in results),
                 best.breakdown() if best else "-", f"{fixed:.0f} ms + {per_event:.1f} µs x rows",
-                f"{max(r.peak_rss for r in results) / 2**30:.2f} GiB"], dry_run=args.no_record)
+                max(results, key=lambda r: r.peak_rss).memory], dry_run=args.no_record)
     return 0
 
 
