@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     fixed, per_event = fixed_and_per_event(results)
     print(f"sustained: {best.rate if best else 0:,.0f} events/s; batch time = {fixed:.0f} ms + {per_event:.1f} µs "
           f"per event", flush=True)
-    command = "python -m bench.bench_sustained" + (" --quick" if args.quick else "") + (
+    command = "python -m bench.bench_sustained" + (" --quick" if args.quick else (
+        f" --seconds {args.seconds:g} --settle {args.settle:g}")) + (
         f" --rates {args.rates}" if args.rates != RATES else "") + (f" --warm-up {args.warm_up:g}")
     record_run(SECTION, SECTION_INTRO, TABLE_HEADER, command,
                [f"{best.rate:,.0f}" if best else "none", "; ".join(r.summary() for r in results),

@@ -27,7 +27,7 @@ def spark_conf(settings: Settings, app_name: str = "antenna_assets", extra: dict
         "spark.jars": ",".join(jar_paths),
         # Event time is UTC everywhere, whatever the machine's TZ (the original's partition bug).
         "spark.sql.session.timeZone": "UTC",
-        "spark.driver.extraJavaOptions": utc,
+        "spark.driver.extraJavaOptions": f"{utc} {settings.spark_driver_java_options}".strip(),
         "spark.executor.extraJavaOptions": utc,
         "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
         "spark.driver.memory": settings.spark_driver_memory,

@@ -1,0 +1,32 @@
+"""The Spark driver's JVM runs with the product's options (the shared test session is built as production's)."""
+
+from __future__ import annotations
+
+from antenna_assets.resources.spark import spark_conf
+
+
+def _jvm_arguments(spark) -> list[str]:
+    runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+    return list(runtime.getInputArguments())
+
+
+def _garbage_collectors(spark) -> set[str]:
+    beans = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
+    return {bean.getName() for bean in beans}
+
+
+def test_driver_runs_with_utc_and_the_configured_java_options(spark, settings):
+    arguments = _jvm_arguments(spark)
+    assert "-Duser.timezone=UTC" in arguments
+    for option in settings.spark_driver_java_options.split():
+        assert option in arguments
+    if "-XX:+UseSerialGC" in settings.spark_driver_java_options.split():
+        # The serial collector's two generations; G1's are "G1 Young Generation" / "G1 Old Generation".
+        assert _garbage_collectors(spark) == {"Copy", "MarkSweepCompact"}
+
+
+def test_java_options_follow_the_time_zone_and_can_be_emptied(settings):
+    assert spark_conf(settings.replace(spark_driver_java_options=""))["spark.driver.extraJavaOptions"] == \
+        "-Duser.timezone=UTC"
+    assert spark_conf(settings.replace(spark_driver_java_options="-XX:+UseG1GC -Xss4m"))[
+        "spark.driver.extraJavaOptions"] == "-Duser.timezone=UTC -XX:+UseG1GC -Xss4m"
