@@ -47,7 +47,7 @@ def _snapshot_rows(url: str, hour: datetime) -> list[tuple]:
     return query(url, "SELECT id, name, email, quota FROM user_metadata_hourly WHERE date = %s ORDER BY id", (hour,))
 
 
-def test_snapshots_take_edits_keep_old_hours_and_refresh_on_request(serving_db, spark):
+def test_snapshots_take_edits_keep_old_hours_and_refresh_on_request(serving_db):
     old, new = datetime(2026, 3, 1, 10), datetime(2026, 3, 1, 11)
     assert _snapshot(serving_db, "2026-03-01-10:00").success
     before = _snapshot_rows(serving_db, old)
@@ -64,4 +64,4 @@ def test_snapshots_take_edits_keep_old_hours_and_refresh_on_request(serving_db, 
 
     with PostgresResource(url=serving_db).connect() as conn:
         with pytest.raises(MissingSnapshotError, match="no user_metadata snapshot for hour.*2026-03-01-12:00"):
-            user_metadata_snapshots(spark, conn, [datetime(2026, 3, 1, 12)])
+            user_metadata_snapshots(conn, [datetime(2026, 3, 1, 12)])
