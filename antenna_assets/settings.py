@@ -64,9 +64,9 @@ class Settings(BaseSettings):
     partitions_start: str = "2025-01-01-00:00"  # the first hourly partition Dagster offers
     spark_master: str = "local[*]"
     spark_shuffle_partitions: int = Field(default=4, ge=1)
-    spark_driver_memory: str = "1536m"  # the heap limit; with the serial collector the stream peaked at 1.8 GiB RSS
+    spark_driver_memory: str = "1536m"  # the heap limit; the JVM's native memory comes on top (BENCHMARKS.md, Memory)
     # JVM options of the Spark driver, after the UTC time zone the product sets. The serial collector:
-    # the same throughput and freshness as G1 here, at half the peak RSS (BENCHMARKS.md, Memory).
+    # the same throughput and freshness as G1 here, and a lower peak RSS in most runs (BENCHMARKS.md, Memory).
     spark_driver_java_options: str = "-XX:+UseSerialGC"
     spark_ui: bool = False
     spark_log_level: str = "WARN"
