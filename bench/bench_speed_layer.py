@@ -45,8 +45,8 @@ from antenna_assets.transforms.devices import (DEVICE_MESSAGE_SCHEMA, FIELD_NAME
                                                parse_device_messages, valid_events, with_lake_partitions)
 from antenna_assets.sources.users import APPS, antenna_id, user_id
 from antenna_assets_tests.truth import expected, read_table
-from bench.common import (BackgroundLoop, PeakMemory, delete_topic, fresh_database, fresh_topic, record_run,
-                          time_warm)
+from bench.common import (BackgroundLoop, PeakMemory, RssPeak, delete_topic, fresh_database, fresh_topic,
+                          record_run, time_warm)
 
 USERS, ANTENNAS = 2_000, 100
 NO_LATE_DROPS = "3650 days"  # a backfill reaches Kafka out of event-time order across partitions
@@ -94,8 +94,7 @@ class Throughput:
     messages: int
     seconds: float
     batches: int
-    peak_rss: int
-    memory: str  # PeakMemory.describe()
+    memory: RssPeak
     step_seconds: dict[str, float]  # SpeedLayerStats.step_seconds
 
     @property
@@ -119,8 +118,7 @@ class Freshness:
     p50: float
     p99: float
     max: float
-    peak_rss: int
-    memory: str
+    memory: RssPeak
 
 
 def spark_session(app_name: str = "bench_speed_layer", **conf: str):
@@ -230,8 +228,7 @@ def run_speed_layer(spark, settings: Settings, topic: str, postgres_url: str, fo
         started = time.perf_counter()
         run_until_stopped(layer)
         seconds = time.perf_counter() - started
-    return Throughput(produced, seconds, layer.stats.batches, memory.peak_bytes, memory.describe(),
-                      dict(layer.stats.step_seconds))
+    return Throughput(produced, seconds, layer.stats.batches, memory.peak, dict(layer.stats.step_seconds))
 
 
 def check_against_truth(spark, postgres_url: str, folder: Path, query_name: str, truth: GroundTruth) -> None:
@@ -297,7 +294,8 @@ def throughput(spark, settings: Settings, messages: int, max_offsets_per_trigger
               f"{max_offsets_per_trigger:,}) = {run.rate:,.0f} events/s; ratio {run.rate / reference_rate:.2f}, "
               f"{run.rate / floor_rate:.2f} of the floor; peak RSS {run.memory}; steps: {run.steps()}; ceiling "
               f"{run.ceiling(reference_rate):,.0f} events/s", flush=True)
-    # A full GC returns the heap the floor's cache took, so the freshness runs' peak RSS is theirs.
+    # A full GC returns the heap the floor's cache took before the freshness runs; native memory the
+    # JVM took meanwhile may stay (BENCHMARKS.md, Memory).
     spark.sparkContext._jvm.System.gc()
     return run, reference_rate, floor_rate
 
@@ -412,7 +410,7 @@ def freshness(spark, settings: Settings, trigger_interval: str, rate: float, sec
         latency = latency[np.isfinite(latency)]
         events = len(np.load(sent_path)["sent_at"])
     result = Freshness(trigger_interval, events, len(latency), float(np.percentile(latency, 50)),
-                       float(np.percentile(latency, 99)), float(latency.max()), memory.peak_bytes, memory.describe())
+                       float(np.percentile(latency, 99)), float(latency.max()), memory.peak)
     print(f"  freshness, trigger {trigger_interval}, {rate:,.0f} events/s for {seconds:g} s: {result.visible:,} of "
           f"{result.events:,} events seen; p50 {result.p50:.2f} s, p99 {result.p99:.2f} s, max {result.max:.2f} s; "
           f"peak RSS {result.memory}", flush=True)
@@ -444,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     fresh = [freshness(spark, settings, trigger, args.rate, seconds) for trigger in triggers]
     spark.stop()
 
-    peak = max([run, *fresh], key=lambda r: r.peak_rss)
+    peak = max([run, *fresh], key=lambda r: r.memory.total)
     command = "python -m bench.bench_speed_layer" + (" --quick" if args.quick else (
         f" --messages {messages} --max-offsets-per-trigger {args.max_offsets_per_trigger}"
         f" --backlog-rate {args.backlog_rate:g} --rate {args.rate:g}"

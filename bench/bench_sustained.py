@@ -40,7 +40,7 @@ from antenna_assets.speed.layer import STEPS, SpeedLayer, run_until_stopped
 from antenna_assets_tests.truth import query
 from bench.bench_speed_layer import (AntennaTablePoller, latencies, produce_paced, scratch_folder, scratch_topic,
                                      spark_session, streaming_process_memory, targets)
-from bench.common import BackgroundLoop, fresh_database, record_run
+from bench.common import BackgroundLoop, RssPeak, fresh_database, record_run
 
 P99_TARGET_SECONDS = 5.0
 LAG_EDGE_SECONDS = 30  # the lag's growth: its mean over the window's last 30 s minus its first 30 s
@@ -73,8 +73,7 @@ class RateResult:
     batch_ms: np.ndarray  # per measured batch: Spark's triggerExecution
     spark_ms: dict[str, float]  # mean per batch, SPARK_STEPS
     step_ms: dict[str, float]  # mean per batch, the speed layer's STEPS
-    peak_rss: int
-    memory: str  # PeakMemory.describe()
+    memory: RssPeak
 
     @property
     def sustained(self) -> bool:
@@ -163,7 +162,7 @@ def run_rate(spark, settings: Settings, rate: float, settle: float, seconds: flo
         batch_ms=np.array([p["durationMs"]["triggerExecution"] for p in batches]),
         spark_ms={k: float(np.mean([p["durationMs"].get(k, 0) for p in batches])) for k in SPARK_STEPS},
         step_ms={s: 1000 * (window["steps_at_end"][s] - window["steps_at_start"][s]) / measured for s in STEPS},
-        peak_rss=memory.peak_bytes, memory=memory.describe())
+        memory=memory.peak)
     print(f"  {result.summary()}; producer {result.sent_per_second:,.0f} events/s; {result.unseen:,} unseen; "
           f"ms per batch {result.breakdown()}; peak RSS {result.memory}", flush=True)
     return result
@@ -218,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     record_run(SECTION, SECTION_INTRO, TABLE_HEADER, command,
                [f"{best.rate:,.0f}" if best else "none", "; ".join(r.summary() for r in results),
                 best.breakdown() if best else "-", f"{fixed:.0f} ms + {per_event:.1f} µs x rows",
-                max(results, key=lambda r: r.peak_rss).memory], dry_run=args.no_record)
+                str(max(results, key=lambda r: r.memory.total).memory)], dry_run=args.no_record)
     return 0
 
 

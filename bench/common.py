@@ -125,10 +125,22 @@ class BackgroundLoop:
         self._thread.join()
 
 
+@dataclass(frozen=True)
+class RssPeak:
+    """Peak RSS in bytes of a Python driver and its Spark JVM together, and of each alone (their peaks need
+    not coincide). `own` is the benchmark's process, which also holds the benchmark's bookkeeping."""
+
+    total: int
+    jvm: int
+    own: int
+
+    def __str__(self) -> str:
+        return f"{self.total / 2**30:.2f} GiB (JVM {self.jvm / 2**30:.2f}, Python {self.own / 2**30:.2f})"
+
+
 class PeakMemory(BackgroundLoop):
     """Peak RSS of this process and chosen children with their descendants (a Python driver and its Spark JVM),
-    sampled in a thread; also the peak of each side alone (`peak_own_bytes`: this process, which in a
-    benchmark also holds the benchmark's own bookkeeping; `peak_children_bytes`: the chosen children)."""
+    sampled in a thread: `peak` once the `with` block is left."""
 
     def __init__(self, include: Callable[[object], bool] = lambda child: True, interval_seconds: float = 0.2):
         """Samples this process plus those of its children that `include` accepts (a psutil.Process), with
@@ -139,7 +151,7 @@ class PeakMemory(BackgroundLoop):
         self._root = psutil.Process(os.getpid())
         self._include = include
         self._interval = interval_seconds
-        self.peak_bytes = self.peak_own_bytes = self.peak_children_bytes = 0
+        self.peak = RssPeak(0, 0, 0)
 
     def _run(self, stop: threading.Event) -> None:
         import psutil
@@ -152,15 +164,9 @@ class PeakMemory(BackgroundLoop):
                     children += process.memory_info().rss
                 except psutil.NoSuchProcess:
                     pass
-            self.peak_bytes = max(self.peak_bytes, own + children)
-            self.peak_own_bytes = max(self.peak_own_bytes, own)
-            self.peak_children_bytes = max(self.peak_children_bytes, children)
+            self.peak = RssPeak(max(self.peak.total, own + children), max(self.peak.jvm, children),
+                                max(self.peak.own, own))
             stop.wait(self._interval)
-
-    def describe(self, children: str = "JVM") -> str:
-        """`2.38 GiB (JVM 2.17, Python 0.23)`: the peaks of the sum and of each side, GiB."""
-        return (f"{self.peak_bytes / 2**30:.2f} GiB ({children} {self.peak_children_bytes / 2**30:.2f}, "
-                f"Python {self.peak_own_bytes / 2**30:.2f})")
 
     def _members(self) -> list:
         import psutil
