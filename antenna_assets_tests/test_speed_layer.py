@@ -46,7 +46,7 @@ def test_available_now_equals_ground_truth(settings, spark, topic, serving_db, t
                                            progress=False))
     assert truth.malformed > 0 and truth.with_extra_fields > 0
     config = SpeedLayerConfig(trigger="available_now", watermark=NO_LATE_DROPS, max_offsets_per_trigger=500,
-                              query_name=topic, progress_interval_seconds=5)
+                              lake_rows_per_file=1000, query_name=topic, progress_interval_seconds=5)
     layer = SpeedLayer(spark, config, _targets(settings, topic, serving_db, tmp_path))
     run_until_stopped(layer)
 
@@ -65,16 +65,21 @@ def test_available_now_equals_ground_truth(settings, spark, topic, serving_db, t
     hours = {(r.year, r.month, r.day, r.hour) for r in landing.select("year", "month", "day", "hour").distinct().collect()}
     assert hours == {(h.year, h.month, h.day, h.hour) for h in truth.hours}
     assert landing.where("email IS NULL").count() == 0
+    # A batch under lake_rows_per_file is written by one task: one file per hour it touches (the
+    # batch's four Kafka tasks wrote up to four).
+    hour_folders = [folder for folder in (tmp_path / "landing").rglob("batch=*") if folder.is_dir()]
+    assert len(hour_folders) >= layer.stats.batches
+    assert {folder: len(list(folder.glob("*.parquet"))) for folder in hour_folders} == dict.fromkeys(hour_folders, 1)
 
 
 class _CrashBeforeLanding(SpeedLayer):
     """Fails the first lake write: the batch's totals are committed, its files are not."""
 
-    def _land(self, events, key, user_metadata):
+    def _land(self, events, key, user_metadata, files):
         if not getattr(self, "crashed", False):
             self.crashed = True
             raise RuntimeError("crash between the totals and the lake write")
-        super()._land(events, key, user_metadata)
+        super()._land(events, key, user_metadata, files)
 
 
 def test_crash_between_totals_and_lake_write_lands_the_batch_on_replay(settings, spark, topic, serving_db, tmp_path):
@@ -355,7 +360,7 @@ def test_a_lost_checkpoint_skips_nothing_and_adds_nothing_twice(settings, spark,
 
 
 class _AlwaysFailingLake(SpeedLayer):
-    def _land(self, events, key, user_metadata):
+    def _land(self, events, key, user_metadata, files):
         raise OSError("the lake refuses writes")
 
 

@@ -217,3 +217,27 @@ def test_a_clock_ahead_does_not_move_the_watermark_past_the_record_time(spark):
     [row] = parse_device_messages(_kafka_rows(spark, [ahead], datetime(2026, 1, 1, 0, 10))).collect()
     assert row.reason is None
     assert row.watermark_time == datetime(2026, 1, 1, 0, 10)
+
+
+def test_records_below_their_partitions_mark_are_left_out(spark):
+    """Property: the replay filter keeps exactly the records at or past their (topic, partition)'s
+    mark, and every record of a partition without one, whatever the topic names hold (quotes and
+    backslashes included: the filter is a SQL expression)."""
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hypothesis_settings
+    from hypothesis import strategies as st
+
+    from antenna_assets.speed.layer import _not_below
+
+    topics = st.sampled_from(["devices", "d.e-v_1", "it's", "back\\slash", "q'\\'"])
+    record = st.tuples(topics, st.integers(0, 2), st.integers(0, 20))
+
+    @hypothesis_settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(record, min_size=1, max_size=12, unique=True),
+           st.dictionaries(st.tuples(topics, st.integers(0, 2)), st.integers(0, 21), max_size=6))
+    def check(records, marks):
+        frame = spark.createDataFrame(records, "topic string, partition int, offset long")
+        kept = {tuple(row) for row in frame.where(_not_below(marks)).collect()}
+        assert kept == {r for r in records if r[2] >= marks.get((r[0], r[1]), 0)}
+
+    check()

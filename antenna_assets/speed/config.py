@@ -32,6 +32,12 @@ class SpeedLayerConfig(Config):
         default=0, ge=0, description="Spark tasks reading Kafka per micro-batch, at least; 0: twice Spark's default parallelism")
     shuffle_partitions: int = Field(
         default=0, ge=0, description="partitions of a micro-batch's shuffles (its sums); 0: Spark's default parallelism")
+    adaptive_execution: bool = Field(
+        default=False, description="Spark's adaptive query execution in the micro-batches; off, a batch's sums are one "
+                                   "Spark job instead of one per stage (~0.1 s less per batch, BENCHMARKS.md)")
+    lake_rows_per_file: int = Field(
+        default=250_000, ge=1, description="valid messages per lake file a micro-batch writes, about: a small batch "
+                                           "writes one file in one task")
     starting_offsets: str = Field(default="earliest", description="where a query without checkpoint starts: earliest or latest")
     fail_on_data_loss: bool = Field(default=True, description="fail if Kafka deleted messages the query had not read")
     metadata_refresh_seconds: float = Field(default=30.0, ge=0, description="re-read user_metadata at most this often; 0: every batch")

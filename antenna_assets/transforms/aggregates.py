@@ -7,7 +7,8 @@ layer derives from its two hourly aggregates on the driver is in `transforms.hou
 
 from __future__ import annotations
 
-from typing import Sequence
+from functools import lru_cache
+from typing import NamedTuple, Sequence
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -32,15 +33,31 @@ def bytes_per_window_of_each(events: DataFrame, tables: Sequence[AggregateTable]
     instead of one per table, which a micro-batch of a second pays in time, whatever its size.
     Columns: table (its name), key (the value of its key column), date, bytes, messages, max_event_time."""
     keys = [table.key for table in tables]
-    grouped = [F.grouping(key) == 0 for key in keys]
-    table_name = F.when(grouped[0], F.lit(tables[0].name))
-    key_value = F.when(grouped[0], F.col(keys[0]))
-    for table, is_grouped in zip(tables[1:], grouped[1:]):
-        table_name, key_value = table_name.when(is_grouped, F.lit(table.name)), key_value.when(is_grouped, F.col(table.key))
-    return (events.select(*keys, "bytes", "event_time", _window_start(window))
+    columns = _grouping_set_columns(tuple((table.name, table.key) for table in tables), window,
+                                    events.sparkSession.sparkContext)
+    return (events.select(*keys, "bytes", "event_time", columns.date)
             .groupingSets([[key, "date"] for key in keys], *keys, "date")
-            .agg(table_name.alias("table"), key_value.alias("key"), *_window_totals("bytes"))
+            .agg(*columns.totals)
             .drop(*keys))
+
+
+class _GroupingSetColumns(NamedTuple):
+    date: Column
+    totals: tuple[Column, ...]
+
+
+@lru_cache(maxsize=8)
+def _grouping_set_columns(tables: tuple[tuple[str, str], ...], window: str, spark_context) -> _GroupingSetColumns:
+    """The columns of `bytes_per_window_of_each`, built once per tables, window and Spark context: the
+    speed layer aggregates every micro-batch, and building them cost it ~60 ms of calls into the JVM."""
+    grouped = [F.grouping(key) == 0 for _, key in tables]
+    (first_name, first_key), *others = tables
+    table_name = F.when(grouped[0], F.lit(first_name))
+    key_value = F.when(grouped[0], F.col(first_key))
+    for (name, key), is_grouped in zip(others, grouped[1:]):
+        table_name, key_value = table_name.when(is_grouped, F.lit(name)), key_value.when(is_grouped, F.col(key))
+    return _GroupingSetColumns(_window_start(window),
+                               (table_name.alias("table"), key_value.alias("key"), *_window_totals("bytes")))
 
 
 def _window_start(window: str) -> Column:
