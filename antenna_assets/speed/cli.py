@@ -22,6 +22,8 @@ def register(commands) -> None:
                         help="Spark tasks reading Kafka per micro-batch, at least (0: twice Spark's default parallelism)")
     parser.add_argument("--shuffle-partitions", type=int,
                         help="partitions of a micro-batch's shuffles (0: Spark's default parallelism)")
+    parser.add_argument("--lake-rows-per-file", type=int,
+                        help="valid messages per lake file a micro-batch writes, about (default 250,000)")
     parser.add_argument("--starting-offsets", help="earliest or latest, for a query without checkpoint")
     parser.add_argument("--metadata-refresh-seconds", type=float, help="re-read user_metadata at most this often")
     parser.add_argument("--progress-interval-seconds", type=float, help="how often progress is printed")
