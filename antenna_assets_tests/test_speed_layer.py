@@ -75,11 +75,11 @@ def test_available_now_equals_ground_truth(settings, spark, topic, serving_db, t
 class _CrashBeforeLanding(SpeedLayer):
     """Fails the first lake write: the batch's totals are committed, its files are not."""
 
-    def _land(self, events, key, user_metadata, files):
+    def _land(self, lake_rows, files):
         if not getattr(self, "crashed", False):
             self.crashed = True
             raise RuntimeError("crash between the totals and the lake write")
-        super()._land(events, key, user_metadata, files)
+        super()._land(lake_rows, files)
 
 
 def test_crash_between_totals_and_lake_write_lands_the_batch_on_replay(settings, spark, topic, serving_db, tmp_path):
@@ -360,7 +360,7 @@ def test_a_lost_checkpoint_skips_nothing_and_adds_nothing_twice(settings, spark,
 
 
 class _AlwaysFailingLake(SpeedLayer):
-    def _land(self, events, key, user_metadata, files):
+    def _land(self, lake_rows, files):
         raise OSError("the lake refuses writes")
 
 

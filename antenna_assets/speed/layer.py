@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import psycopg2
 import pyarrow as pa
 import pyarrow.compute as pc
 import tenacity
-from pyspark import StorageLevel
+from pyspark import InheritableThread, StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
@@ -221,40 +222,45 @@ class SpeedLayer:
                   .withColumn("value", F.when(F.col("reason").isNotNull(), F.col("value")))
                   # Deserialized and (spark_session) uncompressed: it lives for one batch; see BENCHMARKS.md.
                   .persist(StorageLevel.MEMORY_AND_DISK_DESER))
+        landing = _Landing(lambda: self._lake_frame(valid_events(parsed.where(_not_below(marks.landed))), key,
+                                                    user_metadata.frame),
+                           self._land, self.stats)
         try:
             # Totals first, lake files second: the totals are visible a Parquet write sooner. A crash
             # in between replays the batch as APPLIED, which lands it and adds nothing.
             if state is None:
                 with self.stats.timing(SPARK_TOTALS):
                     summary = self._summary(parsed, _not_below(marks.applied))
+                landing.start(math.ceil(_valid_messages(summary) / self.config.lake_rows_per_file))
                 result = self._micro_batch_result(key, summary, watermark, user_metadata.ids)
                 # The batch's one commit point: its sums, dead letters, ledger row and offsets together.
                 with self.stats.timing(POSTGRES), self.postgres.transaction() as conn:
                     applied = apply_micro_batch(conn, result)
                 self._count(result, applied)
-                files = math.ceil(result.good_messages / self.config.lake_rows_per_file)
             else:
                 self.stats.skipped_batches += 1
-                files = None  # the count is not known without a Spark job; as many files as the batch has tasks
-            with self.stats.timing(LAKE):
-                self._land(valid_events(parsed.where(_not_below(marks.landed))), key, user_metadata.frame, files)
+                landing.start(None)  # the count is not known without a Spark job; as many files as the batch has tasks
+            landing.wait()
         finally:
+            landing.cancel()
             parsed.unpersist()
         with self.postgres.transaction() as conn:
             mark_landed(conn, key)
 
-    def _land(self, events: DataFrame, key: BatchKey, user_metadata: DataFrame, files: int | None) -> None:
+    def _lake_frame(self, events: DataFrame, key: BatchKey, user_metadata: DataFrame) -> DataFrame:
+        """The batch's lake rows: enriched, with their hour and batch partition columns."""
         # Joined here, not before caching the batch: measured 1.4 s per million messages cheaper.
         enriched = events.join(F.broadcast(user_metadata), "id", "left")
+        # Unique per checkpoint and batch: a replay overwrites its own files, another query or a new
+        # checkpoint never overwrites another batch's.
+        return with_lake_partitions(enriched).withColumn(BATCH_PARTITION, F.lit(f"{key.checkpoint_id}-{key.batch_id}"))
+
+    def _land(self, lake_rows: DataFrame, files: int | None) -> None:
         if files is not None:
             # A second's batch in one task: four tasks and four files cost it ~75 ms more (BENCHMARKS.md).
             # Never more tasks: coalesce only merges the batch's partitions.
-            enriched = enriched.coalesce(max(1, files))
-        (with_lake_partitions(enriched)
-         # Unique per checkpoint and batch: a replay overwrites its own files, another query or a new
-         # checkpoint never overwrites another batch's.
-         .withColumn(BATCH_PARTITION, F.lit(f"{key.checkpoint_id}-{key.batch_id}"))
-         .write.mode("overwrite")
+            lake_rows = lake_rows.coalesce(max(1, files))
+        (lake_rows.write.mode("overwrite")
          .option("partitionOverwriteMode", "dynamic")
          .partitionBy(*LAKE_PARTITION_COLUMNS, BATCH_PARTITION)
          .parquet(self.targets.landing_path))
@@ -311,7 +317,7 @@ class SpeedLayer:
         unknown = pc.sum(users.filter(pc.invert(pc.is_in(users.column("key"), value_set=known_ids)))
                          .column(MESSAGES)).as_py() or 0
         return MicroBatchResult(key=key, increments=increments, dead_letters=dead_letters,
-                                good_messages=pc.sum(apps.column(MESSAGES)).as_py() or 0,
+                                good_messages=_valid_messages(summary),
                                 bad_messages=len(dead_letters),
                                 late_messages=pc.sum(sums.filter(pc.and_(is_app, closed)).column(MESSAGES)).as_py() or 0,
                                 max_event_time=utc_from_epoch_seconds(latest) if latest is not None else None,
@@ -329,6 +335,56 @@ class SpeedLayer:
         self.stats.unknown_user_messages += result.unknown_user_messages
         if result.max_event_time is not None:
             self.stats.max_event_time = max(filter(None, (self.stats.max_event_time, result.max_event_time)))
+
+
+class _Landing:
+    """A batch's lake write in a thread of its own: its Spark plan is built while the sums' Spark job
+    runs, and its job starts as soon as that one ends, while the driver makes and commits the sums'
+    PostgreSQL transaction (BENCHMARKS.md, Speed layer). Not earlier: two jobs at once share two cores,
+    and the sums, which the freshness waits for, were a third slower."""
+
+    def __init__(self, lake_frame: Callable[[], DataFrame], land: Callable[[DataFrame, int | None], None],
+                 stats: SpeedLayerStats):
+        self._files: queue.Queue = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        # Inheritable: the batch's Spark properties (its streaming query and batch) follow it into the thread.
+        self._thread = InheritableThread(target=self._run, args=(lake_frame, land, stats), name="lake-write")
+        self._thread.start()
+
+    def _run(self, lake_frame, land, stats: SpeedLayerStats) -> None:
+        try:
+            frame = lake_frame()  # overlaps the sums' Spark job, so not counted in LAKE
+            files = self._files.get()
+            if files is _CANCELLED:
+                return
+            with stats.timing(LAKE):
+                land(frame, files)
+        except BaseException as exc:  # noqa: BLE001 - raised in the batch's own thread by wait()
+            self._error = exc
+
+    def start(self, files: int | None) -> None:
+        """Write the lake files now, in about `files` files (None: one per task)."""
+        self._files.put(files)
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def cancel(self) -> None:
+        """Nothing is written if `start` was not called; returns once the thread has ended."""
+        if self._files.empty() and self._thread.is_alive():
+            self._files.put(_CANCELLED)
+        self._thread.join()
+
+
+_CANCELLED = object()
+
+
+def _valid_messages(summary: pa.Table) -> int:
+    """The valid messages a summary counts: every one is in exactly one of its per-app rows."""
+    apps = summary.filter(pc.equal(summary.column("table"), BYTES_AGG_APP.name))
+    return pc.sum(apps.column(MESSAGES)).as_py() or 0
 
 
 class MicroBatchFailed(RuntimeError):
