@@ -231,8 +231,8 @@ class SpeedLayer:
             if state is None:
                 with self.stats.timing(SPARK_TOTALS):
                     summary = self._summary(parsed, _not_below(marks.applied))
-                landing.start(math.ceil(_valid_messages(summary) / self.config.lake_rows_per_file))
                 result = self._micro_batch_result(key, summary, watermark, user_metadata.ids)
+                landing.start(math.ceil(result.good_messages / self.config.lake_rows_per_file))
                 # The batch's one commit point: its sums, dead letters, ledger row and offsets together.
                 with self.stats.timing(POSTGRES), self.postgres.transaction() as conn:
                     applied = apply_micro_batch(conn, result)
@@ -317,7 +317,7 @@ class SpeedLayer:
         unknown = pc.sum(users.filter(pc.invert(pc.is_in(users.column("key"), value_set=known_ids)))
                          .column(MESSAGES)).as_py() or 0
         return MicroBatchResult(key=key, increments=increments, dead_letters=dead_letters,
-                                good_messages=_valid_messages(summary),
+                                good_messages=pc.sum(apps.column(MESSAGES)).as_py() or 0,
                                 bad_messages=len(dead_letters),
                                 late_messages=pc.sum(sums.filter(pc.and_(is_app, closed)).column(MESSAGES)).as_py() or 0,
                                 max_event_time=utc_from_epoch_seconds(latest) if latest is not None else None,
@@ -339,8 +339,8 @@ class SpeedLayer:
 
 class _Landing:
     """A batch's lake write in a thread of its own: its Spark plan is built while the sums' Spark job
-    runs, and its job starts as soon as that one ends, while the driver makes and commits the sums'
-    PostgreSQL transaction (BENCHMARKS.md, Speed layer). Not earlier: two jobs at once share two cores,
+    runs, and its job starts as soon as the batch's result is made from that job's sums, while the driver
+    commits them to PostgreSQL (BENCHMARKS.md, Speed layer). Not earlier: two jobs at once share two cores,
     and the sums, which the freshness waits for, were a third slower."""
 
     def __init__(self, lake_frame: Callable[[], DataFrame], land: Callable[[DataFrame, int | None], None],
@@ -379,12 +379,6 @@ class _Landing:
 
 
 _CANCELLED = object()
-
-
-def _valid_messages(summary: pa.Table) -> int:
-    """The valid messages a summary counts: every one is in exactly one of its per-app rows."""
-    apps = summary.filter(pc.equal(summary.column("table"), BYTES_AGG_APP.name))
-    return pc.sum(apps.column(MESSAGES)).as_py() or 0
 
 
 class MicroBatchFailed(RuntimeError):
