@@ -442,3 +442,22 @@ def test_migration_keeps_older_dead_letters_as_bytes(serving_db):
         assert (bytes(raw), preview, key) == ("caf\u00e9 {".encode(), "caf\u00e9 {", None)
     finally:
         conn.close()
+
+
+def test_durations_are_spelled_as_spark_spells_them_and_a_window_is_whole_seconds():
+    from datetime import timedelta
+
+    from antenna_assets.speed.config import parse_duration
+
+    assert parse_duration("500 milliseconds") == timedelta(milliseconds=500)
+    assert parse_duration(" 1 second ") == timedelta(seconds=1)
+    assert parse_duration("5 minutes") == timedelta(minutes=5)
+    assert SpeedLayerConfig(trigger_interval="250 milliseconds").trigger_interval == "250 milliseconds"
+    for wrong in ("1.5 seconds", "soon", "5 min", ""):
+        with pytest.raises(ValueError, match="is not a duration"):
+            SpeedLayerConfig(trigger_interval=wrong)
+    # The speed tables key each window by its start in whole seconds.
+    for window in ("1500 milliseconds", "0 seconds", "999 milliseconds"):
+        with pytest.raises(ValueError, match="whole number of seconds"):
+            SpeedLayerConfig(window=window)
+    assert SpeedLayerConfig(window="2000 milliseconds").window == "2000 milliseconds"

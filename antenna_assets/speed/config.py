@@ -9,12 +9,13 @@ from pydantic import Field, field_validator, model_validator
 
 from antenna_assets.sources.contract import BIGINT_MAX, MessageRules
 
-_DURATION = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day)s?\s*$")
-_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_DURATION = re.compile(r"^\s*(\d+)\s*(millisecond|second|minute|hour|day)s?\s*$")
+_UNIT_SECONDS = {"millisecond": 0.001, "second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
 def parse_duration(text: str) -> timedelta:
-    """'5 minutes' -> timedelta(minutes=5); the same spelling Spark accepts for windows and triggers."""
+    """'5 minutes' -> timedelta(minutes=5), '500 milliseconds' -> timedelta(seconds=0.5); the same
+    spelling Spark accepts for windows and triggers."""
     match = _DURATION.match(text)
     if match is None:
         raise ValueError(f"{text!r} is not a duration like '30 seconds', '5 minutes' or '1 hour'")
@@ -72,6 +73,15 @@ class SpeedLayerConfig(Config):
     @classmethod
     def _is_duration(cls, value: str) -> str:
         parse_duration(value)
+        return value
+
+    @field_validator("window")
+    @classmethod
+    def _is_whole_seconds(cls, value: str) -> str:
+        # The speed tables key a window by its start in whole seconds.
+        seconds = parse_duration(value).total_seconds()
+        if seconds < 1 or seconds != int(seconds):
+            raise ValueError(f"window {value!r} must be a whole number of seconds, at least one")
         return value
 
     @field_validator("starting_offsets")
