@@ -18,7 +18,7 @@ def parse_duration(text: str) -> timedelta:
     spelling Spark accepts for windows and triggers."""
     match = _DURATION.match(text)
     if match is None:
-        raise ValueError(f"{text!r} is not a duration like '30 seconds', '5 minutes' or '1 hour'")
+        raise ValueError(f"{text!r} is not a duration like '500 milliseconds', '30 seconds', '5 minutes' or '1 hour'")
     return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
 
 
