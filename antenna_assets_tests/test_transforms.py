@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from pyspark.sql import functions as F
 
 from antenna_assets.batch.layer import HOURLY_TABLES, collect_table, compute_hourly_tables
 from antenna_assets.speed.layer import SPEED_TABLES
-from antenna_assets.transforms.aggregates import bytes_per_window, bytes_per_window_of_each
-from antenna_assets.transforms.devices import parse_device_messages, valid_events, with_lake_partitions
+from antenna_assets.transforms.aggregates import bytes_per_window
+from antenna_assets.transforms.devices import WATERMARK_TIME, parse_device_messages, valid_events, with_lake_partitions
+from antenna_assets.transforms.micro_batch import KAFKA_PARTITION, micro_batch_summary, rejected_count
 
 GOOD = '{"bytes":9082,"timestamp":1600545287,"app":"SKYPE","id":"u1","antenna_id":"a0"}'
 
@@ -64,28 +65,64 @@ def test_five_minute_windows_start_on_utc_boundaries(spark):
     assert sorted(rows) == [("SKYPE", datetime(2026, 1, 1, 0, 0), 11), ("SKYPE", datetime(2026, 1, 1, 0, 5), 7)]
 
 
-def test_every_speed_table_from_one_aggregation_equals_its_own_aggregate(spark):
-    """Property: the speed layer's grouping-sets aggregation gives each table exactly what
-    `bytes_per_window` gives it alone (the batch layer's definition)."""
+_RECORD_SCHEMA = ("topic string, partition int, offset long, reason string, timestamp long, id string, "
+                  "antenna_id string, bytes long, app string, kafka_seconds long")
+
+
+def _records(spark, rows):
+    """Parsed records as `parse_device_messages` leaves them: event and watermark times only for valid ones."""
+    valid = F.col("reason").isNull()
+    return (spark.createDataFrame(rows, _RECORD_SCHEMA)
+            .withColumn("event_time", F.timestamp_seconds(F.when(valid, F.col("timestamp"))))
+            .withColumn(WATERMARK_TIME, F.when(valid, F.timestamp_seconds(F.least("timestamp", "kafka_seconds")))))
+
+
+def test_micro_batch_summary_is_the_tables_own_aggregates_and_each_partitions_offsets(spark):
+    """Property: in the speed layer's one aggregation, each table's rows are exactly what
+    `bytes_per_window` (the batch layer's definition) gives from the counted valid records alone, and each
+    Kafka partition's row has its last offset of all records and the newest watermark time and rejected
+    count of the counted ones. Rejected records carry keys of any text, which must make no table row."""
     from hypothesis import HealthCheck, given
     from hypothesis import settings as hypothesis_settings
     from hypothesis import strategies as st
 
     base = 1767225600
-    event = st.tuples(st.integers(0, 1200), st.sampled_from(["u1", "u2", "a0"]), st.sampled_from(["a0", "a1"]),
-                      st.integers(0, 10**12), st.sampled_from(["SKYPE", "TELEGRAM"]))
+    text = st.sampled_from(["u1", "u2", "a0", "a1", "", "x" * 40])
+    record = st.tuples(st.sampled_from(["devices", "d:1"]), st.integers(0, 2), st.integers(0, 10**6),
+                       st.sampled_from([None, None, None, "broken_json", "negative_bytes"]), st.integers(0, 1200),
+                       text, text, st.integers(0, 10**12), st.sampled_from(["SKYPE", "TELEGRAM"]), st.integers(0, 1200))
 
     @hypothesis_settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.lists(event, min_size=1, max_size=20))
-    def check(rows):
-        events = _events(spark, [(base + t, *rest) for t, *rest in rows])
-        combined = bytes_per_window_of_each(events, SPEED_TABLES, "5 minutes").collect()
+    @given(st.lists(record, min_size=1, max_size=20, unique_by=lambda r: r[:3]), st.integers(0, 10**6))
+    def check(rows, mark):
+        rows = [(topic, part, offset, reason, base + t, user, antenna, nbytes, app, base + k)
+                for topic, part, offset, reason, t, user, antenna, nbytes, app, k in rows]
+        records = _records(spark, rows)
+        counted = F.col("offset") >= mark
+        collected = micro_batch_summary(records, counted, SPEED_TABLES, "5 minutes").toArrow()
+        summary = collected.to_pylist()
+        events = records.where(counted & F.col("reason").isNull())
         for table in SPEED_TABLES:
             alone = bytes_per_window(events, table.key, table.value, "5 minutes").collect()
-            assert sorted((r.key, r.date, r.bytes, r.messages, r.max_event_time) for r in combined
-                          if r.table == table.name) == sorted(tuple(r) for r in alone)
+            assert sorted((r["key"], r["date"], r["bytes"], r["messages"], r["max_event_time"]) for r in summary
+                          if r["table"] == table.name) == sorted(
+                (r[0], _epoch(r[1]), r[2], r[3], _epoch(r[4])) for r in alone)
+        expected = {}
+        for topic, part, offset, reason, t, _, _, _, _, k in rows:
+            last, newest, rejected = expected.get((topic, part), (-1, None, 0))
+            fresh = offset >= mark
+            if fresh and reason is None:
+                newest = max(filter(None, (newest, min(t, k))))
+            expected[(topic, part)] = (max(last, offset), newest, rejected + (fresh and reason is not None))
+        assert {(r["topic"], r["kafka_partition"]): (r["kafka_offset"], r[WATERMARK_TIME], r["rejected"])
+                for r in summary if r["table"] == KAFKA_PARTITION} == expected
+        assert rejected_count(collected) == sum(rejected for _, _, rejected in expected.values())
 
     check()
+
+
+def _epoch(value: datetime) -> int:
+    return int(value.replace(tzinfo=timezone.utc).timestamp())
 
 
 def test_hourly_totals_quota_is_strict_and_per_hour_snapshot(spark):

@@ -43,20 +43,18 @@ from antenna_assets.sources.user_metadata import read_live
 from antenna_assets.postgres import KeptConnection
 from antenna_assets.speed.config import SpeedLayerConfig, parse_duration
 from antenna_assets.hours import epoch_seconds, utc_from_epoch_millis, utc_from_epoch_seconds, utc_now
-from antenna_assets.transforms.aggregates import MAX_EVENT_TIME, MESSAGES, bytes_per_window_of_each
+from antenna_assets.transforms.aggregates import MESSAGES
 from antenna_assets.sources.contract import ASCII_CONTROL
 from antenna_assets.transforms.devices import (LAKE_PARTITION_COLUMNS, WATERMARK_TIME, parse_device_messages,
                                                rejected_messages, valid_events, with_lake_partitions)
+from antenna_assets.transforms.micro_batch import KAFKA_OFFSET, KAFKA_PARTITION, micro_batch_summary, rejected_count
 
 BATCH_PARTITION = "batch"
-# The row kinds of a micro-batch's summary besides the three speed tables.
-DEAD_LETTER = DEAD_LETTER_TABLE.name
 # The dead_letter columns read from the record (kafka_timestamp last); preview and ingest_time are made here.
 DEAD_LETTER_COLUMNS = tuple(c for c in DEAD_LETTER_TABLE.names if c not in ("preview", "ingest_time"))
-OFFSETS = "offsets"
 PREVIEW_CHARACTERS = 200
-# The steps of a micro-batch: the Spark job of its sums (Kafka read and parse included), their
-# PostgreSQL transaction, the lake write.
+# The steps of a micro-batch: the Spark jobs of its sums and dead letters (Kafka read and parse
+# included), their PostgreSQL transaction, the lake write.
 SPARK_TOTALS, POSTGRES, LAKE = "spark_totals", "postgres", "lake"
 STEPS = (SPARK_TOTALS, POSTGRES, LAKE)
 SPEED_TABLES = (BYTES_AGG_ANTENNA, BYTES_AGG_USER, BYTES_AGG_APP)
@@ -230,8 +228,8 @@ class SpeedLayer:
             # in between replays the batch as APPLIED, which lands it and adds nothing.
             if state is None:
                 with self.stats.timing(SPARK_TOTALS):
-                    summary = self._summary(parsed, _not_below(marks.applied))
-                result = self._micro_batch_result(key, summary, watermark, user_metadata.ids)
+                    summary, dead_letters = self._summary(parsed, _not_below(marks.applied))
+                result = self._micro_batch_result(key, summary, dead_letters, watermark, user_metadata.ids)
                 landing.start(math.ceil(result.good_messages / self.config.lake_rows_per_file))
                 # The batch's one commit point: its sums, dead letters, ledger row and offsets together.
                 with self.stats.timing(POSTGRES), self.postgres.transaction() as conn:
@@ -265,44 +263,35 @@ class SpeedLayer:
          .partitionBy(*LAKE_PARTITION_COLUMNS, BATCH_PARTITION)
          .parquet(self.targets.landing_path))
 
-    def _summary(self, parsed: DataFrame, not_applied: Column) -> pa.Table:
-        """What the batch adds to PostgreSQL, in one Spark job collected through Arrow: per `table`
-        (one of the three speed tables) the partial sums, key, date and max_event_time (epoch
-        seconds), bytes, messages; the `dead_letter` rows; and per Kafka partition (`offsets`) the
-        batch's last offset and the latest watermark time of its new valid events.
+    def _summary(self, parsed: DataFrame, not_applied: Column) -> tuple[pa.Table, pa.Table | None]:
+        """What the batch adds to PostgreSQL, collected through Arrow: its `micro_batch_summary` (one
+        Spark job) and its dead letters (a second job, only if the summary counts some), in dead_letter's
+        column order with kafka_timestamp in epoch milliseconds.
 
         Sums and dead letters come from the records not applied yet (`not_applied`); offsets from all."""
-        fresh = parsed.where(not_applied)
-        events = valid_events(fresh)
-        sums = (bytes_per_window_of_each(events, SPEED_TABLES, self.config.window)
-                .select("table", "key", F.unix_seconds("date").alias("date"), "bytes", MESSAGES,
-                        F.unix_seconds(MAX_EVENT_TIME).alias(MAX_EVENT_TIME)))
-        dead_letters = (rejected_messages(fresh)
-                        .select(F.lit(DEAD_LETTER).alias("table"), *DEAD_LETTER_COLUMNS[:-1],
-                                F.unix_millis("kafka_timestamp").alias("kafka_timestamp")))
-        offsets = (parsed.groupBy("topic", F.col("partition").alias("kafka_partition"))
-                   .agg(F.max("offset").alias("kafka_offset"),
-                        F.unix_seconds(F.max(F.when(not_applied, F.col(WATERMARK_TIME)))).alias(MAX_EVENT_TIME))
-                   .select(F.lit(OFFSETS).alias("table"), "*"))
-        return (sums.unionByName(dead_letters, allowMissingColumns=True)
-                .unionByName(offsets, allowMissingColumns=True).toArrow())
+        summary = micro_batch_summary(parsed, not_applied, SPEED_TABLES, self.config.window).toArrow()
+        if not rejected_count(summary):
+            return summary, None
+        dead_letters = (rejected_messages(parsed.where(not_applied))
+                        .select(*DEAD_LETTER_COLUMNS[:-1], F.unix_millis("kafka_timestamp").alias("kafka_timestamp")))
+        return summary, dead_letters.toArrow()
 
-    def _micro_batch_result(self, key: BatchKey, summary: pa.Table, watermark: datetime | None,
-                            known_ids: pa.Array) -> MicroBatchResult:
-        kind = summary.column("table")
+    def _micro_batch_result(self, key: BatchKey, summary: pa.Table, dead_letter_rows: pa.Table | None,
+                            watermark: datetime | None, known_ids: pa.Array) -> MicroBatchResult:
         ingest_time = utc_now()
         # Raw bytes stay bytes, sent as BYTEA: no record's content can fail this insert. In dead_letter's column order.
         dead_letters = [(row["topic"], row["kafka_partition"], row["kafka_offset"], _binary(row["raw_value"]),
                          _binary(row["raw_key"]), preview(row["raw_value"]), row["reason"],
                          utc_from_epoch_millis(row["kafka_timestamp"]), ingest_time)
-                        for row in summary.filter(pc.equal(kind, DEAD_LETTER)).select(list(DEAD_LETTER_COLUMNS)).to_pylist()]
-        offsets = summary.filter(pc.equal(kind, OFFSETS)).select(["topic", "kafka_partition", "kafka_offset",
-                                                                  MAX_EVENT_TIME]).to_pylist()
-        end_offsets: Offsets = {(row["topic"], row["kafka_partition"]): row["kafka_offset"] + 1 for row in offsets}
-        latest = max((row[MAX_EVENT_TIME] for row in offsets if row[MAX_EVENT_TIME] is not None), default=None)
+                        for row in (dead_letter_rows.to_pylist() if dead_letter_rows is not None else ())]
+        kind = summary.column("table")
+        partitions = summary.filter(pc.equal(kind, KAFKA_PARTITION)).select(
+            ["topic", KAFKA_PARTITION, KAFKA_OFFSET, WATERMARK_TIME]).to_pylist()
+        end_offsets: Offsets = {(row["topic"], row[KAFKA_PARTITION]): row[KAFKA_OFFSET] + 1 for row in partitions}
+        latest = max((row[WATERMARK_TIME] for row in partitions if row[WATERMARK_TIME] is not None), default=None)
         # Arrow from here to PostgreSQL's COPY: a backfill batch has ~400k partial sums per million
         # messages, and making a Python row of each cost half as much again as PostgreSQL's upsert.
-        sums = summary.filter(pc.and_(pc.not_equal(kind, DEAD_LETTER), pc.not_equal(kind, OFFSETS)))
+        sums = summary.filter(pc.not_equal(kind, KAFKA_PARTITION))
         window_start = sums.column("date")
         cutoff = epoch_seconds(watermark) if watermark is not None else float("-inf")  # no watermark: none closed
         closed = pc.less_equal(pc.add(window_start, int(self.window.total_seconds())), cutoff)
