@@ -14,7 +14,7 @@ from pydantic import ValidationError
 def register(commands) -> None:
     parser = commands.add_parser("stream", help="run the speed layer (Spark Structured Streaming) in this process")
     parser.add_argument("--available-now", action="store_true", help="drain the topic, then stop (default: run until Ctrl-C)")
-    parser.add_argument("--trigger-interval", help="micro-batch interval, e.g. '5 seconds' or '500 milliseconds' (default '1 second')")
+    parser.add_argument("--trigger-interval", help="micro-batch interval, e.g. '5 seconds' or '500 milliseconds' (default '500 milliseconds')")
     parser.add_argument("--window", help="event-time window of the speed tables, e.g. '5 minutes'")
     parser.add_argument("--watermark", help="allowed lateness, e.g. '1 minute'")
     parser.add_argument("--max-offsets-per-trigger", type=int, help="messages per micro-batch at most")
