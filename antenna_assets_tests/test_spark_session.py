@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from antenna_assets.resources.spark import spark_conf
+from antenna_assets.resources.spark import TRIGGER_EXECUTOR_LOGGER, spark_conf
 
 
 def _jvm_arguments(spark) -> list[str]:
@@ -30,3 +30,11 @@ def test_java_options_follow_the_time_zone_and_can_be_emptied(settings):
         "-Duser.timezone=UTC"
     assert spark_conf(settings.replace(spark_driver_java_options="-XX:+UseG1GC -Xss4m"))[
         "spark.driver.extraJavaOptions"] == "-Duser.timezone=UTC -XX:+UseG1GC -Xss4m"
+
+
+def test_a_trigger_shorter_than_the_batch_is_not_a_warning_per_batch(spark):
+    log4j = spark.sparkContext._jvm.org.apache.logging.log4j
+    logger = log4j.LogManager.getLogger(TRIGGER_EXECUTOR_LOGGER)
+    # The class must still exist under that name, or the setting silences nothing.
+    spark.sparkContext._jvm.java.lang.Class.forName(TRIGGER_EXECUTOR_LOGGER)
+    assert not logger.isWarnEnabled() and logger.isErrorEnabled()

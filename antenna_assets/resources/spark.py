@@ -16,6 +16,9 @@ from antenna_assets.settings import Settings
 from antenna_assets.stack import jars
 
 
+TRIGGER_EXECUTOR_LOGGER = "org.apache.spark.sql.execution.streaming.runtime.ProcessingTimeExecutor"
+
+
 def spark_conf(settings: Settings, app_name: str = "antenna_assets", extra: dict[str, str] | None = None) -> dict[str, str]:
     jar_paths = [str(p) for p in jars.spark_jars(settings.jars_dir)]
     if lake_gcs.uses_gcs(settings):
@@ -56,6 +59,11 @@ def build_spark_session(settings: Settings | None = None, app_name: str = "anten
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     session = spark_session_from_config(spark_conf(settings, app_name, extra))
     session.sparkContext.setLogLevel(settings.spark_log_level)
+    # The speed layer's default trigger (500 ms) is shorter than a loaded micro-batch on purpose: the next
+    # batch starts when one ends. Spark would warn that the batch "is falling behind" at every batch; the
+    # stream's progress reports say how far behind Kafka it is instead.
+    log4j = session.sparkContext._jvm.org.apache.logging.log4j
+    log4j.core.config.Configurator.setLevel(TRIGGER_EXECUTOR_LOGGER, log4j.Level.ERROR)
     return session
 
 
