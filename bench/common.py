@@ -144,7 +144,10 @@ class PeakMemory(BackgroundLoop):
 
     def __init__(self, include: Callable[[object], bool] = lambda child: True, interval_seconds: float = 0.2):
         """Samples this process plus those of its children that `include` accepts (a psutil.Process), with
-        all their descendants."""
+        their descendants, except a descendant still running its ancestor's program: that is the child
+        between fork and exec, and Java starts its commands (Hadoop's `chmod` of every file it writes,
+        among others) with posix_spawn, whose child shares the JVM's memory until it execs. Counted, each
+        such sample added the whole JVM's RSS a second time (BENCHMARKS.md, Memory)."""
         import psutil
 
         super().__init__("peak-memory")
@@ -175,7 +178,17 @@ class PeakMemory(BackgroundLoop):
         for child in self._root.children():
             try:
                 if self._include(child):
-                    members += [child, *child.children(recursive=True)]
+                    name = child.name()
+                    members += [child, *(p for p in child.children(recursive=True) if _name(p) not in (name, None))]
             except psutil.NoSuchProcess:
                 pass
         return members
+
+
+def _name(process) -> str | None:
+    import psutil
+
+    try:
+        return process.name()
+    except psutil.NoSuchProcess:
+        return None
