@@ -11,7 +11,7 @@ from antenna_assets.batch.layer import HOURLY_TABLES, collect_table, compute_hou
 from antenna_assets.speed.layer import SPEED_TABLES
 from antenna_assets.transforms.aggregates import bytes_per_window
 from antenna_assets.transforms.devices import WATERMARK_TIME, parse_device_messages, valid_events, with_lake_partitions
-from antenna_assets.transforms.micro_batch import KAFKA_PARTITION, micro_batch_summary, rejected_count
+from antenna_assets.transforms.micro_batch import PER_PARTITION, micro_batch_summary, rejected_count
 
 GOOD = '{"bytes":9082,"timestamp":1600545287,"app":"SKYPE","id":"u1","antenna_id":"a0"}'
 
@@ -115,7 +115,7 @@ def test_micro_batch_summary_is_the_tables_own_aggregates_and_each_partitions_of
                 newest = max(filter(None, (newest, min(t, k))))
             expected[(topic, part)] = (max(last, offset), newest, rejected + (fresh and reason is not None))
         assert {(r["topic"], r["kafka_partition"]): (r["kafka_offset"], r[WATERMARK_TIME], r["rejected"])
-                for r in summary if r["table"] == KAFKA_PARTITION} == expected
+                for r in summary if r["table"] == PER_PARTITION} == expected
         assert rejected_count(collected) == sum(rejected for _, _, rejected in expected.values())
 
     check()

@@ -47,7 +47,8 @@ from antenna_assets.transforms.aggregates import MESSAGES
 from antenna_assets.sources.contract import ASCII_CONTROL
 from antenna_assets.transforms.devices import (LAKE_PARTITION_COLUMNS, WATERMARK_TIME, parse_device_messages,
                                                rejected_messages, valid_events, with_lake_partitions)
-from antenna_assets.transforms.micro_batch import KAFKA_OFFSET, KAFKA_PARTITION, micro_batch_summary, rejected_count
+from antenna_assets.transforms.micro_batch import (KAFKA_OFFSET, KAFKA_PARTITION, PER_PARTITION, micro_batch_summary,
+                                                   rejected_count)
 
 BATCH_PARTITION = "batch"
 # The dead_letter columns read from the record (kafka_timestamp last); preview and ingest_time are made here.
@@ -285,13 +286,13 @@ class SpeedLayer:
                          utc_from_epoch_millis(row["kafka_timestamp"]), ingest_time)
                         for row in (dead_letter_rows.to_pylist() if dead_letter_rows is not None else ())]
         kind = summary.column("table")
-        partitions = summary.filter(pc.equal(kind, KAFKA_PARTITION)).select(
+        partitions = summary.filter(pc.equal(kind, PER_PARTITION)).select(
             ["topic", KAFKA_PARTITION, KAFKA_OFFSET, WATERMARK_TIME]).to_pylist()
         end_offsets: Offsets = {(row["topic"], row[KAFKA_PARTITION]): row[KAFKA_OFFSET] + 1 for row in partitions}
         latest = max((row[WATERMARK_TIME] for row in partitions if row[WATERMARK_TIME] is not None), default=None)
         # Arrow from here to PostgreSQL's COPY: a backfill batch has ~400k partial sums per million
         # messages, and making a Python row of each cost half as much again as PostgreSQL's upsert.
-        sums = summary.filter(pc.not_equal(kind, KAFKA_PARTITION))
+        sums = summary.filter(pc.not_equal(kind, PER_PARTITION))
         window_start = sums.column("date")
         cutoff = epoch_seconds(watermark) if watermark is not None else float("-inf")  # no watermark: none closed
         closed = pc.less_equal(pc.add(window_start, int(self.window.total_seconds())), cutoff)

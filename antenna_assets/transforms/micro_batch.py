@@ -26,6 +26,7 @@ from antenna_assets.transforms.aggregates import MAX_EVENT_TIME, MESSAGES, windo
 from antenna_assets.transforms.devices import WATERMARK_TIME
 
 # The `table` of the per-Kafka-partition rows; the others hold a speed table's name.
+PER_PARTITION = "per_kafka_partition"
 KAFKA_PARTITION = "kafka_partition"
 KAFKA_OFFSET = "kafka_offset"  # the partition's last offset in the batch
 REJECTED = "rejected"  # counted records the parse rejected
@@ -34,7 +35,7 @@ _RECORD_COLUMNS = ("topic", "partition", "offset", "reason", "bytes", "event_tim
 
 
 def micro_batch_summary(parsed: DataFrame, counted: Column, tables: Sequence[AggregateTable], window: str) -> DataFrame:
-    """Columns: `table` (a name in `tables`, or KAFKA_PARTITION), then for a table's rows key, date,
+    """Columns: `table` (a name in `tables`, or PER_PARTITION), then for a table's rows key, date,
     bytes, messages, max_event_time; for a partition's rows topic, kafka_partition, kafka_offset,
     watermark_time and rejected (counted records only, offsets of all). Times are epoch seconds.
 
@@ -52,7 +53,7 @@ def micro_batch_summary(parsed: DataFrame, counted: Column, tables: Sequence[Agg
 
 def rejected_count(summary: pa.Table) -> int:
     """The counted rejected records of a collected `micro_batch_summary`."""
-    partitions = summary.filter(pc.equal(summary.column("table"), KAFKA_PARTITION))
+    partitions = summary.filter(pc.equal(summary.column("table"), PER_PARTITION))
     return pc.sum(partitions.column(REJECTED)).as_py() or 0
 
 
@@ -88,7 +89,7 @@ def _summary_columns(tables: tuple[tuple[str, str], ...], window: str, spark_con
     table_name, key_value = F.when(grouped[0], F.lit(first_name)), F.when(grouped[0], F.col(first_key))
     for (name, key), is_grouped in zip(others, grouped[1:]):
         table_name, key_value = table_name.when(is_grouped, F.lit(name)), key_value.when(is_grouped, F.col(key))
-    totals = (table_name.otherwise(F.lit(KAFKA_PARTITION)).alias("table"), key_value.alias("key"),
+    totals = (table_name.otherwise(F.lit(PER_PARTITION)).alias("table"), key_value.alias("key"),
               *window_totals("bytes"), F.max("offset").alias(KAFKA_OFFSET),
               F.max(WATERMARK_TIME).alias(WATERMARK_TIME), F.count_if(REJECTED).alias(REJECTED))
     return _SummaryColumns(
@@ -97,7 +98,7 @@ def _summary_columns(tables: tuple[tuple[str, str], ...], window: str, spark_con
         grouping_sets=[[key, "date"] for key in keys] + [["topic", "partition"]],
         group_by=(*keys, "date", "topic", "partition"),
         totals=totals,
-        kept=F.col("key").isNotNull() | (F.col("table") == F.lit(KAFKA_PARTITION)),
+        kept=F.col("key").isNotNull() | (F.col("table") == F.lit(PER_PARTITION)),
         output=(F.col("table"), F.col("key"), F.unix_seconds("date").alias("date"), F.col("bytes"),
                 F.col(MESSAGES), F.unix_seconds(MAX_EVENT_TIME).alias(MAX_EVENT_TIME), F.col("topic"),
                 F.col("partition").alias(KAFKA_PARTITION), F.col(KAFKA_OFFSET),
