@@ -144,10 +144,11 @@ class PeakMemory(BackgroundLoop):
 
     def __init__(self, include: Callable[[object], bool] = lambda child: True, interval_seconds: float = 0.2):
         """Samples this process plus those of its children that `include` accepts (a psutil.Process), with
-        their descendants, except a descendant still running its ancestor's program: that is the child
+        their descendants, except a descendant still running its ancestor's executable: that is the child
         between fork and exec, and Java starts its commands (Hadoop's `chmod` of every file it writes,
         among others) with posix_spawn, whose child shares the JVM's memory until it execs. Counted, each
-        such sample added the whole JVM's RSS a second time (BENCHMARKS.md, Memory)."""
+        such sample added the whole JVM's RSS a second time (BENCHMARKS.md, Memory). By executable, not
+        name: the child is named after the JVM thread that spawned it ("Executor task l...")."""
         import psutil
 
         super().__init__("peak-memory")
@@ -178,17 +179,18 @@ class PeakMemory(BackgroundLoop):
         for child in self._root.children():
             try:
                 if self._include(child):
-                    name = child.name()
-                    members += [child, *(p for p in child.children(recursive=True) if _name(p) not in (name, None))]
+                    program = _executable(child)
+                    members += [child, *(p for p in child.children(recursive=True)
+                                         if _executable(p) not in (program, None))]
             except psutil.NoSuchProcess:
                 pass
         return members
 
 
-def _name(process) -> str | None:
+def _executable(process) -> str | None:
     import psutil
 
     try:
-        return process.name()
-    except psutil.NoSuchProcess:
+        return process.exe()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
