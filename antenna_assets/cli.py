@@ -57,7 +57,7 @@ def _jars(args: argparse.Namespace) -> int:
     from antenna_assets.stack import jars
 
     settings = Settings.from_env()
-    for name, fetch in (("kafka", jars.kafka_jars), ("spark", jars.spark_jars)):
+    for name, fetch in (("kafka", jars.kafka_jars), ("spark", jars.spark_jars), ("local_fs", jars.local_fs_jars)):
         print(f"{name}: {len(fetch(settings.jars_dir))} jars in {settings.jars_dir / name}", flush=True)
     return 0
 

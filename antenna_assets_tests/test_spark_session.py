@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from antenna_assets.resources.spark import TRIGGER_EXECUTOR_LOGGER, spark_conf
+import os
+import stat
+
+from antenna_assets.resources.spark import LOCAL_FILE_SYSTEM, TRIGGER_EXECUTOR_LOGGER, spark_conf
 
 
 def _jvm_arguments(spark) -> list[str]:
@@ -38,3 +41,26 @@ def test_a_trigger_shorter_than_the_batch_is_not_a_warning_per_batch(spark):
     # The class must still exist under that name, or the setting silences nothing.
     spark.sparkContext._jvm.java.lang.Class.forName(TRIGGER_EXECUTOR_LOGGER)
     assert not logger.isWarnEnabled() and logger.isErrorEnabled()
+
+
+def test_local_files_go_through_java_with_their_permissions(spark, tmp_path):
+    """Hadoop's own local file system would run `chmod` as a process for each of these calls."""
+    jvm = spark.sparkContext._jvm
+    hadoop = jvm.org.apache.hadoop.fs
+    folder = hadoop.Path(tmp_path.as_uri() + "/made")
+    file_system = folder.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    assert file_system.getClass().getName() == LOCAL_FILE_SYSTEM
+    assert file_system.mkdirs(folder, hadoop.permission.FsPermission.valueOf("drwxr-x---"))
+    assert stat.S_IMODE(os.stat(tmp_path / "made").st_mode) == 0o750
+    data = hadoop.Path(folder, "data")
+    file_system.create(data, True).close()
+    file_system.setPermission(data, hadoop.permission.FsPermission.valueOf("-rw-r-----"))
+    assert stat.S_IMODE(os.stat(tmp_path / "made" / "data").st_mode) == 0o640
+    assert str(file_system.getFileStatus(data).getPermission()) == "rw-r-----"
+
+
+def test_a_cluster_keeps_hadoops_own_local_file_system(settings):
+    """Its executors are other JVMs, without the driver's class path."""
+    assert spark_conf(settings)["spark.hadoop.fs.file.impl"] == LOCAL_FILE_SYSTEM
+    cluster = spark_conf(settings, extra={"spark.master": "spark://spark-master:7077"})
+    assert "spark.hadoop.fs.file.impl" not in cluster and "spark.driver.extraClassPath" not in cluster

@@ -22,7 +22,8 @@ from antenna_assets.speed.ledger import APPLIED, LANDED, BatchKey, apply_micro_b
 from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER, migrate
 from antenna_assets.sources.simulator import SimulatorConfig, run_simulation
 from antenna_assets.speed.config import SpeedLayerConfig
-from antenna_assets.speed.layer import MicroBatchFailed, SpeedLayer, SpeedLayerTargets, run_until_stopped
+from antenna_assets.speed.layer import (CHECKPOINT_FILE_MANAGER, FILE_SYSTEM_CHECKPOINTS, MicroBatchFailed, SpeedLayer,
+                                        SpeedLayerTargets, run_until_stopped)
 from antenna_assets_tests.truth import expected, query, read_table
 
 # Backfilled history reaches Kafka out of event-time order across partitions; these tests check
@@ -70,6 +71,11 @@ def test_available_now_equals_ground_truth(settings, spark, topic, serving_db, t
     hour_folders = [folder for folder in (tmp_path / "landing").rglob("batch=*") if folder.is_dir()]
     assert len(hour_folders) >= layer.stats.batches
     assert {folder: len(list(folder.glob("*.parquet"))) for folder in hour_folders} == dict.fromkeys(hour_folders, 1)
+    # Spark's checkpoint logs, one offsets and one commit file per batch, went through the FileSystem API.
+    assert spark.conf.get(CHECKPOINT_FILE_MANAGER) == FILE_SYSTEM_CHECKPOINTS
+    checkpoint = tmp_path / "checkpoints" / topic
+    assert len(list((checkpoint / "commits").glob("[0-9]*"))) == len(list((checkpoint / "offsets").glob("[0-9]*"))) \
+        == layer.stats.batches
 
 
 class _CrashBeforeLanding(SpeedLayer):

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Mapping
+from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -59,6 +60,12 @@ PREVIEW_CHARACTERS = 200
 SPARK_TOTALS, POSTGRES, LAKE = "spark_totals", "postgres", "lake"
 STEPS = (SPARK_TOTALS, POSTGRES, LAKE)
 SPEED_TABLES = (BYTES_AGG_ANTENNA, BYTES_AGG_USER, BYTES_AGG_APP)
+# A local checkpoint through Hadoop's FileSystem API, not its FileContext (Spark's default): the FileContext
+# always takes Hadoop's own local file system, not the java.nio one of resources/spark.py, and runs `readlink`
+# as a process for every file status Spark asks for; with `chmod`, ~20 processes and ~70 ms of Spark's two
+# checkpoint commits in every micro-batch (BENCHMARKS.md, Speed layer).
+CHECKPOINT_FILE_MANAGER = "spark.sql.streaming.checkpointFileManagerClass"
+FILE_SYSTEM_CHECKPOINTS = "org.apache.spark.sql.execution.streaming.checkpointing.FileSystemBasedCheckpointFileManager"
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,10 @@ class SpeedLayer:
         return reader.option("maxOffsetsPerTrigger", str(self.config.max_offsets_per_trigger)).load()
 
     def start(self) -> StreamingQuery:
+        if urlparse(self.targets.checkpoint_path).scheme in ("", "file"):
+            self.spark.conf.set(CHECKPOINT_FILE_MANAGER, FILE_SYSTEM_CHECKPOINTS)
+        elif self.spark.conf.get(CHECKPOINT_FILE_MANAGER, None) == FILE_SYSTEM_CHECKPOINTS:
+            self.spark.conf.unset(CHECKPOINT_FILE_MANAGER)  # a bucket's checkpoint keeps Spark's default
         writer = (self.kafka_stream().writeStream
                   .queryName(self.config.query_name)
                   .option("checkpointLocation", self.targets.checkpoint_path)

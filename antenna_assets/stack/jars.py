@@ -1,4 +1,5 @@
-"""Fetch and cache the Java artifacts: the Kafka broker, Spark's Kafka connector, the GCS connector.
+"""Fetch and cache the Java artifacts: the Kafka broker, Spark's Kafka connector, the GCS connector,
+a local file system for Hadoop that starts no processes.
 
 Maven resolves them (with transitive dependencies) from the configured repository into
 `<stack>/jars/<set>/`. A marker file records the coordinates, so a second call is free and a
@@ -27,6 +28,9 @@ SPARK_KAFKA_ARTIFACTS = (f"org.apache.spark:spark-sql-kafka-0-10_2.13:{SPARK_VER
 # releases after 4.0.4 publish no shaded jar.
 GCS_CONNECTOR_VERSION = "4.0.4"
 GCS_CONNECTOR_ARTIFACTS = (f"com.google.cloud.bigdataoss:gcs-connector:{GCS_CONNECTOR_VERSION}:shaded",)
+# Hadoop's local file system through java.nio (resources/spark.py says why); alone, without the older
+# hadoop-common it was built against: pyspark's Hadoop client provides those classes.
+LOCAL_FS_ARTIFACTS = ("com.globalmentor:hadoop-bare-naked-local-fs:0.1.0",)
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -36,19 +40,20 @@ _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
 """
 
 
-def _dependency(coordinate: str) -> str:
+def _dependency(coordinate: str, transitive: bool) -> str:
     """`group:artifact:version`, or `group:artifact:version:classifier` for a self-contained (shaded) jar."""
     g, a, v, *classifier = coordinate.split(":")
     xml = f"<groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version>"
     if classifier:
+        xml += f"<classifier>{classifier[0]}</classifier>"
+    if classifier or not transitive:
         # A shaded jar bundles its dependencies: resolving them again would only add conflicts.
-        xml += (f"<classifier>{classifier[0]}</classifier>"
-                "<exclusions><exclusion><groupId>*</groupId><artifactId>*</artifactId></exclusion></exclusions>")
+        xml += "<exclusions><exclusion><groupId>*</groupId><artifactId>*</artifactId></exclusion></exclusions>"
     return f"<dependency>{xml}</dependency>"
 
 
-def _pom(coordinates: tuple[str, ...]) -> str:
-    return _POM.format(deps="".join(_dependency(c) for c in coordinates))
+def _pom(coordinates: tuple[str, ...], transitive: bool = True) -> str:
+    return _POM.format(deps="".join(_dependency(c, transitive) for c in coordinates))
 
 
 def _pyspark_jar_names() -> set[str]:
@@ -67,8 +72,10 @@ def _artifact_name(jar_file: str) -> str:
     return "-".join(parts) or stem
 
 
-def fetch(name: str, coordinates: tuple[str, ...], jars_dir: Path, skip_provided_by_pyspark: bool = False) -> list[Path]:
-    """Resolve `coordinates` into `jars_dir/name` once; return the jar paths."""
+def fetch(name: str, coordinates: tuple[str, ...], jars_dir: Path, skip_provided_by_pyspark: bool = False,
+          transitive: bool = True) -> list[Path]:
+    """Resolve `coordinates` (with their dependencies if `transitive`) into `jars_dir/name` once; return
+    the jar paths."""
     target = jars_dir / name
     marker = target / ".coordinates"
     wanted = "\n".join(coordinates)
@@ -77,7 +84,7 @@ def fetch(name: str, coordinates: tuple[str, ...], jars_dir: Path, skip_provided
     if shutil.which("mvn") is None:
         raise StackError("Maven (mvn) is not installed: it fetches the Kafka and Spark jars. Install it (apt-get install maven).")
     with tempfile.TemporaryDirectory() as build:
-        (Path(build) / "pom.xml").write_text(_pom(coordinates))
+        (Path(build) / "pom.xml").write_text(_pom(coordinates, transitive))
         staging = Path(build) / "out"
         proc = subprocess.run(
             ["mvn", "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
@@ -108,3 +115,7 @@ def spark_jars(jars_dir: Path) -> list[Path]:
 
 def gcs_jars(jars_dir: Path) -> list[Path]:
     return fetch("gcs", GCS_CONNECTOR_ARTIFACTS, jars_dir)
+
+
+def local_fs_jars(jars_dir: Path) -> list[Path]:
+    return fetch("local_fs", LOCAL_FS_ARTIFACTS, jars_dir, transitive=False)
