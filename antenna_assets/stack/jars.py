@@ -47,7 +47,8 @@ def _dependency(coordinate: str, transitive: bool) -> str:
     if classifier:
         xml += f"<classifier>{classifier[0]}</classifier>"
     if classifier or not transitive:
-        # A shaded jar bundles its dependencies: resolving them again would only add conflicts.
+        # A shaded jar bundles its dependencies, a non-transitive one uses those already on the class path:
+        # resolving them would only add conflicts.
         xml += "<exclusions><exclusion><groupId>*</groupId><artifactId>*</artifactId></exclusion></exclusions>"
     return f"<dependency>{xml}</dependency>"
 
