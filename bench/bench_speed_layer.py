@@ -7,7 +7,8 @@ Throughput (catch-up): the simulator preloads N messages (2 processes, 2,000 use
 0.1% malformed; B events per second of event time, as an outage under live traffic leaves them)
 into a fresh topic; the real SpeedLayer drains it with the available_now trigger
 into a fresh lake folder and a fresh serving database (lake + three tables + dead letters + ledger),
-and the result is checked against the simulator's ground truth. Reference, in the same warm Spark
+twice: after a small warm-up, and after the reference and the floor (best of 2, as theirs are); each
+result is checked against the simulator's ground truth. Reference, in the same warm Spark
 session: a batch query that only reads the same topic, parses it with from_json (the contract's
 schema) and counts the valid messages. Ratio = speed layer events/s / reference events/s.
 
@@ -64,7 +65,9 @@ SECTION_INTRO = (
     "Throughput: the simulator preloads the topic (backfill, 2 processes, 2,000 users, 100 antennas, 0.1%\n"
     "malformed); the real `SpeedLayer` drains it with `trigger=available_now` (watermark 3650 days, so\n"
     "nothing is late) into a fresh lake folder and a fresh serving database: lake Parquet + three speed\n"
-    "tables + dead letters + batch ledger. events/s = messages / wall time from query start to stop.\n"
+    "tables + dead letters + batch ledger. events/s = messages / wall time from query start to stop, best of\n"
+    "two drains (since 2026-12-05; one before): after a 1M-message warm-up, and after the reference's and the\n"
+    "floor's runs, so as warm as their timed runs; the first run's figure is beside it.\n"
     "Checked every run: ledger good/bad messages, the three tables, dead letters and lake rows equal the\n"
     "simulator's ground truth. Reference (same warm session, same topic): a Spark batch query that only\n"
     "reads Kafka, parses with `from_json` (the contract's schema) and counts valid messages; best of 2 after\n"
@@ -265,21 +268,42 @@ def warm_up_speed_layer(spark, settings: Settings, config: SpeedLayerConfig, eve
                             config.model_copy(update={"query_name": topic.replace("-", "_")}), produced)
 
 
+@dataclass(frozen=True)
+class CatchUp:
+    """The speed layer's two drains of one backlog, and the reference and floor on the same topic."""
+
+    first: Throughput  # in a JVM that has done only the warm-up: its peak RSS is a stream's own
+    second: Throughput  # after the reference's and the floor's runs: as warm as their timed runs
+    reference_rate: float
+    floor_rate: float
+
+    @property
+    def best(self) -> Throughput:
+        return max(self.first, self.second, key=lambda run: run.rate)
+
+
 def throughput(spark, settings: Settings, messages: int, max_offsets_per_trigger: int,
-               event_rate: float) -> tuple[Throughput, float, float]:
-    """(speed layer run, reference events/s, floor events/s) on one preloaded topic."""
+               event_rate: float) -> CatchUp:
+    """The speed layer drains one preloaded topic twice (fresh database and lake each time), before and
+    after the reference and the floor, which are each timed twice after an untimed warm-up run."""
     with scratch_topic(settings, "speed") as topic:
         truth = preload(settings, topic, messages, event_rate)
         produced = truth.messages + truth.malformed
-        # The speed layer first: its peak RSS is that of a stream's own process, not of a JVM whose heap
-        # the floor's 5M cached rows have already grown.
         config = SpeedLayerConfig(trigger="available_now", watermark=NO_LATE_DROPS,
                                   max_offsets_per_trigger=max_offsets_per_trigger, query_name=topic.replace("-", "_"),
                                   progress_interval_seconds=3600)
+
+        def drain(label: str) -> Throughput:
+            with fresh_database(settings) as url, scratch_folder() as folder:
+                run = run_speed_layer(spark, settings, topic, url, folder, config, produced)
+                check_against_truth(spark, url, folder, config.query_name, truth)
+            print(f"  speed layer, {label}: {produced:,} messages in {run.seconds:.2f} s ({run.batches} batches of "
+                  f"<= {max_offsets_per_trigger:,}) = {run.rate:,.0f} events/s; peak RSS {run.memory}; steps: "
+                  f"{run.steps()}", flush=True)
+            return run
+
         warm_up_speed_layer(spark, settings, config, event_rate)
-        with fresh_database(settings) as url, scratch_folder() as folder:
-            run = run_speed_layer(spark, settings, topic, url, folder, config, produced)
-            check_against_truth(spark, url, folder, config.query_name, truth)
+        first = drain("first run")
         reference_timings, valid = time_warm(lambda: parse_and_count(spark, settings, topic), repeats=2)
         if valid != truth.messages:
             sys.exit(f"reference counted {valid:,} valid messages, truth {truth.messages:,}")
@@ -291,14 +315,15 @@ def throughput(spark, settings: Settings, messages: int, max_offsets_per_trigger
         floor_rate = produced / floor_timings.best
         print(f"  floor (read + parse + lake write): {floor_timings} = {floor_rate:,.0f} events/s; "
               f"ratio {floor_rate / reference_rate:.2f}", flush=True)
-        print(f"  speed layer: {produced:,} messages in {run.seconds:.2f} s ({run.batches} batches of <= "
-              f"{max_offsets_per_trigger:,}) = {run.rate:,.0f} events/s; ratio {run.rate / reference_rate:.2f}, "
-              f"{run.rate / floor_rate:.2f} of the floor; peak RSS {run.memory}; steps: {run.steps()}; ceiling "
-              f"{run.ceiling(reference_rate):,.0f} events/s", flush=True)
-    # A full GC returns the heap the floor's cache took before the freshness runs; native memory the
-    # JVM took meanwhile may stay (BENCHMARKS.md, Memory).
+        # A full GC returns the heap the floor's cache took; the second drain's RSS is not the stream's own.
+        spark.sparkContext._jvm.System.gc()
+        result = CatchUp(first, drain("second run"), reference_rate, floor_rate)
+        print(f"  speed layer, best of 2: {result.best.rate:,.0f} events/s; ratio {result.best.rate / reference_rate:.2f}"
+              f", {result.best.rate / floor_rate:.2f} of the floor (first run {first.rate / floor_rate:.2f}); ceiling "
+              f"{result.best.ceiling(reference_rate):,.0f} events/s", flush=True)
+    # Native memory the JVM took meanwhile may stay (BENCHMARKS.md, Memory).
     spark.sparkContext._jvm.System.gc()
-    return run, reference_rate, floor_rate
+    return result
 
 
 # Freshness --------------------------------------------------------------------------------------
@@ -439,12 +464,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     spark = spark_session()
     print(f"speed layer throughput, {messages:,} messages:", flush=True)
-    run, reference_rate, floor_rate = throughput(spark, settings, messages, args.max_offsets_per_trigger,
-                                                 args.backlog_rate)
+    catch_up = throughput(spark, settings, messages, args.max_offsets_per_trigger, args.backlog_rate)
+    run, first, reference_rate, floor_rate = catch_up.best, catch_up.first, catch_up.reference_rate, catch_up.floor_rate
     fresh = [freshness(spark, settings, trigger, args.rate, seconds) for trigger in triggers]
     spark.stop()
 
-    peak = max([run, *fresh], key=lambda r: r.memory.total)
+    peak = max([first, catch_up.second, *fresh], key=lambda r: r.memory.total)
     command = "python -m bench.bench_speed_layer" + (" --quick" if args.quick else (
         f" --messages {messages} --max-offsets-per-trigger {args.max_offsets_per_trigger}"
         f" --backlog-rate {args.backlog_rate:g} --rate {args.rate:g}"
@@ -452,12 +477,12 @@ def main(argv: list[str] | None = None) -> int:
     freshness_text = "; ".join(f"{f.p50:.2f} / {f.p99:.2f} s ({f.trigger}, {args.rate:,.0f} ev/s, {f.visible:,} of "
                                f"{f.events:,} seen)" for f in fresh)
     record_run(SECTION, SECTION_INTRO, TABLE_HEADER, command,
-               [f"{messages:,}", f"{run.rate:,.0f} ({run.batches} batches; {run.steps()}; ceiling "
-                                 f"{run.ceiling(reference_rate):,.0f})",
+               [f"{messages:,}", f"{run.rate:,.0f} (best of 2, first {first.rate:,.0f}; {run.batches} batches; "
+                                 f"{run.steps()}; ceiling {run.ceiling(reference_rate):,.0f})",
                 f"{reference_rate:,.0f} (floor {floor_rate:,.0f}, ratio {floor_rate / reference_rate:.2f}; speed layer "
-                f"{run.rate / floor_rate:.2f} of the floor)",
+                f"{run.rate / floor_rate:.2f} of the floor, first run {first.rate / floor_rate:.2f})",
                 f"{run.rate / reference_rate:.2f}", freshness_text or "-",
-                f"{peak.memory}; throughput {run.memory}"], dry_run=args.no_record)
+                f"{peak.memory}; catch-up {first.memory}"], dry_run=args.no_record)
     return 0
 
 
