@@ -10,7 +10,8 @@ from pyspark.sql import functions as F
 from antenna_assets.batch.layer import HOURLY_TABLES, collect_table, compute_hourly_tables
 from antenna_assets.speed.layer import SPEED_TABLES
 from antenna_assets.transforms.aggregates import bytes_per_window
-from antenna_assets.transforms.devices import WATERMARK_TIME, parse_device_messages, valid_events, with_lake_partitions
+from antenna_assets.transforms.devices import (WATERMARK_TIME, parse_device_messages, raw_bytes_of_rejected_only,
+                                               valid_events, with_lake_partitions)
 from antenna_assets.transforms.micro_batch import PER_PARTITION, micro_batch_summary, rejected_count
 
 GOOD = '{"bytes":9082,"timestamp":1600545287,"app":"SKYPE","id":"u1","antenna_id":"a0"}'
@@ -42,6 +43,14 @@ def test_parse_classifies_every_message(spark, value, reason):
     [row] = parse_device_messages(_kafka_rows(spark, [value])).collect()
     assert row.reason == reason
     assert row.value == (value.encode() if value is not None else None) and row.offset == 0
+
+
+def test_only_rejected_records_keep_their_raw_bytes(spark):
+    kafka_rows = _kafka_rows(spark, [GOOD, "not json", GOOD]).withColumn("key", F.lit(b"k"))
+    rows = raw_bytes_of_rejected_only(parse_device_messages(kafka_rows)).orderBy("offset").collect()
+    assert [(r.reason, r.key, r.value) for r in rows] == [
+        (None, None, None), ("broken_json", b"k", b"not json"), (None, None, None)]
+    assert [r.bytes for r in rows] == [9082, None, 9082]
 
 
 def test_event_time_and_lake_partitions_are_utc(spark):

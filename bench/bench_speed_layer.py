@@ -43,7 +43,8 @@ from antenna_assets.sources.simulator.producer import PRODUCER_TUNING
 from antenna_assets.speed.config import SpeedLayerConfig
 from antenna_assets.speed.layer import POSTGRES, SpeedLayer, SpeedLayerTargets, run_until_stopped
 from antenna_assets.transforms.devices import (DEVICE_MESSAGE_SCHEMA, FIELD_NAMES, LAKE_PARTITION_COLUMNS,
-                                               parse_device_messages, valid_events, with_lake_partitions)
+                                               parse_device_messages, raw_bytes_of_rejected_only, valid_events,
+                                               with_lake_partitions)
 from antenna_assets.sources.users import APPS, antenna_id, user_id
 from antenna_assets_tests.truth import expected, read_table
 from bench.common import (BackgroundLoop, PeakMemory, RssPeak, delete_topic, fresh_database, fresh_topic,
@@ -214,10 +215,12 @@ def parse_and_land(spark, settings: Settings, topic: str, folder: Path) -> None:
     parse it once with the speed layer's own parse, write every valid message to Parquet under its UTC
     hour: no totals, no dead letters, no PostgreSQL, no enrichment, no streaming.
 
-    The parse is cached, as the speed layer caches it: uncached, Spark pushes the valid-message filter
-    under the parse and inlines the parse into it, parsing each record several times (5M records:
-    147 s, 34,074 events/s, 2026-11-29)."""
-    parsed = parse_device_messages(read_topic(spark, settings, topic)).persist(StorageLevel.MEMORY_AND_DISK_DESER)
+    The parse is cached, as the speed layer caches it (raw bytes of rejected records only, since
+    2026-12-05; the whole topic's values before, which could exhaust the heap): uncached, Spark pushes
+    the valid-message filter under the parse and inlines the parse into it, parsing each record several
+    times (5M records: 147 s, 34,074 events/s, 2026-11-29)."""
+    parsed = (raw_bytes_of_rejected_only(parse_device_messages(read_topic(spark, settings, topic)))
+              .persist(StorageLevel.MEMORY_AND_DISK_DESER))
     try:
         (with_lake_partitions(valid_events(parsed)).write.mode("overwrite")
          .partitionBy(*LAKE_PARTITION_COLUMNS).parquet(str(folder / "floor")))

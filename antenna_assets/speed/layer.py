@@ -47,7 +47,8 @@ from antenna_assets.hours import epoch_seconds, utc_from_epoch_millis, utc_from_
 from antenna_assets.transforms.aggregates import MESSAGES
 from antenna_assets.sources.contract import ASCII_CONTROL
 from antenna_assets.transforms.devices import (LAKE_PARTITION_COLUMNS, WATERMARK_TIME, parse_device_messages,
-                                               rejected_messages, valid_events, with_lake_partitions)
+                                               raw_bytes_of_rejected_only, rejected_messages, valid_events,
+                                               with_lake_partitions)
 from antenna_assets.transforms.micro_batch import (KAFKA_OFFSET, KAFKA_PARTITION, PER_PARTITION, micro_batch_summary,
                                                    rejected_count)
 
@@ -226,10 +227,7 @@ class SpeedLayer:
         kafka_rows.sparkSession.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions))
         kafka_rows.sparkSession.conf.set("spark.sql.adaptive.enabled", str(self.config.adaptive_execution).lower())
 
-        parsed = (parse_device_messages(kafka_rows, self.config.message_rules())
-                  # Only rejected records need their raw bytes: the cached batch stays small.
-                  .withColumn("key", F.when(F.col("reason").isNotNull(), F.col("key")))
-                  .withColumn("value", F.when(F.col("reason").isNotNull(), F.col("value")))
+        parsed = (raw_bytes_of_rejected_only(parse_device_messages(kafka_rows, self.config.message_rules()))
                   # Deserialized and (spark_session) uncompressed: it lives for one batch; see BENCHMARKS.md.
                   .persist(StorageLevel.MEMORY_AND_DISK_DESER))
         landing = _Landing(lambda: self._lake_frame(valid_events(parsed.where(_not_below(marks.landed))), key,
