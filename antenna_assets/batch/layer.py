@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Sequence
+from typing import Callable, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -19,7 +19,7 @@ from antenna_assets.lake.layout import hour_partition_dir
 from antenna_assets.serving.views import mark_batch_hours
 from antenna_assets.hours import HOUR, utc_from_epoch_seconds
 from antenna_assets.transforms import hourly
-from antenna_assets.transforms.aggregates import ANTENNA_APP, hourly_partials
+from antenna_assets.transforms.aggregates import ANTENNA_APP, byte_sum, hourly_partials
 from antenna_assets.transforms.devices import EVENT_SCHEMA, LAKE_PARTITION_COLUMNS, with_lake_partitions
 
 HOURLY_TABLES = {t.name: t for t in (*BATCH_TABLES, USERS_OVER_QUOTA_1H)}
@@ -84,17 +84,29 @@ def compact_hours(spark: SparkSession, landing_path: str, raw_devices_path: str,
 
 
 def hour_stats(events: DataFrame, hours: Sequence[datetime]) -> list[HourStats]:
-    rows = (events.groupBy(F.unix_seconds(F.date_trunc("hour", "event_time")).alias("hour"))
-            .agg(F.count(F.lit(1)).alias("rows"), F.sum("bytes").alias("total_bytes"),
+    def collect(exact: bool) -> list[tuple]:
+        return [tuple(r) for r in (
+            events.groupBy(F.unix_seconds(F.date_trunc("hour", "event_time")).alias("hour"))
+            .agg(F.count(F.lit(1)).alias("rows"), byte_sum(exact).alias("total_bytes"),
                  F.unix_seconds(F.min("event_time")).alias("min_t"), F.unix_seconds(F.max("event_time")).alias("max_t"))
-            .collect())
-    by_hour = {utc_from_epoch_seconds(r.hour): r for r in rows}
+            .collect())]
+
+    by_hour = {utc_from_epoch_seconds(hour): rest for hour, *rest in collect_exact_totals(collect, 2)}
     stats = []
     for hour in hours:
         r = by_hour.get(hour)
-        stats.append(HourStats(hour, r.rows, int(r.total_bytes), utc_from_epoch_seconds(r.min_t),
-                               utc_from_epoch_seconds(r.max_t)) if r else HourStats(hour, 0, 0, None, None))
+        stats.append(HourStats(hour, r[0], r[1], utc_from_epoch_seconds(r[2]), utc_from_epoch_seconds(r[3]))
+                     if r else HourStats(hour, 0, 0, None, None))
     return stats
+
+
+def collect_exact_totals(collect: Callable[[bool], list[tuple]], total: int) -> list[tuple]:
+    """`collect(exact)`'s rows with their byte sum at index `total` as a Python int: from BIGINT sums, or,
+    when one of them overflowed (null, `byte_sum`), from exact sums collected again."""
+    rows = collect(False)
+    if any(row[total] is None for row in rows):
+        rows = collect(True)
+    return [(*row[:total], int(row[total]), *row[total + 1:]) for row in rows]
 
 
 def user_metadata_snapshots(conn, hours: Sequence[datetime]) -> list[tuple[str, str, int, datetime]]:
@@ -124,14 +136,17 @@ def compute_hourly_tables(events: DataFrame, snapshot: hourly.Snapshot, tables: 
 
     Two Spark jobs read the events (per user id; per antenna and app), only those the requested tables
     need; the tables derive from their few thousand rows on the driver."""
-    partials = hourly_partials(events)
+    def partial(name: str, columns: Sequence[str]) -> list[tuple]:
+        return collect_exact_totals(lambda exact: collect_table(hourly_partials(events, exact)[name], columns),
+                                    len(columns) - 1)
+
     result: dict[str, list[tuple]] = {"unknown_users": []}
     if {"bytes_agg_antenna_1h", "bytes_agg_app_1h"} & set(tables):
-        per_antenna_app = collect_table(partials["per_antenna_app"], (*ANTENNA_APP, "date", "bytes"))
+        per_antenna_app = partial("per_antenna_app", (*ANTENNA_APP, "date", "bytes"))
         result["bytes_agg_antenna_1h"] = hourly.rollup(per_antenna_app, 0, 2, 3)
         result["bytes_agg_app_1h"] = hourly.rollup(per_antenna_app, 1, 2, 3)
     if {"bytes_agg_user_1h", "users_over_quota_1h"} & set(tables):
-        per_user = collect_table(partials["per_user"], UNKNOWN_USERS_COLUMNS)
+        per_user = partial("per_user", UNKNOWN_USERS_COLUMNS)
         result["bytes_agg_user_1h"] = hourly.bytes_per_email(per_user, snapshot)
         result["users_over_quota_1h"] = hourly.users_over_quota(result["bytes_agg_user_1h"], snapshot)
         result["unknown_users"] = hourly.unknown_users(per_user, snapshot)

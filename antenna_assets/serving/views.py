@@ -15,7 +15,7 @@ from psycopg2.extras import execute_values
 
 from antenna_assets.serving.schema import (BATCH_HOURS, BATCH_TABLES, BYTES_AGG_ANTENNA, BYTES_AGG_ANTENNA_1H,
                                            BYTES_AGG_APP, BYTES_AGG_APP_1H, BYTES_AGG_USER, BYTES_AGG_USER_1H,
-                                           USERS_OVER_QUOTA_1H, AggregateTable)
+                                           STREAMING_TABLES, TOTAL_BYTES, USERS_OVER_QUOTA_1H, AggregateTable)
 
 _MARKED = ("table_name", "date")
 _FINAL_TABLES = (*BATCH_TABLES, USERS_OVER_QUOTA_1H)
@@ -57,7 +57,7 @@ class ServingView:
             SELECT b.{key}, b.date, b.{value}, 'batch'::text AS source, NULL::timestamp AS latest_event_time
             FROM {self.batch.name} b WHERE {_batch_final(self.batch.name, 'b.date')}
             UNION ALL
-            SELECT {speed_key}, {hour}, sum(s.{self.speed.value})::bigint, 'speed'::text, {_LATEST_EVENT_TIME}
+            SELECT {speed_key}, {hour}, sum(s.{self.speed.value}), 'speed'::text, {_LATEST_EVENT_TIME}
             FROM {speed_from} WHERE NOT {_batch_final(self.batch.name, hour)}
             GROUP BY {speed_key}, {hour}"""
 
@@ -88,10 +88,10 @@ VIEW_DDL = [
     # 5-minute totals of the same hour (late events make them differ legitimately).
     f"""CREATE OR REPLACE VIEW {SERVING_SPEED_VS_BATCH_1H} AS
         SELECT h.date,
-               coalesce((SELECT sum(b.sum_antenna_bytes) FROM bytes_agg_antenna_1h b WHERE b.date = h.date), 0)::bigint
+               coalesce((SELECT sum(b.sum_antenna_bytes) FROM bytes_agg_antenna_1h b WHERE b.date = h.date), 0)
                    AS batch_bytes,
                coalesce((SELECT sum(s.sum_antenna_bytes) FROM bytes_agg_antenna s
-                         WHERE s.date >= h.date AND s.date < h.date + interval '1 hour'), 0)::bigint AS speed_bytes
+                         WHERE s.date >= h.date AND s.date < h.date + interval '1 hour'), 0) AS speed_bytes
         FROM batch_hours h WHERE h.table_name = 'bytes_agg_antenna_1h'""",
     # Dead letters counted per reason and 5-minute window of their ingest time: never the raw value.
     f"""CREATE OR REPLACE VIEW {SERVING_DEAD_LETTERS_5M} AS
@@ -108,9 +108,21 @@ SERVING_VIEWS = (*(v.name for v in LAMBDA_VIEWS), SERVING_USERS_OVER_QUOTA_1H, S
                  SERVING_DEAD_LETTERS_5M, SERVING_STREAM_FRESHNESS)
 
 
+# Totals from before TOTAL_BYTES were BIGINT. A view's column cannot change its type, so the serving views
+# are dropped first and made again by VIEW_DDL, in the same transaction.
+_TOTALS = (*((t.name, t.value) for t in (*STREAMING_TABLES, *BATCH_TABLES)), (USERS_OVER_QUOTA_1H.name, "sum_user_bytes"))
+WIDEN_TOTALS_DDL = f"""DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() AND data_type = 'bigint'
+               AND (table_name, column_name) IN ({", ".join(f"('{t}', '{c}')" for t, c in _TOTALS)})) THEN
+        DROP VIEW IF EXISTS {", ".join(SERVING_VIEWS)};
+        {" ".join(f"ALTER TABLE {t} ALTER COLUMN {c} TYPE {TOTAL_BYTES};" for t, c in _TOTALS)}
+    END IF;
+END $$"""
+
+
 def create_views(cur) -> None:
     """`batch_hours` and every serving view, in the caller's (migration's) transaction."""
-    for statement in (*BATCH_HOURS_DDL, *VIEW_DDL):
+    for statement in (*BATCH_HOURS_DDL, WIDEN_TOTALS_DDL, *VIEW_DDL):
         cur.execute(statement)
 
 

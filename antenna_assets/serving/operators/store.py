@@ -81,7 +81,7 @@ def list_users(conn, now: datetime, search: str = "", sort: str = "id", descendi
     params = {"q": _like(search), "hour": hour, "previous": hour - timedelta(hours=1), "limit": limit}
     # The two hours are read from the view once (a view over every speed-layer row: filter it first).
     usage_rows = ("SELECT email, date, sum_user_bytes, source FROM serving_user_1h WHERE date IN (%(hour)s, %(previous)s)"
-                  if usage else "SELECT NULL::text AS email, NULL::timestamp AS date, NULL::bigint AS sum_user_bytes, "
+                  if usage else "SELECT NULL::text AS email, NULL::timestamp AS date, NULL::numeric AS sum_user_bytes, "
                                 "NULL::text AS source WHERE false")
     with conn.cursor() as cur:
         cur.execute(
