@@ -55,11 +55,10 @@ ASCII_CONTROL = "".join(map(chr, (*range(0x20), 0x7F)))
 class MessageRules:
     """Plausibility limits of a message (README: contract rules). Each violation is a dead letter.
 
-    Sums cannot overflow in Spark: a micro-batch holds at most `max_offsets_per_trigger` messages,
-    and the speed layer refuses a configuration where that many messages of `max_bytes` each could
-    exceed a BIGINT (10^6 x 10^12 = 10^18 < 9.22 x 10^18 at the defaults). A running total in
-    PostgreSQL or an hourly sum would need 9.2 million maximal messages for one key in one window
-    (30,000 a second for 5 minutes) to overflow; that fails the batch visibly rather than wrap.
+    A micro-batch's sums fit a BIGINT: it holds at most `max_offsets_per_trigger` messages, and the
+    speed layer refuses a configuration where that many messages of `max_bytes` each could exceed one
+    (10^6 x 10^12 = 10^18 < 9.22 x 10^18 at the defaults). Running and hourly totals are NUMERIC(38, 0)
+    (serving/schema.py TOTAL_BYTES), so no number of messages overflows them.
     """
 
     max_bytes: int = 10**12

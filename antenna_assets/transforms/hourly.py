@@ -1,7 +1,7 @@
 """The batch layer's four hourly tables from its two small Spark aggregates (`hourly_partials`), on the driver.
 
 Rows in, rows out, with `date` as naive UTC. Sums are Python integers, so a rollup never wraps;
-PostgreSQL's BIGINT refuses a total it cannot hold.
+PostgreSQL keeps them as NUMERIC(38, 0).
 
 Snapshot rows are the user_metadata snapshot of each hour: (id, email, quota, date = hour start).
 Users missing from the snapshot of their hour have no email: they are left out of the per-email
