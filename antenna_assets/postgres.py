@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import os
 from contextlib import contextmanager, suppress
+from functools import cache
 from typing import Any, Iterator
 from urllib.parse import quote, urlparse
 
@@ -26,12 +27,31 @@ def connect(url: str, timeout: int = 5, **options):
     import psycopg2
 
     try:
-        return psycopg2.connect(url, connect_timeout=timeout, **options)
+        conn = psycopg2.connect(url, connect_timeout=timeout, **options)
     except psycopg2.OperationalError as exc:
         reason = str(exc).strip().splitlines()[0]
         # A server that refused the login answered: starting it again would not help.
         hint = "" if "FATAL" in reason else ". Start it with `antenna stack up` or fix ANTENNA_POSTGRES_URL"
         raise StackError(f"cannot connect to PostgreSQL at {redacted(url)}: {reason}{hint}") from None
+    # The byte totals are NUMERIC(38, 0) (serving/schema.py TOTAL_BYTES): the product reads a whole NUMERIC
+    # as a Python int, as it read the BIGINTs before, not as a Decimal (which float arithmetic refuses).
+    psycopg2.extensions.register_type(_whole_numeric_type(), conn)
+    return conn
+
+
+def _whole_numeric(value: str | None, cur):
+    from decimal import Decimal
+
+    if value is None:
+        return None
+    return int(value) if value.lstrip("-").isdigit() else Decimal(value)
+
+
+@cache
+def _whole_numeric_type():
+    import psycopg2.extensions
+
+    return psycopg2.extensions.new_type((1700,), "WHOLE_NUMERIC", _whole_numeric)  # 1700: numeric's type oid
 
 
 UTC_SESSION = "-c timezone=UTC"

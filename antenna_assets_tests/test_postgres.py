@@ -76,3 +76,13 @@ def test_kept_connection_replaces_a_connection_the_server_dropped(kept, kept_tab
     # ... and the next one logs in again.
     assert _insert(kept, 2) != dropped
     assert _count(kept_table) == 1
+
+
+def test_whole_numerics_read_as_ints_and_fractions_as_decimals(serving_db):
+    from decimal import Decimal
+
+    with transaction(serving_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT (2::numeric ^ 70)::numeric(38, 0), (-5)::numeric(38, 0), 1.25::numeric, NULL::numeric")
+        big, negative, fraction, null = cur.fetchone()
+    assert (big, negative, null) == (2**70, -5, None) and type(big) is int and type(negative) is int
+    assert fraction == Decimal("1.25") and isinstance(fraction, Decimal)
