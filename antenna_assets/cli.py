@@ -18,13 +18,19 @@ def _stack(args: argparse.Namespace) -> int:
     from antenna_assets.stack.live_traffic import LiveTraffic
     from antenna_assets.stack.operators_page import OperatorsPage
     from antenna_assets.stack.postgres import EmbeddedPostgres
+    from antenna_assets.stack.spark_cluster import SparkCluster
     from antenna_assets.stack.superset import Superset
 
     settings = Settings.from_env()
     services = [EmbeddedPostgres(settings), KafkaBroker(settings)]
+    spark_cluster = SparkCluster(settings)
+    if settings.spark_workers:
+        services.append(spark_cluster)
     superset, operators_page = Superset(settings), OperatorsPage(settings)
     # Optional: started by `antenna demo`, `stack up --superset/--operators` or the tests, stopped with the stack.
     extras = [superset, operators_page, DagsterUI(settings), LiveTraffic(settings), GcsEmulator(settings)]
+    if not settings.spark_workers:
+        extras.append(spark_cluster)  # one started with ANTENNA_SPARK_WORKERS before is stopped with the stack
     if args.action == "up":
         for service in services:
             print(service.up(), flush=True)

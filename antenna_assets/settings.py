@@ -62,7 +62,14 @@ class Settings(BaseSettings):
     lake_root: str = ""  # empty: <stack_dir>/lake
     checkpoint_root: str = ""  # empty: <lake_root>/_checkpoints
     partitions_start: str = "2025-01-01-00:00"  # the first hourly partition Dagster offers
-    spark_master: str = "local[*]"
+    spark_master: str = "local[*]"  # with spark_workers and not set: the stack's cluster, spark_cluster_url
+    # A Spark standalone cluster started by the stack (stack/spark_cluster.py): 0 workers, none. Its master
+    # listens on spark_master_port, its web UI on the next port, worker i's web UI on the one after + i.
+    spark_workers: int = Field(default=0, ge=0)
+    spark_master_port: int = Field(default=7077, gt=0, lt=65000)
+    spark_worker_cores: int = Field(default=1, ge=1)
+    spark_worker_memory: str = "1g"
+    spark_daemon_memory: str = "256m"  # the heap of the master and worker processes themselves
     spark_shuffle_partitions: int = Field(default=4, ge=1)
     spark_driver_memory: str = "1536m"  # the heap limit; the JVM's native memory comes on top (BENCHMARKS.md, Memory)
     # JVM options of the Spark driver, after the UTC time zone the product sets. The serial collector:
@@ -114,6 +121,8 @@ class Settings(BaseSettings):
         derived["checkpoint_root"] = (self.checkpoint_root or derived["lake_root"] + "/_checkpoints").rstrip("/")
         derived["kafka_controller_port"] = self.kafka_controller_port or self.kafka_port + 1
         derived["kafka_bootstrap"] = self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+        if self.spark_workers and "spark_master" not in self.model_fields_set:
+            derived["spark_master"] = self.spark_cluster_url
         derived["postgres_url"] = self.postgres_url or self.embedded_url(WRITER_ROLE, derived["stack_dir"])
         derived["gcs_endpoint"] = self.gcs_endpoint.rstrip("/")
         derived.update(self._kafka_security(derived["stack_dir"]))
@@ -202,6 +211,15 @@ class Settings(BaseSettings):
     @property
     def jars_dir(self) -> Path:
         return self.stack_dir / "jars"
+
+    @property
+    def spark_cluster_url(self) -> str:
+        """The master of the stack's Spark standalone cluster (stack/spark_cluster.py)."""
+        return f"spark://127.0.0.1:{self.spark_master_port}"
+
+    @property
+    def spark_master_ui_port(self) -> int:
+        return self.spark_master_port + 1
 
 
 def pgpass_file(stack_dir: Path) -> Path:
