@@ -7,15 +7,15 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from antenna_assets.postgres import connect, ensure_database
-from antenna_assets.serving.schema import migrate
+from antenna_assets.serving.migration import migrate
 from antenna_assets.settings import Settings
 from antenna_assets.sources.user_metadata import provision_users
 
 
 @contextmanager
-def temporary_serving_database(settings: Settings, prefix: str) -> Iterator[str]:
-    """A new serving database on the stack's server (schema migrated, the 20 users provisioned),
-    dropped afterwards; yields its URL. For tests and benchmarks that must not share tables.
+def temporary_serving_database(settings: Settings, prefix: str, provisioned: bool = True) -> Iterator[str]:
+    """A new serving database on the stack's server (schema migrated, the 20 users provisioned unless
+    not `provisioned`), dropped afterwards; yields its URL. For tests and benchmarks that must not share tables.
 
     The URL logs in as the server's admin, who owns the database: to the product it is an external
     server's URL (migrating, creating the reader's and the page's roles), as in production."""
@@ -26,7 +26,8 @@ def temporary_serving_database(settings: Settings, prefix: str) -> Iterator[str]
     conn = connect(url)
     try:
         migrate(conn)
-        provision_users(conn)
+        if provisioned:
+            provision_users(conn)
         conn.commit()
     finally:
         conn.close()

@@ -43,7 +43,7 @@ from antenna_assets.serving.operators.validation import UserInput
 from antenna_assets.serving.schema import (BYTES_AGG_ANTENNA, BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP, BYTES_AGG_APP_1H,
                                            BYTES_AGG_USER, BYTES_AGG_USER_1H)
 from antenna_assets.settings import Settings, child_environment
-from antenna_assets.sources.user_metadata import provision_users
+from antenna_assets.sources.user_metadata import add_users
 from antenna_assets.sources.users import APPS, antenna_id, synthetic_users, user_id
 from antenna_assets.speed.config import SpeedLayerConfig
 from antenna_assets.speed.layer import SpeedLayer, SpeedLayerTargets, run_until_stopped
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     with scratch_topic(settings, "soak") as topic, fresh_database(settings) as url, scratch_folder() as folder, \
             tempfile.TemporaryDirectory(prefix="antenna-soak-dagster-") as dagster_home:
         with transaction(url) as conn:
-            provision_users(conn, synthetic_users(USERS))
+            add_users(conn, synthetic_users(USERS))
             with conn.cursor() as cur:
                 migrate_operators(cur)
         query_name = topic.replace("-", "_")

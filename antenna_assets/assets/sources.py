@@ -4,7 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from antenna_assets.assets.previews import preview_table
-from antenna_assets.serving.schema import migrate
+from antenna_assets.serving.migration import migrate
 from antenna_assets.sources.user_metadata import provision_users, read_snapshot, snapshot_hour
 from antenna_assets.partitions import hourly_partitions, run_hours
 from antenna_assets.resources import PostgresResource
@@ -20,8 +20,8 @@ def user_metadata(context: dg.AssetExecutionContext, config: UserMetadataConfig,
                   postgres: PostgresResource) -> dg.MaterializeResult:
     """Snapshot of the operators' user_metadata table (id, name, email, hourly quota) in force for the hour.
 
-    Creates the schema and provisions the contract's 20 users if missing, without overwriting
-    operators' edits. The batch layer joins hour H with the snapshot of hour H; an hour that has
+    Creates the schema and, once per database, provisions the contract's 20 users: later runs never
+    overwrite operators' edits nor bring back a user they deleted. The batch layer joins hour H with the snapshot of hour H; an hour that has
     a snapshot keeps it (unless refresh), so re-running an old hour reproduces it.
     """
     hours = run_hours(context)
@@ -31,7 +31,7 @@ def user_metadata(context: dg.AssetExecutionContext, config: UserMetadataConfig,
         outcomes = [snapshot_hour(conn, hour, config.refresh) for hour in hours]
         preview = read_snapshot(conn, hours[-1])[:20]
     if inserted:
-        context.log.info(f"provisioned {inserted} missing default users")
+        context.log.info(f"provisioned the contract's users in this database: {inserted} inserted")
     kept = sum(1 for _, taken in outcomes if not taken)
     if kept:
         context.log.info(f"kept the existing snapshot of {kept} hour(s) (refresh=false)")

@@ -27,6 +27,7 @@ READABLE = (*(t.name for t in (*STREAMING_TABLES, *BATCH_TABLES, USERS_OVER_QUOT
 # its hours (serving/writes.py, views.py mark_batch_hours, batch/bookkeeping.py).
 WRITER_PRIVILEGES = {
     "user_metadata": "SELECT, INSERT",
+    "provisionings": "SELECT, INSERT",
     "user_metadata_hourly": "SELECT, INSERT, DELETE",
     **{t.name: "SELECT, INSERT, UPDATE" for t in STREAMING_TABLES},
     **{t.name: "SELECT, INSERT, DELETE" for t in (*BATCH_TABLES, USERS_OVER_QUOTA_1H)},

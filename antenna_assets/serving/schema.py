@@ -89,13 +89,19 @@ USERS_OVER_QUOTA_1H = Table("users_over_quota_1h", (
     Column("sum_user_bytes", f"{TOTAL_BYTES} NOT NULL"),
 ), ("email", "date"))
 
-# The operators' live table. Provisioning inserts missing users and never overwrites an edit.
+# The operators' live table. Provisioning puts the contract's users in once per database (PROVISIONINGS).
 USER_METADATA = Table("user_metadata", (
     Column("id", "TEXT NOT NULL"),
     Column("name", "TEXT NOT NULL"),
     Column("email", "TEXT NOT NULL"),
     Column("quota", "BIGINT NOT NULL CHECK (quota >= 0)"),
 ), ("id",))
+# What was provisioned in this database, once: a user an operator deleted never comes back.
+PROVISIONINGS = Table("provisionings", (
+    Column("name", "TEXT NOT NULL"),
+    Column("provisioned_at", f"TIMESTAMP NOT NULL {_UTC_NOW}"),
+), ("name",))
+CONTRACT_USERS = "contract_users"  # the provisionings row of the contract's 20 users
 # Snapshot of user_metadata in force for each hour: the batch layer joins hour H with it.
 USER_METADATA_HOURLY = Table("user_metadata_hourly", (
     Column("date", "TIMESTAMP NOT NULL"),
@@ -180,6 +186,14 @@ BATCH_HOURS = Table("batch_hours", (
 DDL = [
     *(t.ddl() for t in (USER_METADATA, USER_METADATA_HOURLY, *STREAMING_TABLES, *BATCH_TABLES, USERS_OVER_QUOTA_1H,
                         STREAMING_BATCHES)),
+    # A database from before `provisionings` whose user_metadata has rows was provisioned: recorded, so
+    # users deleted there before the upgrade do not come back either.
+    f"""DO $$ BEGIN
+        IF to_regclass('provisionings') IS NULL THEN
+            {PROVISIONINGS.ddl()};
+            INSERT INTO provisionings (name) SELECT '{CONTRACT_USERS}' WHERE EXISTS (SELECT 1 FROM user_metadata);
+        END IF;
+    END $$""",
     # Ledgers from before landed_at: their batches were written to the lake before being applied.
     """DO $$ BEGIN
         IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()

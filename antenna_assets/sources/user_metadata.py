@@ -7,13 +7,27 @@ from typing import Iterable
 
 from psycopg2.extras import execute_values
 
-from antenna_assets.serving.schema import USER_METADATA, USER_METADATA_HOURLY
+from antenna_assets.serving.schema import CONTRACT_USERS, PROVISIONINGS, USER_METADATA, USER_METADATA_HOURLY
 from antenna_assets.sources.users import PROVISIONED_USERS, User
 
 _USER_COLUMNS = ", ".join(USER_METADATA.names)
 
 
-def provision_users(conn, users: Iterable[User] = PROVISIONED_USERS) -> int:
+def provision_users(conn) -> int:
+    """Put the contract's 20 users in user_metadata once per database; after that the table is the
+    operators' alone: a user they deleted is not brought back, an edited row is not overwritten.
+
+    Returns how many rows were inserted (0 once the database was provisioned)."""
+    with conn.cursor() as cur:
+        # The record's key serializes two first provisionings: the second waits, then finds it.
+        cur.execute(f"{PROVISIONINGS.insert_into(('name',))} VALUES (%s) ON CONFLICT (name) DO NOTHING "
+                    "RETURNING name", (CONTRACT_USERS,))
+        if cur.fetchone() is None:
+            return 0
+    return add_users(conn, PROVISIONED_USERS)
+
+
+def add_users(conn, users: Iterable[User]) -> int:
     """Insert the users that are missing; an existing row (maybe edited by an operator) is kept.
 
     Returns how many rows were inserted.
