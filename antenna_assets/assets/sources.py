@@ -4,7 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from antenna_assets.assets.previews import preview_table
-from antenna_assets.serving.migration import migrate
+from antenna_assets.serving.schema import migrate
 from antenna_assets.sources.user_metadata import provision_users, read_snapshot, snapshot_hour
 from antenna_assets.partitions import hourly_partitions, run_hours
 from antenna_assets.resources import PostgresResource
@@ -21,8 +21,9 @@ def user_metadata(context: dg.AssetExecutionContext, config: UserMetadataConfig,
     """Snapshot of the operators' user_metadata table (id, name, email, hourly quota) in force for the hour.
 
     Creates the schema and, once per database, provisions the contract's 20 users: later runs never
-    overwrite operators' edits nor bring back a user they deleted. The batch layer joins hour H with the snapshot of hour H; an hour that has
-    a snapshot keeps it (unless refresh), so re-running an old hour reproduces it.
+    overwrite operators' edits nor bring back a user they deleted. The batch layer joins hour H with the
+    snapshot of hour H; an hour that has a snapshot keeps it (unless refresh), so re-running an old hour
+    reproduces it.
     """
     hours = run_hours(context)
     with postgres.connect() as conn:
