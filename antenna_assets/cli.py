@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     from antenna_assets.serving.operators.cli import register as register_operators
     from antenna_assets.sources.simulator.cli import register as register_simulate
     from antenna_assets.speed.cli import register as register_stream
+    from antenna_assets.speed.dead_letter_retention import register as register_dead_letters
 
-    for register in (register_simulate, register_stream, register_demo, register_operators):
+    for register in (register_simulate, register_stream, register_dead_letters, register_demo, register_operators):
         register(commands)
     return parser
 

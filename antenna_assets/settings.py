@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # The lake and the streaming checkpoints: local folders under the stack, or gs:// URLs.
     lake_root: str = ""  # empty: <stack_dir>/lake
     checkpoint_root: str = ""  # empty: <lake_root>/_checkpoints
+    # `antenna dead-letters prune` moves dead letters older than this many days to the lake; 0: keeps them all.
+    dead_letter_retention_days: int = Field(default=0, ge=0)
     partitions_start: str = "2025-01-01-00:00"  # the first hourly partition Dagster offers
     spark_master: str = "local[*]"  # with spark_workers and not set: the stack's cluster, spark_cluster_url
     # A Spark standalone cluster started by the stack (stack/spark_cluster.py): 0 workers, none. Its master

@@ -34,6 +34,11 @@ from antenna_assets.stack.kafka import KafkaBroker  # noqa: E402
 from antenna_assets.stack.postgres import EmbeddedPostgres  # noqa: E402
 
 
+def pytest_configure(config):
+    # `-m "not slow"` leaves out the tests of minutes (e.g. half a GB through the speed layer).
+    config.addinivalue_line("markers", "slow: takes minutes; deselect with -m 'not slow'")
+
+
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     settings = Settings.from_env()

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import psycopg2
+import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Producer
 
@@ -285,8 +286,14 @@ def _now_epoch() -> int:
 
 
 def _dead_letters(url: str) -> dict[tuple[int, int], tuple[bytes | None, str]]:
-    return {(partition, offset): (bytes(raw) if raw is not None else None, reason) for partition, offset, raw, reason
-            in query(url, "SELECT kafka_partition, kafka_offset, raw_value, reason FROM dead_letter")}
+    """(partition, offset) -> (value, reason); a value too large for its row read from the lake folder it names."""
+    rows = query(url, "SELECT kafka_partition, kafka_offset, raw_value, raw_location, reason FROM dead_letter")
+    in_lake = {}
+    for location in {location for _, _, _, location, _ in rows if location is not None}:
+        kept = pq.read_table(location, columns=["kafka_partition", "kafka_offset", "raw_value"]).to_pylist()
+        in_lake.update({(r["kafka_partition"], r["kafka_offset"]): r["raw_value"] for r in kept})
+    return {(partition, offset): (bytes(raw) if raw is not None else in_lake.get((partition, offset)), reason)
+            for partition, offset, raw, _, reason in rows}
 
 
 # One class of record that used to stop the stream or empty it, each sent in its own micro-batch
@@ -336,7 +343,7 @@ def test_no_record_stops_the_stream_or_changes_a_total(settings, topic, serving_
     assert read_table(serving_db, BYTES_AGG_USER) == expected_users
     assert layer.stats.late_messages == 0
     assert layer.stats.good_messages == len(sent_good)
-    # Every other record is a dead letter, byte for byte.
+    # Every other record is a dead letter, byte for byte (the 900 kB one in the lake, where its row says).
     dead = _dead_letters(serving_db)
     assert sorted(raw for raw, _ in dead.values()) == sorted(sent_poison)
     assert layer.stats.bad_messages == len(sent_poison)

@@ -139,6 +139,22 @@ def validate_gcs_root(settings: Settings, url: str) -> None:
                            f"{CREDENTIALS_VARIABLE}") from None
 
 
+def arrow_filesystem(settings: Settings, url: str):
+    """pyarrow's file system for a lake URL (a gs:// one as the connector reaches it: the emulator
+    anonymously, else the credentials above) and the URL's path on it."""
+    from urllib.parse import urlparse
+
+    from pyarrow import fs
+
+    if not is_gcs(url):
+        return fs.LocalFileSystem(), url
+    if settings.gcs_endpoint:
+        endpoint = urlparse(settings.gcs_endpoint)
+        return fs.GcsFileSystem(anonymous=True, scheme=endpoint.scheme, endpoint_override=endpoint.netloc), \
+            url[len(GCS_SCHEME):]
+    return fs.GcsFileSystem(project_id=settings.gcs_project or None), url[len(GCS_SCHEME):]
+
+
 def list_gcs_files(settings: Settings, url: str) -> list[str]:
     """gs:// URLs of every object under `url` (a folder), sorted; not the connector's `dir/` markers."""
     bucket_name, prefix = split_gcs_url(url)

@@ -36,6 +36,11 @@ class LakeResource(ConfigurableResource):
         return f"{self.effective_root}/landing/devices"
 
     @property
+    def dead_letter_path(self) -> str:
+        """Rejected records too large to be kept inline in PostgreSQL's dead_letter (batch partitions)."""
+        return f"{self.effective_root}/dead_letter"
+
+    @property
     def raw_devices_path(self) -> str:
         """Closed hours, compacted: the batch layer's input."""
         return f"{self.effective_root}/raw_devices"

@@ -162,7 +162,9 @@ COMPACTED_HOURS = Table("compacted_hours", (
     Column("compacted_at", f"TIMESTAMP NOT NULL {_UTC_NOW}"),
 ), ("hour",))
 # Records that failed validation, byte for byte as received (value and key), with a readable
-# preview, the reason and where they came from; the key makes replays idempotent.
+# preview, the reason and where they came from; the key makes replays idempotent. The value's length
+# and SHA-256 (hex) prove a copy is the record; a record larger than the speed layer's inline limit
+# keeps its key and value in the lake instead, in the Parquet folder `raw_location` (speed/dead_letters.py).
 DEAD_LETTER = Table("dead_letter", (
     Column("topic", "TEXT NOT NULL"),
     Column("kafka_partition", "INT NOT NULL"),
@@ -173,6 +175,9 @@ DEAD_LETTER = Table("dead_letter", (
     Column("reason", "TEXT NOT NULL"),
     Column("kafka_timestamp", "TIMESTAMP"),
     Column("ingest_time", "TIMESTAMP NOT NULL"),
+    Column("raw_length", "BIGINT"),
+    Column("raw_sha256", "TEXT"),
+    Column("raw_location", "TEXT"),
 ), ("topic", "kafka_partition", "kafka_offset"))
 
 # Which hours each batch table holds the final answer for (created by the views' migration, which
@@ -217,6 +222,15 @@ DDL = [
             ALTER TABLE dead_letter ADD COLUMN raw_key BYTEA, ADD COLUMN preview TEXT;
             UPDATE dead_letter SET preview = left(raw_value, 200);
             ALTER TABLE dead_letter ALTER COLUMN raw_value TYPE BYTEA USING convert_to(raw_value, 'UTF8');
+        END IF;
+    END $$""",
+    # Dead letters from before lengths and digests: all inline then, so both come from the bytes held.
+    """DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                       AND table_name = 'dead_letter' AND column_name = 'raw_sha256') THEN
+            ALTER TABLE dead_letter ADD COLUMN raw_length BIGINT, ADD COLUMN raw_sha256 TEXT,
+                ADD COLUMN raw_location TEXT;
+            UPDATE dead_letter SET raw_length = length(raw_value), raw_sha256 = encode(sha256(raw_value), 'hex');
         END IF;
     END $$""",
 ]

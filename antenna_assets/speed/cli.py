@@ -22,6 +22,11 @@ def register(commands) -> None:
                         help="Spark tasks reading Kafka per micro-batch, at least (0: twice Spark's default parallelism)")
     parser.add_argument("--shuffle-partitions", type=int,
                         help="partitions of a micro-batch's shuffles (0: Spark's default parallelism)")
+    parser.add_argument("--dead-letter-inline-bytes", type=int,
+                        help="a rejected record up to this size is kept in dead_letter, a larger one in the lake "
+                             "(default 65536)")
+    parser.add_argument("--dead-letter-page-bytes", type=int,
+                        help="most INSERT text of dead letters per statement, about (default 16 MiB)")
     parser.add_argument("--lake-rows-per-file", type=int,
                         help="valid messages per lake file a micro-batch writes, about (default 250,000)")
     parser.add_argument("--starting-offsets", help="earliest or latest, for a query without checkpoint")

@@ -42,6 +42,15 @@ class SpeedLayerConfig(Config):
     lake_rows_per_file: int = Field(
         default=250_000, ge=1, description="valid messages per lake file a micro-batch writes, about: a small batch "
                                            "writes one file in one task")
+    # 64 KiB: a device's message is ~150 bytes, so every rejected record of an ordinary kind stays in
+    # PostgreSQL, readable with SQL; a record larger than that is not a message gone wrong but a wrong
+    # producer, and its bytes are cheaper in the lake. Also what the batch's cache holds at most of a record.
+    dead_letter_inline_bytes: int = Field(
+        default=64 * 1024, ge=0, description="a rejected record's key and value together up to this size are kept "
+                                             "in dead_letter; a larger one's in the lake (its row names where)")
+    dead_letter_page_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1, description="most INSERT text of dead letters in one statement, about "
+                                                    "(bytes as hex), and what the driver holds of them at a time")
     starting_offsets: str = Field(default="earliest", description="where a query without checkpoint starts: earliest or latest")
     fail_on_data_loss: bool = Field(default=True, description="fail if Kafka deleted messages the query had not read")
     metadata_refresh_seconds: float = Field(default=30.0, ge=0, description="re-read user_metadata at most this often; 0: every batch")
@@ -70,6 +79,13 @@ class SpeedLayerConfig(Config):
         if self.max_offsets_per_trigger == 0 or self.max_offsets_per_trigger * self.max_bytes > BIGINT_MAX:
             raise ValueError(f"max_offsets_per_trigger ({self.max_offsets_per_trigger}) x max_bytes ({self.max_bytes}) "
                              f"must be between 1 and {BIGINT_MAX}: a micro-batch's sums must fit a BIGINT")
+        return self
+
+    @model_validator(mode="after")
+    def _a_dead_letter_fits_a_page(self):
+        if 2 * self.dead_letter_inline_bytes > self.dead_letter_page_bytes:
+            raise ValueError(f"dead_letter_page_bytes ({self.dead_letter_page_bytes}) must hold one inline dead letter "
+                             f"as hex: at least 2 x dead_letter_inline_bytes ({self.dead_letter_inline_bytes})")
         return self
 
     @field_validator("window", "watermark", "trigger_interval")

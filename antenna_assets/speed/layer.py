@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import posixpath
 import queue
 import time
 from contextlib import contextmanager
@@ -26,7 +27,6 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
-import psycopg2
 import pyarrow as pa
 import pyarrow.compute as pc
 import tenacity
@@ -39,23 +39,19 @@ from antenna_assets.speed.ledger import (LANDED, BatchKey, MicroBatchResult, Off
                                       batch_state, describe_offsets, mark_landed, max_event_time, offset_marks,
                                       record_failure)
 from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
-from antenna_assets.serving.schema import DEAD_LETTER as DEAD_LETTER_TABLE
 from antenna_assets.sources.user_metadata import read_live
 from antenna_assets.postgres import KeptConnection
 from antenna_assets.speed.config import SpeedLayerConfig, parse_duration
-from antenna_assets.hours import epoch_seconds, utc_from_epoch_millis, utc_from_epoch_seconds, utc_now
+from antenna_assets.speed.dead_letters import BatchDeadLetters, as_cached, batch_dead_letters
+from antenna_assets.hours import epoch_seconds, utc_from_epoch_seconds
 from antenna_assets.transforms.aggregates import MESSAGES
-from antenna_assets.sources.contract import ASCII_CONTROL
 from antenna_assets.transforms.devices import (LAKE_PARTITION_COLUMNS, WATERMARK_TIME, parse_device_messages,
-                                               raw_bytes_of_rejected_only, rejected_messages, valid_events,
+                                               valid_events,
                                                with_lake_partitions)
 from antenna_assets.transforms.micro_batch import (KAFKA_OFFSET, KAFKA_PARTITION, PER_PARTITION, micro_batch_summary,
                                                    rejected_count)
 
 BATCH_PARTITION = "batch"
-# The dead_letter columns read from the record (kafka_timestamp last); preview and ingest_time are made here.
-DEAD_LETTER_COLUMNS = tuple(c for c in DEAD_LETTER_TABLE.names if c not in ("preview", "ingest_time"))
-PREVIEW_CHARACTERS = 200
 # The steps of a micro-batch: the Spark jobs of its sums and dead letters (Kafka read and parse
 # included), their PostgreSQL transaction, the lake write.
 SPARK_TOTALS, POSTGRES, LAKE = "spark_totals", "postgres", "lake"
@@ -81,6 +77,13 @@ class SpeedLayerTargets:
     # Spark's `kafka.` options (kafka_client.spark_kafka_options): the cluster's security. Out of the
     # repr, as they may hold the SASL password; Spark keeps them in the driver.
     kafka_options: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Where dead letters too large for PostgreSQL go (speed/dead_letters.py); empty: `dead_letter` beside
+    # the landing folder.
+    dead_letter_path: str = ""
+
+    @property
+    def dead_letters_root(self) -> str:
+        return self.dead_letter_path or posixpath.join(posixpath.dirname(self.landing_path.rstrip("/")), "dead_letter")
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,8 @@ class SpeedLayer:
         kafka_rows.sparkSession.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions))
         kafka_rows.sparkSession.conf.set("spark.sql.adaptive.enabled", str(self.config.adaptive_execution).lower())
 
-        parsed = (raw_bytes_of_rejected_only(parse_device_messages(kafka_rows, self.config.message_rules()))
+        parsed = (as_cached(parse_device_messages(kafka_rows, self.config.message_rules()),
+                            self.config.dead_letter_inline_bytes)
                   # Deserialized and (spark_session) uncompressed: it lives for one batch; see BENCHMARKS.md.
                   .persist(StorageLevel.MEMORY_AND_DISK_DESER))
         landing = _Landing(lambda: self._lake_frame(valid_events(parsed.where(_not_below(marks.landed))), key,
@@ -238,7 +242,7 @@ class SpeedLayer:
             # in between replays the batch as APPLIED, which lands it and adds nothing.
             if state is None:
                 with self.stats.timing(SPARK_TOTALS):
-                    summary, dead_letters = self._summary(parsed, _not_below(marks.applied))
+                    summary, dead_letters = self._summary(parsed, _not_below(marks.applied), kafka_rows, key)
                 result = self._micro_batch_result(key, summary, dead_letters, watermark, user_metadata.ids)
                 landing.start(math.ceil(result.good_messages / self.config.lake_rows_per_file))
                 # The batch's one commit point: its sums, dead letters, ledger row and offsets together.
@@ -273,27 +277,22 @@ class SpeedLayer:
          .partitionBy(*LAKE_PARTITION_COLUMNS, BATCH_PARTITION)
          .parquet(self.targets.landing_path))
 
-    def _summary(self, parsed: DataFrame, not_applied: Column) -> tuple[pa.Table, pa.Table | None]:
-        """What the batch adds to PostgreSQL, collected through Arrow: its `micro_batch_summary` (one
-        Spark job) and its dead letters (a second job, only if the summary counts some), in dead_letter's
-        column order with kafka_timestamp in epoch milliseconds.
+    def _summary(self, parsed: DataFrame, not_applied: Column, kafka_rows: DataFrame,
+                 key: BatchKey) -> tuple[pa.Table, BatchDeadLetters | None]:
+        """What the batch adds to PostgreSQL: its `micro_batch_summary` (one Spark job, collected through
+        Arrow) and, only if the summary counts some, its dead letters, their large records written to
+        the lake (speed/dead_letters.py).
 
         Sums and dead letters come from the records not applied yet (`not_applied`); offsets from all."""
         summary = micro_batch_summary(parsed, not_applied, SPEED_TABLES, self.config.window).toArrow()
         if not rejected_count(summary):
             return summary, None
-        dead_letters = (rejected_messages(parsed.where(not_applied))
-                        .select(*DEAD_LETTER_COLUMNS[:-1], F.unix_millis("kafka_timestamp").alias("kafka_timestamp")))
-        return summary, dead_letters.toArrow()
+        return summary, batch_dead_letters(parsed.where(not_applied), kafka_rows, self.targets.dead_letters_root,
+                                           f"{key.checkpoint_id}-{key.batch_id}", self.config.dead_letter_inline_bytes,
+                                           self.config.dead_letter_page_bytes)
 
-    def _micro_batch_result(self, key: BatchKey, summary: pa.Table, dead_letter_rows: pa.Table | None,
+    def _micro_batch_result(self, key: BatchKey, summary: pa.Table, dead_letters: BatchDeadLetters | None,
                             watermark: datetime | None, known_ids: pa.Array) -> MicroBatchResult:
-        ingest_time = utc_now()
-        # Raw bytes stay bytes, sent as BYTEA: no record's content can fail this insert. In dead_letter's column order.
-        dead_letters = [(row["topic"], row["kafka_partition"], row["kafka_offset"], _binary(row["raw_value"]),
-                         _binary(row["raw_key"]), preview(row["raw_value"]), row["reason"],
-                         utc_from_epoch_millis(row["kafka_timestamp"]), ingest_time)
-                        for row in (dead_letter_rows.to_pylist() if dead_letter_rows is not None else ())]
         kind = summary.column("table")
         partitions = summary.filter(pc.equal(kind, PER_PARTITION)).select(
             ["topic", KAFKA_PARTITION, KAFKA_OFFSET, WATERMARK_TIME]).to_pylist()
@@ -315,9 +314,9 @@ class SpeedLayer:
         users = sums.filter(pc.equal(sums.column("table"), BYTES_AGG_USER.name))
         unknown = pc.sum(users.filter(pc.invert(pc.is_in(users.column("key"), value_set=known_ids)))
                          .column(MESSAGES)).as_py() or 0
-        return MicroBatchResult(key=key, increments=increments, dead_letters=dead_letters,
+        return MicroBatchResult(key=key, increments=increments, dead_letters=dead_letters or (),
                                 good_messages=pc.sum(apps.column(MESSAGES)).as_py() or 0,
-                                bad_messages=len(dead_letters),
+                                bad_messages=dead_letters.records if dead_letters else 0,
                                 late_messages=pc.sum(sums.filter(pc.and_(is_app, closed)).column(MESSAGES)).as_py() or 0,
                                 max_event_time=utc_from_epoch_seconds(latest) if latest is not None else None,
                                 end_offsets=end_offsets, landed_hours=[utc_from_epoch_seconds(h) for h in hours],
@@ -403,23 +402,6 @@ def _not_below(marks: Offsets) -> Column:
 
 def _sql_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _binary(value) -> bytes | None:
-    # psycopg2 quotes plain bytes as a text literal (which refuses NUL); Binary makes them BYTEA.
-    return None if value is None else psycopg2.Binary(value)
-
-
-_ESCAPED_CONTROL = {ord(c): f"\\x{ord(c):02x}" for c in ASCII_CONTROL}
-
-
-def preview(raw: bytes | None) -> str | None:
-    """The first characters of a record, readable and storable: invalid UTF-8 and control characters
-    (NUL included, which PostgreSQL text cannot hold) become backslash escapes."""
-    if raw is None:
-        return None
-    text = raw[:PREVIEW_CHARACTERS * 4].decode("utf-8", errors="backslashreplace")[:PREVIEW_CHARACTERS]
-    return text.translate(_ESCAPED_CONTROL)
 
 
 def _one_line(exc: BaseException) -> str:

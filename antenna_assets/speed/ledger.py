@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import pyarrow as pa
 from psycopg2.extras import execute_values
@@ -43,7 +43,9 @@ class BatchKey:
 class MicroBatchResult:
     key: BatchKey
     increments: dict[AggregateTable, pa.Table]  # per table: key, window start (epoch seconds), bytes
-    dead_letters: Sequence[tuple]  # rows of dead_letter, all its columns in order
+    # Pages of dead_letter rows (all its columns, in order), each one INSERT: a page is bounded by bytes,
+    # and only one is in memory at a time (speed/dead_letters.py).
+    dead_letters: Iterable[Sequence[tuple]]
     good_messages: int
     bad_messages: int
     late_messages: int
@@ -159,12 +161,9 @@ def apply_micro_batch(conn, result: MicroBatchResult) -> bool:
             return False
         for table, rows in result.increments.items():
             add_to_totals(cur, table, rows)
-        if result.dead_letters:
-            execute_values(
-                cur,
-                f"{DEAD_LETTER.insert_into()} VALUES %s ON CONFLICT DO NOTHING",
-                result.dead_letters, page_size=1000,
-            )
+        for page in result.dead_letters:
+            execute_values(cur, f"{DEAD_LETTER.insert_into()} VALUES %s ON CONFLICT DO NOTHING", page,
+                           page_size=len(page))
         _advance(cur, key.query, result.end_offsets, "applied_until")
     return True
 

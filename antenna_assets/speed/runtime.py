@@ -20,6 +20,7 @@ def speed_layer_targets(settings: Settings, lake: LakeResource, postgres_url: st
         checkpoint_path=lake.checkpoint_path(config.query_name),
         postgres_url=postgres_url,
         kafka_options=spark_kafka_options(settings),
+        dead_letter_path=lake.dead_letter_path,
     )
 
 

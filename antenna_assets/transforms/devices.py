@@ -162,11 +162,12 @@ def valid_events(parsed: DataFrame) -> DataFrame:
     return parsed.where(F.col("reason").isNull()).select(*FIELD_NAMES, "event_time")
 
 
-def rejected_messages(parsed: DataFrame) -> DataFrame:
-    """The invalid records with their exact key and value bytes, reason and Kafka coordinates (the dead letters)."""
+def rejected_messages(parsed: DataFrame, *extra: str) -> DataFrame:
+    """The invalid records with their exact key and value bytes, reason and Kafka coordinates (the dead
+    letters), and the `extra` columns of `parsed`."""
     return parsed.where(F.col("reason").isNotNull()).select(
         "topic", F.col("partition").alias("kafka_partition"), F.col("offset").alias("kafka_offset"),
-        F.col("key").alias("raw_key"), F.col("value").alias("raw_value"), "reason", "kafka_timestamp")
+        F.col("key").alias("raw_key"), F.col("value").alias("raw_value"), "reason", "kafka_timestamp", *extra)
 
 
 def with_lake_partitions(events: DataFrame) -> DataFrame:
