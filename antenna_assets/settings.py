@@ -109,9 +109,12 @@ class Settings(BaseSettings):
     operators_host: str = "127.0.0.1"
     operators_port: int = Field(default=8080, gt=0, lt=65536)
     operators_secure_cookie: bool = False  # set when served over https (behind a TLS proxy)
-    operators_session_hours: int = Field(default=8, ge=1)
+    operators_session_hours: int = Field(default=8, ge=1)  # absolute: using the page does not extend it
     operators_login_attempts: int = Field(default=5, ge=1)  # failed sign-ins per window, per name and per address
     operators_login_window_seconds: int = Field(default=900, ge=1)
+    # Request bodies, read no further (413): signed in, the CSV import's 5 MB and its form; signed out, a sign-in form.
+    operators_max_body_bytes: int = Field(default=6_000_000, ge=1024)
+    operators_max_signed_out_body_bytes: int = Field(default=16_384, ge=1024)
     # Users' names and emails are personal data: Dagster's event metadata (previews) leaves them out unless set.
     metadata_personal_data: bool = False
 

@@ -189,9 +189,11 @@ class EmbeddedPostgres:
         with transaction(admin) as conn:
             migrate(conn)
             grant_writer(conn)
-            with conn.cursor() as cur:  # the roles that need it are granted CONNECT by name
+            # The roles that need them are granted CONNECT (and the writer TEMPORARY) by name; no other
+            # role may create temporary tables (which shadow tables of the same name, and take disk).
+            with conn.cursor() as cur:
                 cur.execute("SELECT quote_ident(current_database())")
-                cur.execute(f"REVOKE CONNECT ON DATABASE {cur.fetchone()[0]} FROM PUBLIC")
+                cur.execute(f"REVOKE CONNECT, TEMPORARY ON DATABASE {cur.fetchone()[0]} FROM PUBLIC")
 
     def down(self) -> str:
         if self.settings.external_postgres:

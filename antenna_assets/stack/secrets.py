@@ -1,5 +1,9 @@
 """Secrets the stack generates for itself (role passwords, signing keys), one file each under
-`<stack dir>/secrets/`, readable by their owner only. Never passed on a command line."""
+`<stack dir>/secrets/`, readable by their owner only. Never passed on a command line.
+
+Every such file is written whole or not at all: a temporary file created 0600, written, flushed to
+disk, then moved into place; so a crash cannot leave an empty or partial secret behind, and a
+secret file that is empty or short anyway (edited by hand, a full disk) is refused, not used."""
 
 from __future__ import annotations
 
@@ -7,11 +11,54 @@ import os
 import secrets
 from pathlib import Path
 
+from antenna_assets.errors import StackError
 from antenna_assets.settings import Settings
+
+# What `stack_secret` generates is 32 characters; anything this short was not written whole.
+MIN_SECRET_LENGTH = 16
 
 
 def secrets_dir(settings: Settings) -> Path:
     return settings.stack_dir / "secrets"
+
+
+def _temporary_private_file(path: Path, text: str) -> Path:
+    """`text` in a new 0600 file beside `path` (0600 from its creation, never wider), on disk."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return temporary
+
+
+def _sync_folder(folder: Path) -> None:
+    """The folder's entry of a file just moved into it reaches the disk too."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Replace `path` atomically with an owner-only (0600) file holding `text`."""
+    os.replace(_temporary_private_file(path, text), path)
+    _sync_folder(path.parent)
+
+
+def _read_secret(path: Path) -> str:
+    value = path.read_text().strip()
+    if len(value) < MIN_SECRET_LENGTH:
+        raise StackError(f"the secret file {path} is {'empty' if not value else 'too short'} (at least "
+                         f"{MIN_SECRET_LENGTH} characters): put the secret back, or delete the file to generate a "
+                         "new one")
+    return value
 
 
 def stack_secret(settings: Settings, name: str) -> tuple[str, bool]:
@@ -21,14 +68,21 @@ def stack_secret(settings: Settings, name: str) -> tuple[str, bool]:
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(folder, 0o700)
     path = folder / name
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip(), False
+    if path.exists():
+        return _read_secret(path), False
     value = secrets.token_urlsafe(24)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
-    return value, True
+    temporary = _temporary_private_file(path, value + "\n")
+    try:
+        # A hard link, unlike a rename, never replaces: of two processes generating the same secret at
+        # once, one value wins and both return it.
+        os.link(temporary, path)
+        created = True
+    except FileExistsError:
+        created = False
+    finally:
+        temporary.unlink()
+    _sync_folder(folder)
+    return (value, True) if created else (_read_secret(path), False)
 
 
 def write_pgpass(settings: Settings, host: str, port: int, passwords: dict[str, str]) -> Path:
@@ -44,10 +98,5 @@ def write_pgpass(settings: Settings, host: str, port: int, passwords: dict[str, 
     kept = [line for line in (path.read_text().splitlines() if path.exists() else [])
             if not any(line.startswith(prefix) for prefix in ours)]
     lines = kept + [f"{escape(host)}:{port}:*:{escape(role)}:{escape(pw)}" for role, pw in passwords.items()]
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
-    os.replace(temporary, path)
+    write_private_file(path, "\n".join(lines) + "\n")
     return path

@@ -9,7 +9,6 @@ and admin password are generated stack secrets. Every start imports the dashboar
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import urllib.error
@@ -22,7 +21,7 @@ from antenna_assets.errors import StackError
 from antenna_assets.postgres import ensure_database, ensure_owned_database, redacted
 from antenna_assets.stack.process import ServerProcess, port_open, tail
 from antenna_assets.stack.postgres import SUPERSET_ROLE
-from antenna_assets.stack.secrets import secrets_dir, stack_secret
+from antenna_assets.stack.secrets import secrets_dir, stack_secret, write_private_file
 
 SUPERSET_VERSION = "6.1.0"
 CONSTRAINTS = Path(__file__).resolve().parents[1] / "serving" / "superset-constraints.txt"
@@ -132,9 +131,7 @@ class Superset(ServerProcess):
         metadata_url = self._metadata_database()
         stack_secret(self.settings, SECRET_KEY)
         password, created = stack_secret(self.settings, ADMIN_PASSWORD)
-        self.config_file.write_text(_CONFIG.format(secret_key_file=str(secrets_dir(self.settings) / SECRET_KEY),
-                                                   metadata_url=metadata_url))
-        os.chmod(self.config_file, 0o600)
+        self.write_config(metadata_url)
         # `db upgrade` and `init` take ~10 s: once per metadata database and Superset version.
         initialized = self.home / ".initialized"
         stamp = f"{SUPERSET_VERSION} {redacted(metadata_url)}"
@@ -144,6 +141,12 @@ class Superset(ServerProcess):
             self._superset("python", "-c", _ENSURE_ADMIN, str(self.password_file), ADMIN)
             initialized.write_text(stamp)
         return password if created else None
+
+    def write_config(self, metadata_url: str) -> None:
+        """superset_config.py, owner-only from its creation (its database URL may carry a password)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        write_private_file(self.config_file, _CONFIG.format(
+            secret_key_file=str(secrets_dir(self.settings) / SECRET_KEY), metadata_url=metadata_url))
 
     def _metadata_database(self) -> str:
         """Superset's metadata database, owned by its own role on the embedded server (logging in

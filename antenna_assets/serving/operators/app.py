@@ -1,14 +1,17 @@
 """The operators' web application: FastAPI routes rendering Jinja2 templates (no JavaScript).
 
-Every page but sign-in and /healthz needs a signed-in operator (else a redirect to /login); every
-POST carries the session's CSRF token (else 403). Handlers are plain functions, so FastAPI runs
-them in its thread pool and psycopg2's blocking calls never stall the event loop.
+Every page but sign-in and /healthz needs a signed-in operator (else a redirect to /login): a session
+younger than its absolute lifetime whose generation is still the operator's in PostgreSQL (a new
+password or a removed operator ends it). Every POST carries the session's CSRF token (else 403);
+every request body is capped before it is parsed (413). Handlers are plain functions, so FastAPI
+runs them in its thread pool and psycopg2's blocking calls never stall the event loop.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
@@ -24,7 +27,9 @@ from starlette.middleware.sessions import SessionMiddleware
 from antenna_assets.errors import StackError
 from antenna_assets.postgres import transaction
 from antenna_assets.serving.operators import store
-from antenna_assets.serving.operators.auth import LoginRateLimiter, verify_operator
+from antenna_assets.serving.operators.auth import (release_sign_in, reserve_sign_in, session_generation, sign_in_keys,
+                                                   verify_operator)
+from antenna_assets.serving.operators.body_limit import BodySizeLimit
 from antenna_assets.serving.operators.config import PageConfig
 from antenna_assets.serving.operators.csv_import import MAX_CSV_BYTES, parse_users_csv
 from antenna_assets.serving.operators.quota import format_bytes, quota_input_text
@@ -48,7 +53,11 @@ SECURITY_HEADERS = {
 
 
 class SignInRequired(Exception):
-    pass
+    """`reason`: why a session that was signed in is not any more (shown on the sign-in page)."""
+
+    def __init__(self, reason: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
 
 
 class CsrfRefused(Exception):
@@ -57,9 +66,12 @@ class CsrfRefused(Exception):
 
 def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> FastAPI:
     app = FastAPI(title="antenna operators", docs_url=None, redoc_url=None, openapi_url=None)
+    # Added before the session middleware, so it runs inside it and sees whether the session is signed in.
+    app.add_middleware(BodySizeLimit, refusal=body_too_large,
+                       limit=lambda scope: config.max_body_bytes if scope["session"].get("operator")
+                       else config.max_signed_out_body_bytes)
     app.add_middleware(SessionMiddleware, secret_key=config.session_secret, session_cookie=SESSION_COOKIE,
                        max_age=config.session_max_age_seconds, same_site="lax", https_only=config.secure_cookie)
-    limiter = LoginRateLimiter(config.login_attempts, config.login_window_seconds)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
@@ -74,9 +86,19 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
         return token
 
     def operator(request: Request) -> str:
+        """The signed-in operator's name; checked against PostgreSQL on every request."""
         name = request.session.get("operator")
         if not name:
             raise SignInRequired()
+        issued = request.session.get("issued")
+        # The issue time is never refreshed: a cookie re-signed on every answer does not live longer.
+        if not isinstance(issued, int) or not 0 <= time.time() - issued < config.session_max_age_seconds:
+            raise SignInRequired("Your session has expired: sign in again.")
+        with transaction(config.database_url) as conn:
+            current = session_generation(conn, name)
+        if current is None or current != request.session.get("generation"):
+            raise SignInRequired("Your session was ended (your password changed or your account was removed): "
+                                 "sign in again.")
         return name
 
     def check_csrf(request: Request, token: str) -> None:
@@ -95,6 +117,9 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
 
     @app.exception_handler(SignInRequired)
     def _sign_in(request: Request, exc: SignInRequired):
+        if exc.reason:
+            request.session.clear()
+            request.session["flash"] = exc.reason
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
 
@@ -147,21 +172,26 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
               next: str = Form("/users")):
         check_csrf(request, csrf_token)
         address = request.client.host if request.client else "unknown"
-        wait = limiter.retry_after(name, address)
+        # Reserved (and committed) before the password is checked: parallel requests cannot overtake the limit.
+        with transaction(config.database_url) as conn:
+            reserved, wait = reserve_sign_in(conn, sign_in_keys(name, address), config.login_attempts,
+                                             config.login_window_seconds)
         if wait:
             response = render(request, "login.html", 429, next=safe_next(next), name=name,
                               error=f"Too many failed sign-ins: try again in {wait} seconds.")
             response.headers["Retry-After"] = str(wait)
             return response
         with transaction(config.database_url) as conn:
-            ok = bool(name) and len(name) <= 200 and verify_operator(conn, name, password)
-        if not ok:
-            limiter.failed(name, address)
+            generation = verify_operator(conn, name, password) if name and len(name) <= 200 else None
+            if generation is not None:
+                release_sign_in(conn, reserved)
+        if generation is None:
             log.warning("failed sign-in for %r from %s", name[:64], address)
             return render(request, "login.html", 401, next=safe_next(next), name=name,
                           error="Wrong operator name or password.")
         request.session.clear()  # a new session (and CSRF token) at each sign-in
-        request.session.update(operator=name, csrf=secrets.token_urlsafe(32))
+        request.session.update(operator=name, generation=generation, issued=int(time.time()),
+                               csrf=secrets.token_urlsafe(32))
         log.info("operator %r signed in from %s", name, address)
         return RedirectResponse(safe_next(next), status_code=303)
 
@@ -298,6 +328,13 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
         return render(request, "audit.html", rows=rows)
 
     return app
+
+
+def body_too_large(limit: int) -> HTMLResponse:
+    """The 413 page (no session, no request: the body was refused before the application saw it)."""
+    context = {"operator": None, "csrf_token": "", "flash": None, "title": "Too large",
+               "message": f"The request is larger than this page accepts ({limit:,} bytes); nothing was read or saved."}
+    return HTMLResponse(TEMPLATES.get_template("error.html").render(context), status_code=413)
 
 
 def usage_chart(usage: list[tuple[datetime, int | None]], quota: int, width: int = 480, height: int = 120) -> dict:

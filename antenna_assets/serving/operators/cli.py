@@ -1,4 +1,6 @@
-"""`antenna operators`: create operator accounts, run the page in the foreground."""
+"""`antenna operators`: create, re-password and remove operator accounts; run the page in the foreground.
+
+They connect as the product's admin: the page's own role cannot write the accounts."""
 
 from __future__ import annotations
 
@@ -14,8 +16,16 @@ def register(commands) -> None:
     actions = parser.add_subparsers(dest="operators_action", required=True)
     add = actions.add_parser("add", help="create an operator account (password prompted, or read from stdin)")
     add.add_argument("name", help="the operator's sign-in name")
-    add.add_argument("--reset-password", action="store_true", help="give an existing operator a new password")
+    add.add_argument("--reset-password", action="store_true", help="give an existing operator a new password "
+                                                                       "(as `antenna operators password`)")
     add.set_defaults(handler=_add)
+    password = actions.add_parser("password", help="give an operator a new password (prompted, or read from stdin); "
+                                                   "their sessions end")
+    password.add_argument("name", help="the operator's sign-in name")
+    password.set_defaults(handler=_password)
+    remove = actions.add_parser("remove", help="delete an operator account; their sessions end")
+    remove.add_argument("name", help="the operator's sign-in name")
+    remove.set_defaults(handler=_remove)
     serve = actions.add_parser("serve", help="run the page in this process (`antenna stack up --operators` runs it "
                                              "in the background)")
     serve.set_defaults(handler=_serve)
@@ -31,23 +41,64 @@ def _read_password() -> str:
     return sys.stdin.readline().rstrip("\r\n")
 
 
-def _add(args: argparse.Namespace) -> int:
+def _as_admin(change):
+    """`change(conn)` on the migrated serving database as the admin, and its result; a refusal is a
+    one-line error."""
     from antenna_assets.postgres import transaction
-    from antenna_assets.serving.operators.auth import OperatorError, add_operator, check_new_operator
+    from antenna_assets.serving.operators.auth import OperatorError
     from antenna_assets.serving.schema import migrate
     from antenna_assets.settings import Settings
 
-    settings = Settings.from_env()
-    password = _read_password()
     try:
-        check_new_operator(args.name, password)  # before connecting: a refused password costs no round trip
-        with transaction(settings.postgres_admin_url) as conn:  # operators' accounts are set up by the admin
+        with transaction(Settings.from_env().postgres_admin_url) as conn:
             migrate(conn)
-            created = add_operator(conn, args.name, password, reset=args.reset_password)
+            return change(conn)
     except OperatorError as exc:
         raise StackError(str(exc)) from None
-    print(f"operator {args.name!r} {'created' if created else 'has a new password'}; sign in at "
-          f"http://{settings.operators_host}:{settings.operators_port}/login")
+
+
+def _new_password(name: str) -> str:
+    from antenna_assets.serving.operators.auth import OperatorError, check_new_operator
+
+    password = _read_password()
+    try:
+        check_new_operator(name, password)  # before connecting: a refused password costs no round trip
+    except OperatorError as exc:
+        raise StackError(str(exc)) from None
+    return password
+
+
+def _sign_in_hint() -> str:
+    from antenna_assets.settings import Settings
+
+    settings = Settings.from_env()
+    return f"sign in at http://{settings.operators_host}:{settings.operators_port}/login"
+
+
+def _add(args: argparse.Namespace) -> int:
+    from antenna_assets.serving.operators.auth import add_operator
+
+    password = _new_password(args.name)
+    created = _as_admin(lambda conn: add_operator(conn, args.name, password, reset=args.reset_password))
+    print(f"operator {args.name!r} {'created' if created else 'has a new password; their sessions ended'}; "
+          f"{_sign_in_hint()}")
+    return 0
+
+
+def _password(args: argparse.Namespace) -> int:
+    from antenna_assets.serving.operators.auth import set_password
+
+    password = _new_password(args.name)
+    _as_admin(lambda conn: set_password(conn, args.name, password))
+    print(f"operator {args.name!r} has a new password; their sessions ended; {_sign_in_hint()}")
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from antenna_assets.serving.operators.auth import remove_operator
+
+    _as_admin(lambda conn: remove_operator(conn, args.name))
+    print(f"operator {args.name!r} removed; their sessions ended")
     return 0
 
 

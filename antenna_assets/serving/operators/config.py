@@ -19,6 +19,8 @@ class PageConfig:
     session_max_age_seconds: int = 8 * 3600
     login_attempts: int = 5
     login_window_seconds: int = 900
+    max_body_bytes: int = 6_000_000
+    max_signed_out_body_bytes: int = 16_384
 
     @classmethod
     def from_settings(cls, settings: Settings, serving_url: str | None = None) -> "PageConfig":
@@ -34,6 +36,8 @@ class PageConfig:
             session_max_age_seconds=settings.operators_session_hours * 3600,
             login_attempts=settings.operators_login_attempts,
             login_window_seconds=settings.operators_login_window_seconds,
+            max_body_bytes=settings.operators_max_body_bytes,
+            max_signed_out_body_bytes=settings.operators_max_signed_out_body_bytes,
         )
 
 

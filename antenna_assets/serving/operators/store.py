@@ -1,7 +1,8 @@
 """The page's SQL (all parameterized): users with their usage, changes with their audit rows.
 
-Every change takes the page's write lock, checks, writes `user_metadata` and appends one audit row
-per changed field, in one transaction: a change and its audit are committed together or not at all.
+Every change names its operator in the transaction, takes the page's write lock, checks and writes
+`user_metadata`; the table's trigger appends one audit row per changed field in the same transaction
+(schema.py), so a change and its audit are committed together or not at all.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from antenna_assets.serving.operators.schema import USER_METADATA_AUDIT, WRITE_LOCK_ID
+from antenna_assets.serving.operators.schema import OPERATOR_SETTING, USER_METADATA_AUDIT, WRITE_LOCK_ID
 from antenna_assets.serving.schema import USER_METADATA
 from antenna_assets.serving.operators.validation import FIELDS, UserInput
 
@@ -41,11 +42,12 @@ class AuditRow:
 
     id: int
     changed_at: datetime
-    operator: str
+    operator: str | None  # None: changed outside the page
     user_id: str
     field: str
     old_value: str | None
     new_value: str | None
+    db_role: str | None
 
 
 class ChangeRefused(ValueError):
@@ -124,8 +126,9 @@ def audit_rows(conn, user_id: str | None = None, limit: int = 200) -> list[Audit
         return [AuditRow(*row) for row in cur.fetchall()]
 
 
-def _lock(cur) -> None:
-    cur.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_ID,))
+def _lock(cur, operator: str) -> None:
+    """The write lock, and the operator whom the audit trigger records for this transaction's changes."""
+    cur.execute("SELECT set_config(%s, %s, true), pg_advisory_xact_lock(%s)", (OPERATOR_SETTING, operator, WRITE_LOCK_ID))
 
 
 def _email_conflicts(cur, users: list[UserInput]) -> dict[str, str]:
@@ -138,80 +141,63 @@ def _email_conflicts(cur, users: list[UserInput]) -> dict[str, str]:
             for u in users if owner.get(u.email.lower(), u.id) != u.id}
 
 
-_AUDITED = ("operator", "user_id", "field", "old_value", "new_value")
-
-
-def _audit(cur, operator: str, user_id: str, changes: list[tuple[str, object, object]]) -> None:
-    for field, old, new in changes:
-        cur.execute(f"{USER_METADATA_AUDIT.insert_into(_AUDITED)} VALUES (%s, %s, %s, %s, %s)",
-                    (operator, user_id, field, None if old is None else str(old), None if new is None else str(new)))
-
-
-def _write(cur, operator: str, user: UserInput, before: UserRow | None) -> int:
-    """Insert or update one user (the lock is held), with its audit rows; returns the changed fields."""
+def _write(cur, user: UserInput, before: UserRow | None) -> int:
+    """Insert or update one user (the lock is held); returns the changed fields."""
     if before is None:
         cur.execute(f"{USER_METADATA.insert_into()} VALUES (%s, %s, %s, %s)",
                     (user.id, user.name, user.email, user.quota))
-        changes = [(f, None, getattr(user, f)) for f in FIELDS if f != "id"]
-    else:
-        changes = [(f, getattr(before, f), getattr(user, f)) for f in FIELDS
-                   if f != "id" and getattr(before, f) != getattr(user, f)]
-        if changes:
-            cur.execute("UPDATE user_metadata SET name = %s, email = %s, quota = %s WHERE id = %s",
-                        (user.name, user.email, user.quota, user.id))
-    _audit(cur, operator, user.id, [("created", None, user.id)] * (before is None) + changes)
-    return len(changes)
+        return len(FIELDS) - 1
+    changed = [f for f in FIELDS if f != "id" and getattr(before, f) != getattr(user, f)]
+    if changed:
+        cur.execute("UPDATE user_metadata SET name = %s, email = %s, quota = %s WHERE id = %s",
+                    (user.name, user.email, user.quota, user.id))
+    return len(changed)
 
 
 def create_user(conn, operator: str, user: UserInput) -> None:
     with conn.cursor() as cur:
-        _lock(cur)
+        _lock(cur, operator)
         if get_user(conn, user.id) is not None:
             raise ChangeRefused({"id": "a user with this id already exists"})
         conflicts = _email_conflicts(cur, [user])
         if conflicts:
             raise ChangeRefused({"email": conflicts[user.id]})
-        _write(cur, operator, user, None)
+        _write(cur, user, None)
 
 
 def update_user(conn, operator: str, user: UserInput) -> int:
     """Returns how many fields changed (0: nothing written). Raises LookupError if the user is gone."""
     with conn.cursor() as cur:
-        _lock(cur)
+        _lock(cur, operator)
         before = get_user(conn, user.id, lock=True)
         if before is None:
             raise LookupError(user.id)
         conflicts = _email_conflicts(cur, [user])
         if conflicts:
             raise ChangeRefused({"email": conflicts[user.id]})
-        changed = _write(cur, operator, user, before)
+        changed = _write(cur, user, before)
     return changed
 
 
 def delete_user(conn, operator: str, user_id: str) -> bool:
     with conn.cursor() as cur:
-        _lock(cur)
-        before = get_user(conn, user_id, lock=True)
-        if before is None:
-            return False
+        _lock(cur, operator)
         cur.execute("DELETE FROM user_metadata WHERE id = %s", (user_id,))
-        _audit(cur, operator, user_id, [("deleted", user_id, None)]
-               + [(f, getattr(before, f), None) for f in FIELDS if f != "id"])
-    return True
+        return cur.rowcount > 0
 
 
 def import_users(conn, operator: str, users: list[tuple[int, UserInput]]) -> tuple[int, int]:
     """Insert or update every (line, user) in one transaction; returns (created, updated).
     Raises ChangeRefused with {"line N": message} for rows that conflict with the table."""
     with conn.cursor() as cur:
-        _lock(cur)
+        _lock(cur, operator)
         conflicts = _email_conflicts(cur, [u for _, u in users])
         if conflicts:
             raise ChangeRefused({f"line {line}": f"email: {conflicts[u.id]}" for line, u in users if u.id in conflicts})
         created = updated = 0
         for _, user in users:
             before = get_user(conn, user.id, lock=True)
-            changed = _write(cur, operator, user, before)
+            changed = _write(cur, user, before)
             created += before is None
             updated += before is not None and changed > 0
     return created, updated
