@@ -14,6 +14,8 @@ setup(
         # dagster and its integrations are released in lock-step: pin the pair.
         "dagster==1.13.27",
         "dagster-webserver==1.13.27",
+        # `dg`: the project's command line (pyproject.toml's [tool.dg]: `dg check defs`, `dg launch`, `dg dev`).
+        "dagster-dg-cli==1.13.27",
         "dagster-pyspark==0.29.27",
         "dagster-gcp==0.29.27",
         "dagster-postgres==0.29.27",

@@ -71,7 +71,7 @@ def _demo(args: argparse.Namespace) -> int:
     for service in (EmbeddedPostgres(settings), KafkaBroker(settings)):
         print(service.up(), flush=True)
     apply_stack_environment(settings)
-    postgres = PostgresResource()
+    postgres = PostgresResource(url=settings.postgres_url)
     postgres.migrate()
     with postgres.connect() as conn:
         provision_users(conn)
@@ -93,7 +93,8 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"{result.produced} messages ({result.truth.malformed} malformed on purpose); ground truth in {truth_path}")
 
     instance = dg.DagsterInstance.get()
-    resources = {"postgres": postgres, "lake": LakeResource(), "spark": SparkResource()}
+    lake = LakeResource.from_settings(settings)
+    resources = {"postgres": postgres, "lake": lake, "spark": SparkResource.for_lake(lake)}
     _say("speed layer: Spark Structured Streaming catches up on the topic (trigger available_now)")
     # Backfilled history reaches Kafka out of event-time order across partitions: the catch-up
     # allows a day of lateness, the live stream later runs with the contract's 1 minute.

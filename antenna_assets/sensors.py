@@ -77,6 +77,8 @@ def speed_layer_decision(instance: dg.DagsterInstance, settings: Settings, now: 
     description="Keeps one speed-layer run alive: launches it when none is queued or running, backs off after failures.",
 )
 def speed_layer_sensor(context: dg.SensorEvaluationContext):
+    """A sensor, not an automation condition: Declarative Automation launches runs that bring assets up to
+    date; it cannot keep one never-ending run alive, fail a run whose heartbeat stopped, or back off."""
     return speed_layer_decision(context.instance, Settings.from_env(), time.time())
 
 
@@ -118,5 +120,8 @@ def hourly_batch_decision(instance: dg.DagsterInstance, conn, settings: Settings
                 "or when data landed for it after its run.",
 )
 def hourly_batch_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
+    """A sensor, not an automation condition: Declarative Automation sees missing or stale partitions in
+    Dagster's events, not data that landed in the lake after an hour's run, and has no back-off for a
+    failed hour."""
     with postgres.connect() as conn:
         return hourly_batch_decision(context.instance, conn, Settings.from_env(), utc_now(), time.time())

@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     stream_backoff_max_seconds: float = 900.0
     batch_backoff_seconds: float = 60.0
     batch_backoff_max_seconds: float = 3600.0
+    # The hourly tables' freshness policy: a closed hour's batch is due this long after the hour closes
+    # (the sensor's tick, the run queue and the Spark run); an hour not written by then shows as overdue.
+    batch_run_minutes: int = Field(default=15, ge=1, le=60)
+    # The speed layer's freshness check fails when the latest applied event is older than this; Dagster's
+    # automation runs it every stream_lag_check_minutes (one short run each time).
+    stream_lag_limit_seconds: float = Field(default=300.0, gt=0)
+    stream_lag_check_minutes: int = Field(default=5, ge=1, le=59)
     autostart_streaming: bool = False  # the streaming sensor is on when Dagster starts
     automation: bool = False  # the hourly batch sensor is on when Dagster starts
     ui_port: int = 3000  # the Dagster UI started by `antenna demo`
@@ -117,6 +124,10 @@ class Settings(BaseSettings):
     operators_max_signed_out_body_bytes: int = Field(default=16_384, ge=1024)
     # Users' names and emails are personal data: Dagster's event metadata (previews) leaves them out unless set.
     metadata_personal_data: bool = False
+    # The Dagster UI links each asset to its code at this repository URL and branch; empty: the checkout's
+    # `origin` remote, and no links without one.
+    git_url: str = ""
+    git_branch: str = "main"
 
     @model_validator(mode="after")
     def _derive_and_check(self) -> "Settings":

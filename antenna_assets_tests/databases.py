@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from antenna_assets.postgres import connect, ensure_database
-from antenna_assets.serving.schema import migrate
+from antenna_assets.serving.migration import migrate
 from antenna_assets.settings import Settings
 from antenna_assets.sources.user_metadata import provision_users
 

@@ -50,7 +50,7 @@ def landed(request, settings, spark, tmp_path_factory):
         root = f"gs://{GCS_BUCKET}/{topic}"
     else:
         root = str(tmp_path_factory.mktemp("lake"))
-    lake = LakeResource(root=root, checkpoints=f"{root}/_checkpoints")
+    lake = LakeResource(root=root, checkpoints=f"{root}/_checkpoints", endpoint=settings.gcs_endpoint)
     lake.validate()
     with fresh_database(settings) as url:
         layer = SpeedLayer(spark, SpeedLayerConfig(trigger="available_now", watermark="3650 days", query_name=topic),
@@ -61,7 +61,7 @@ def landed(request, settings, spark, tmp_path_factory):
 
 
 def _resources(url, lake):
-    return {"postgres": PostgresResource(url=url), "lake": lake, "spark": SparkResource()}
+    return {"postgres": PostgresResource(url=url), "lake": lake, "spark": SparkResource.for_lake(lake)}
 
 
 def _materialize_range(url, lake, keys=HOURS):
@@ -121,7 +121,7 @@ def test_empty_hour_materializes_empty_with_a_warning(landed):
                             partition_key="2025-06-02-03:00", instance=dg.DagsterInstance.ephemeral())
     assert result.success
     [materialization] = [m for m in result.asset_materializations_for_node("raw_devices")]
-    assert materialization.metadata["row_count"].value == 0
+    assert materialization.metadata["dagster/row_count"].value == 0
     assert materialization.metadata["empty_hours"].value == 1
 
 

@@ -1,24 +1,46 @@
-"""The code location loads and assets materialize through Dagster's own command line,
-against the PostgreSQL-backed instance of dagster.yaml."""
+"""The code location loads and assets materialize through Dagster's own command lines, `dg` (the
+project's: pyproject.toml's [tool.dg]) and `dagster` (workspace.yaml, `-m`: what CI scripts use), against
+the PostgreSQL-backed instance of dagster.yaml."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 
 REPO = Path(__file__).resolve().parents[1]
-DAGSTER = str(Path(os.sys.executable).with_name("dagster"))
+DAGSTER = str(Path(sys.executable).with_name("dagster"))
+DG = str(Path(sys.executable).with_name("dg"))
+# What Dagster prints for a superseded or deprecated command or API.
+OUTDATED = re.compile(r"supersed|deprecat", re.IGNORECASE)
 
 
 def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([DAGSTER, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
 
 
-def test_definitions_validate(settings):
+def _dg(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`dg` as the README runs it: in the project's folder, with its virtualenv the active one."""
+    proc = subprocess.run([DG, *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {}), "VIRTUAL_ENV": sys.prefix})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_dg_check_defs_loads_the_project_without_an_outdated_warning(settings):
+    proc = _dg("check", "defs")
+    output = proc.stdout + proc.stderr
+    assert "All definitions loaded successfully." in output
+    assert not OUTDATED.search(output) and "virtual environment does not match" not in output, output
+
+
+def test_workspace_yaml_is_a_valid_workspace(settings):
     proc = _run("definitions", "validate", "-w", "workspace.yaml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "code location antenna_assets" in proc.stdout + proc.stderr  # the name dg gives it too
 
 
 def test_instance_is_postgres(settings):
@@ -47,5 +69,20 @@ def test_materialize_user_metadata_partition(settings, serving_db):
                                  "ORDER BY id")
     provisioned = [(u.id, u.name, u.email, 123 if n == 0 else u.quota) for n, u in enumerate(PROVISIONED_USERS)]
     assert snapshot == provisioned
+    event = DagsterInstance.get().get_latest_materialization_event(AssetKey("user_metadata"))
+    assert event is not None and event.dagster_event.partition == partition
+
+
+def test_dg_launch_materializes_a_partition_without_an_outdated_warning(settings, serving_db):
+    from dagster import AssetKey, DagsterInstance
+
+    from antenna_assets.sources.users import PROVISIONED_USERS
+    from antenna_assets_tests.truth import query
+
+    partition = "2026-11-21-07:00"
+    proc = _dg("launch", "--assets", "user_metadata", "--partition", partition, env={"ANTENNA_POSTGRES_URL": serving_db})
+    assert not OUTDATED.search(proc.stdout + proc.stderr), proc.stdout[-2000:] + proc.stderr[-3000:]
+    snapshot = query(serving_db, "SELECT id FROM user_metadata_hourly WHERE date = '2026-11-21 07:00' ORDER BY id")
+    assert snapshot == sorted((u.id,) for u in PROVISIONED_USERS)
     event = DagsterInstance.get().get_latest_materialization_event(AssetKey("user_metadata"))
     assert event is not None and event.dagster_event.partition == partition

@@ -304,7 +304,7 @@ def assert_lake_equals_truth(spark, pipeline: Pipeline, hour: datetime, truth: G
     assert wait_until(lambda: query(pipeline.serving_url, "SELECT count(*) FROM streaming_batches "
                                                           "WHERE landed_at IS NULL")[0][0] == 0,
                       RECOVERY_TIMEOUT, interval=0.5), f"batches applied but never landed\n{pipeline.describe()}"
-    session = SparkResource().session_for(pipeline.lake) if pipeline.lake.effective_root.startswith("gs://") else spark
+    session = SparkResource.for_lake(pipeline.lake).session() if pipeline.lake.effective_root.startswith("gs://") else spark
     landed = (session.read.parquet(pipeline.lake.landing_path)
               .where((F.col("year") == hour.year) & (F.col("month") == hour.month) & (F.col("day") == hour.day)
                      & (F.col("hour") == hour.hour))
@@ -322,7 +322,7 @@ def assert_hourly_tables_equal_truth(pipeline: Pipeline, hour: datetime, truth: 
     result = defs.resolve_job_def("hourly_batch_job").execute_in_process(
         partition_key=partition_key(hour), instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
         resources={"postgres": PostgresResource(url=pipeline.serving_url), "lake": pipeline.lake,
-                   "spark": SparkResource()})
+                   "spark": SparkResource.for_lake(pipeline.lake)})
     assert result.success
     for table, per in HOURLY_TABLES:
         assert _rows_of_hour(pipeline.serving_url, table, hour) == expected(truth, per, hourly=True), table.name
@@ -365,7 +365,7 @@ def test_gcs_emulator_frozen_for_30_s(fault_stack, spark, tmp_path, monkeypatch)
                 os.kill(pid, signal.SIGCONT)
             assert_exact_and_recovered(spark, pipeline, traffic)
     finally:
-        LakeResource().configure_session(spark)
+        LakeResource.from_settings(Settings.from_env()).configure_session(spark)
 
 
 def test_kafka_killed_with_sigkill_and_back_after_20_s(fault_stack, pipeline, spark):

@@ -31,7 +31,7 @@ HOUR = datetime(2026, 11, 28, 13, tzinfo=timezone.utc)
 @pytest.fixture
 def gcs_lake(gcs_emulator) -> LakeResource:
     root = f"gs://{BUCKET}/run-{uuid.uuid4().hex[:10]}"
-    return LakeResource(root=root, checkpoints=f"{root}/_checkpoints")
+    return LakeResource(root=root, checkpoints=f"{root}/_checkpoints", endpoint=gcs_emulator.endpoint)
 
 
 def test_spark_conf_adds_the_connector_only_for_a_gcs_lake(settings, tmp_path):
@@ -124,7 +124,8 @@ def test_validate_accepts_an_existing_bucket_and_creates_a_local_root(gcs_lake, 
 
 
 def test_validate_names_a_missing_bucket(gcs_emulator):
-    lake = LakeResource(root="gs://antenna-no-such-bucket/lake", checkpoints="gs://antenna-no-such-bucket/cp")
+    lake = LakeResource(root="gs://antenna-no-such-bucket/lake", checkpoints="gs://antenna-no-such-bucket/cp",
+                        endpoint=gcs_emulator.endpoint)
     with pytest.raises(GcsLakeError) as failure:
         lake.validate()
     message = str(failure.value)
@@ -228,7 +229,7 @@ def test_a_gcs_lake_named_only_in_resource_config_works(settings, gcs_emulator, 
                                                start=hour + timedelta(minutes=10), seed=5, progress=False))
         lake = LakeResource(root=f"gs://{bucket}/lake", project="antenna-resource-test",
                             endpoint=gcs_emulator.endpoint)
-        resources = {"postgres": PostgresResource(url=serving_db), "lake": lake, "spark": SparkResource()}
+        resources = {"postgres": PostgresResource(url=serving_db), "lake": lake, "spark": SparkResource.for_lake(lake)}
         streamed = dg.materialize(
             [speed_layer], instance=dg.DagsterInstance.ephemeral(), resources=resources,
             run_config={"ops": {"speed_layer": {"config": {"trigger": "available_now", "watermark": "3650 days",

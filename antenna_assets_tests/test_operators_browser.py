@@ -95,7 +95,7 @@ def test_change_a_quota_in_the_browser_and_the_pipeline_uses_it(settings, spark,
     stream = layer.start()
     try:
         stream.processAllAvailable()
-        resources = {"postgres": PostgresResource(url=url), "lake": lake, "spark": SparkResource()}
+        resources = {"postgres": PostgresResource(url=url), "lake": lake, "spark": SparkResource.for_lake(lake)}
 
         def materialize(hour: datetime):
             result = dg.materialize([user_metadata, raw_devices, hourly_tables], resources=resources,

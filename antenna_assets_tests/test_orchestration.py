@@ -150,10 +150,10 @@ def test_streaming_job_reports_counts_and_the_batch_sensor_follows(settings, top
     monkeypatch.setenv("ANTENNA_TOPIC", topic)
     config = {"trigger": "available_now", "watermark": "3650 days", "query_name": topic,
               "progress_interval_seconds": 1}
+    lake = LakeResource(root=str(tmp_path))
     result = dg.materialize(
         [speed_layer], instance=dg.DagsterInstance.ephemeral(),
-        resources={"postgres": PostgresResource(url=serving_db), "lake": LakeResource(root=str(tmp_path)),
-                   "spark": SparkResource()},
+        resources={"postgres": PostgresResource(url=serving_db), "lake": lake, "spark": SparkResource.for_lake(lake)},
         run_config={"ops": {"speed_layer": {"config": config}}})
     assert result.success
     materializations = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
@@ -181,7 +181,7 @@ def _run(args, env, timeout=600):
 
 
 def test_command_lines_end_to_end(settings, topic, serving_db, tmp_path):
-    """simulate -> `antenna stream` -> `dagster asset materialize` of every hourly asset, through the
+    """simulate -> `antenna stream` -> `dg launch` of every hourly asset, through the
     product's settings only, on a topic, database and lake of its own (so it runs the same every time)."""
     hour = datetime(2025, 8, 1, 5)
     env = {**os.environ, "ANTENNA_TOPIC": topic, "ANTENNA_POSTGRES_URL": serving_db, "ANTENNA_LAKE_ROOT": str(tmp_path)}
@@ -193,9 +193,8 @@ def test_command_lines_end_to_end(settings, topic, serving_db, tmp_path):
     truth = GroundTruth.from_json(tmp_path / "truth.json")
     _run([str(bin_dir / "antenna"), "stream", "--available-now", "--watermark", "3650 days"], env)
     key = f"{hour:%Y-%m-%d-%H:%M}"
-    _run([str(bin_dir / "dagster"), "asset", "materialize", "-m", "antenna_assets.definitions", "--partition", key,
-          "--select", "user_metadata,raw_devices,bytes_agg_antenna_1h,bytes_agg_user_1h,bytes_agg_app_1h,"
-          "users_over_quota_1h"], env)
+    _run([str(bin_dir / "dg"), "launch", "--partition", key, "--assets", "user_metadata,raw_devices,bytes_agg_antenna_1h,"
+          "bytes_agg_user_1h,bytes_agg_app_1h,users_over_quota_1h"], {**env, "VIRTUAL_ENV": sys.prefix})
     url = serving_db
 
     def table(t):
@@ -241,7 +240,7 @@ def test_the_hourly_sensor_retries_a_failed_hour_and_reruns_an_hour_with_late_da
 
     def run(postgres_url: str) -> bool:
         return job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False, resources={
-            "postgres": PostgresResource(url=postgres_url), "lake": lake, "spark": SparkResource()}).success
+            "postgres": PostgresResource(url=postgres_url), "lake": lake, "spark": SparkResource.for_lake(lake)}).success
 
     def hourly_antenna_totals():
         return {(k, d): int(v) for k, d, v in query(serving_db, "SELECT antenna_id, date, sum_antenna_bytes "

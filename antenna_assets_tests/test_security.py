@@ -115,7 +115,7 @@ def test_the_writer_migrates_nothing_and_says_who_must(settings):
     older one, a one-line error naming `antenna stack up` instead of a half-applied migration."""
     from antenna_assets.errors import StackError
     from antenna_assets.serving.roles import grant_writer
-    from antenna_assets.serving.schema import migrate
+    from antenna_assets.serving.migration import migrate
     from antenna_assets_tests.conftest import fresh_database
 
     with fresh_database(settings) as admin:

@@ -9,7 +9,8 @@ import psycopg2
 import pytest
 
 from antenna_assets.batch.layer import write_hourly_tables
-from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER, migrate
+from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
+from antenna_assets.serving.migration import migrate
 from antenna_assets.errors import StackError
 from antenna_assets.postgres import connect
 from antenna_assets_tests.serving_seed import HOUR, RENAMED_EMAIL, UNKNOWN_ID, Seeded, fill_serving

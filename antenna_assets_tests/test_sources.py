@@ -14,7 +14,7 @@ from antenna_assets.batch.layer import MissingSnapshotError, user_metadata_snaps
 from antenna_assets.sources.user_metadata import provision_users
 from antenna_assets.resources import PostgresResource
 from antenna_assets.serving.operators.store import audit_rows, delete_user
-from antenna_assets.serving.schema import migrate
+from antenna_assets.serving.migration import migrate
 from antenna_assets.sources.users import PROVISIONED_USERS
 from antenna_assets_tests.databases import temporary_serving_database
 from antenna_assets_tests.truth import execute, query

@@ -20,7 +20,8 @@ from confluent_kafka import Producer
 
 from antenna_assets.postgres import transaction
 from antenna_assets.speed.ledger import APPLIED, LANDED, BatchKey, apply_micro_batch, batch_state
-from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER, migrate
+from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
+from antenna_assets.serving.migration import migrate
 from antenna_assets.sources.simulator import SimulatorConfig, run_simulation
 from antenna_assets.speed.config import SpeedLayerConfig
 from antenna_assets.speed.layer import (CHECKPOINT_FILE_MANAGER, FILE_SYSTEM_CHECKPOINTS, MicroBatchFailed, SpeedLayer,

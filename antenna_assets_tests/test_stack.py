@@ -69,7 +69,7 @@ def test_migration_gives_every_contract_table_its_columns_and_primary_key(servin
     """The original's first defect was tables without keys, so every re-run appended duplicates."""
     import psycopg2
 
-    from antenna_assets.serving.schema import migrate
+    from antenna_assets.serving.migration import migrate
     from antenna_assets_tests.truth import query
 
     conn = psycopg2.connect(serving_db)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from antenna_assets.serving.superset_bundle import DASHBOARD_SLUG, SupersetClient, import_bundle, load_assets
+from antenna_assets.serving.superset_bundle import DASHBOARD_SLUG, SupersetClient, load_assets
 from antenna_assets.errors import StackError
 from antenna_assets.postgres import connect
 from antenna_assets.stack.superset import ADMIN, Superset
@@ -59,7 +59,7 @@ def _listed(client: SupersetClient, resource: str) -> list[dict]:
 
 def test_bundle_imports_twice_one_copy_each(superset, client):
     service, _, _ = superset
-    import_bundle(service)  # the start imported it once already
+    service.import_dashboards()  # the start imported it once already
     configs = load_assets()
     for resource, prefix, field in (("chart", "charts/", "slice_name"), ("dataset", "datasets/", "table_name"),
                                     ("dashboard", "dashboards/", "dashboard_title"),

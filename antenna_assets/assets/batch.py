@@ -8,6 +8,7 @@ from antenna_assets.assets.previews import preview_table
 from antenna_assets.batch import layer as batch_layer
 from antenna_assets.serving.writes import written_hours
 from antenna_assets.batch.bookkeeping import hourly_sums_from_speed, landing_marks, record_compaction
+from antenna_assets.freshness import hourly_freshness
 from antenna_assets.hours import HOUR, hour_closes_at
 from antenna_assets.partitions import hourly_partitions, run_hours
 from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
@@ -15,6 +16,7 @@ from antenna_assets.settings import Settings
 from antenna_assets.hours import utc_now
 
 BATCH_GROUP = "batch"
+HOURLY_FRESHNESS = hourly_freshness(Settings.from_env())
 
 
 class RawDevicesConfig(dg.Config):
@@ -27,7 +29,7 @@ def _hour_range(context: dg.AssetExecutionContext):
 
 
 @dg.asset(partitions_def=hourly_partitions, backfill_policy=dg.BackfillPolicy.single_run(), deps=["devices_landing"],
-          group_name=BATCH_GROUP, kinds={"spark", "parquet"})
+          group_name=BATCH_GROUP, kinds={"spark", "parquet"}, freshness_policy=HOURLY_FRESHNESS)
 def raw_devices(context: dg.AssetExecutionContext, config: RawDevicesConfig, spark: SparkResource,
                 lake: LakeResource, postgres: PostgresResource) -> dg.MaterializeResult:
     """One closed UTC hour of the raw lake: the stream's small files compacted under raw_devices/year=/month=/day=/hour=."""
@@ -41,7 +43,7 @@ def raw_devices(context: dg.AssetExecutionContext, config: RawDevicesConfig, spa
     # sensor runs the hour again for it.
     with postgres.connect() as conn:
         landed_through = landing_marks(conn, hours)
-    stats = batch_layer.compact_hours(spark.session_for(lake), lake.landing_path, lake.raw_devices_path, hours,
+    stats = batch_layer.compact_hours(spark.session(), lake.landing_path, lake.raw_devices_path, hours,
                                       config.max_records_per_file)
     with postgres.connect() as conn:
         record_compaction(conn, landed_through, hours)
@@ -50,12 +52,12 @@ def raw_devices(context: dg.AssetExecutionContext, config: RawDevicesConfig, spa
         context.log.warning(f"no data in {len(empty)} hour(s): {', '.join(f'{h:%Y-%m-%d %H:00}' for h in empty[:10])}")
     times = [t for s in stats for t in (s.min_event_time, s.max_event_time) if t is not None]
     return dg.MaterializeResult(metadata={
-        "row_count": dg.MetadataValue.int(sum(s.rows for s in stats)),
+        "dagster/row_count": dg.MetadataValue.int(sum(s.rows for s in stats)),
         "total_bytes": dg.MetadataValue.int(sum(s.total_bytes for s in stats)),
         "min_event_time": dg.MetadataValue.text(min(times).isoformat() if times else "none"),
         "max_event_time": dg.MetadataValue.text(max(times).isoformat() if times else "none"),
         "empty_hours": dg.MetadataValue.int(len(empty)),
-        "path": dg.MetadataValue.path(lake.raw_devices_path),
+        "dagster/uri": dg.MetadataValue.path(lake.raw_devices_path),
     })
 
 
@@ -67,7 +69,7 @@ HOURLY_TABLE_DESCRIPTIONS = {
 }
 HOURLY_TABLE_SPECS = [
     dg.AssetSpec(name, deps=["raw_devices", "user_metadata"], partitions_def=hourly_partitions, group_name=BATCH_GROUP,
-                 kinds={"spark", "postgres"}, description=description)
+                 kinds={"spark", "postgres"}, description=description, freshness_policy=HOURLY_FRESHNESS)
     for name, description in HOURLY_TABLE_DESCRIPTIONS.items()
 ]
 
@@ -79,7 +81,7 @@ def hourly_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake:
     """The batch layer's four hourly tables from the raw hour(s) in one Spark run; each run replaces exactly its hours."""
     hours, start, end = _hour_range(context)
     selected = [key.path[-1] for key in context.selected_asset_keys]
-    session = spark.session_for(lake)
+    session = spark.session()
     events = batch_layer.read_hours(session, lake.raw_devices_path, hours)
     with postgres.connect() as conn:
         snapshots = batch_layer.user_metadata_snapshots(conn, hours)
@@ -94,7 +96,7 @@ def hourly_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake:
                  for name, speed_table in checks.SPEED_TWIN.items() if name in selected}
     for name in selected:
         yield dg.MaterializeResult(asset_key=name, metadata={
-            "row_count": dg.MetadataValue.int(written[name]),
+            "dagster/row_count": dg.MetadataValue.int(written[name]),
             "hours": dg.MetadataValue.int(len(hours)),
             "preview": preview_table(batch_layer.HOURLY_TABLES[name].names, sorted(tables[name])[:10]),
         })

@@ -4,7 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from antenna_assets.assets.previews import preview_table
-from antenna_assets.serving.schema import migrate
+from antenna_assets.serving.migration import migrate
 from antenna_assets.sources.user_metadata import provision_users, read_snapshot, snapshot_hour
 from antenna_assets.partitions import hourly_partitions, run_hours
 from antenna_assets.resources import PostgresResource
@@ -37,7 +37,7 @@ def user_metadata(context: dg.AssetExecutionContext, config: UserMetadataConfig,
     if kept:
         context.log.info(f"kept the existing snapshot of {kept} hour(s) (refresh=false)")
     return dg.MaterializeResult(metadata={
-        "row_count": dg.MetadataValue.int(outcomes[-1][0]),
+        "dagster/row_count": dg.MetadataValue.int(outcomes[-1][0]),
         "hours": dg.MetadataValue.int(len(hours)),
         "snapshots_taken_now": dg.MetadataValue.int(len(hours) - kept),
         "provisioned_users": dg.MetadataValue.int(inserted),

@@ -39,8 +39,8 @@ def speed_layer(context: dg.AssetExecutionContext, config: SpeedLayerConfig, spa
     lake.validate()  # a missing bucket or credentials fail here, before any Spark work
     postgres.migrate()
     settings = Settings.from_env()
-    layer = SpeedLayer(spark.session_for(lake), config,
-                       speed_layer_targets(settings, lake, postgres.effective_url, config))
+    layer = SpeedLayer(spark.session(), config,
+                       speed_layer_targets(settings, lake, postgres.url, config))
 
     def report(query, layer: SpeedLayer) -> None:
         summary = {k: v for k, v in progress_summary(query, layer).items() if v is not None}

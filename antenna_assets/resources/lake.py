@@ -10,14 +10,19 @@ from antenna_assets.settings import Settings
 
 
 class LakeResource(ConfigurableResource):
-    """The data lake root: a local folder (default) or gs://bucket/prefix. Empty: ANTENNA_LAKE_ROOT."""
+    """The data lake root: a local folder or gs://bucket/prefix. Definitions gives every field from the
+    settings (`from_settings`), so the Resources page shows the lake a run uses."""
 
-    root: str = Field(default="", description="lake root; empty: from the environment")
-    checkpoints: str = Field(default="", description="streaming checkpoint root; empty: <root>/_checkpoints "
-                                                     "when root is set, else ANTENNA_CHECKPOINT_ROOT")
-    project: str = Field(default="", description="GCP project of a gs:// lake; empty: ANTENNA_GCS_PROJECT")
-    endpoint: str = Field(default="", description="GCS API emulator URL (http://host:port); empty: "
-                                                  "ANTENNA_GCS_ENDPOINT, else the real service")
+    root: str = Field(description="lake root: a local folder or gs://bucket/prefix")
+    checkpoints: str = Field(default="", description="streaming checkpoint root; empty: <root>/_checkpoints")
+    project: str = Field(default="", description="GCP project of a gs:// lake; empty: the credentials' project")
+    endpoint: str = Field(default="", description="GCS API emulator URL (http://host:port); empty: the real service")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "LakeResource":
+        """The lake of these settings (ANTENNA_LAKE_ROOT, ANTENNA_CHECKPOINT_ROOT, ANTENNA_GCS_*)."""
+        return cls(root=settings.lake_root, checkpoints=settings.checkpoint_root, project=settings.gcs_project,
+                   endpoint=settings.gcs_endpoint)
 
     @property
     def effective_root(self) -> str:
@@ -25,10 +30,7 @@ class LakeResource(ConfigurableResource):
 
     @property
     def effective_checkpoints(self) -> str:
-        if self.checkpoints:
-            return self.checkpoints.rstrip("/")
-        # A lake named in config keeps its checkpoints with it, not in the environment's lake.
-        return f"{self.effective_root}/_checkpoints" if self.root else Settings.from_env().checkpoint_root.rstrip("/")
+        return (self.checkpoints or f"{self.effective_root}/_checkpoints").rstrip("/")
 
     @property
     def landing_path(self) -> str:
@@ -50,10 +52,8 @@ class LakeResource(ConfigurableResource):
 
     def settings(self) -> Settings:
         """The environment's settings with this resource's lake: what Spark and the GCS client use."""
-        settings = Settings.from_env()
-        return settings.replace(lake_root=self.effective_root, checkpoint_root=self.effective_checkpoints,
-                       gcs_project=self.project or settings.gcs_project,
-                       gcs_endpoint=self.endpoint.rstrip("/") or settings.gcs_endpoint)
+        return Settings.from_env().replace(lake_root=self.effective_root, checkpoint_root=self.effective_checkpoints,
+                                           gcs_project=self.project, gcs_endpoint=self.endpoint.rstrip("/"))
 
     def _roots(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((self.effective_root, self.effective_checkpoints)))

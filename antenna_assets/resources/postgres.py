@@ -3,26 +3,30 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Any
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
-from antenna_assets.serving.schema import migrate
-from antenna_assets.settings import Settings
+from antenna_assets.serving.migration import migrate
+from antenna_assets.settings import Settings, env_name
 from antenna_assets.postgres import transaction
 
 
 class PostgresResource(ConfigurableResource):
-    """The serving database. Empty `url` means ANTENNA_POSTGRES_URL, else the embedded server."""
+    """The serving database."""
 
-    url: str = Field(default="", description="postgresql:// URL; empty: from the environment")
+    url: str = Field(description="postgresql:// URL of the serving database: in Definitions ANTENNA_POSTGRES_URL "
+                                 "as an EnvVar (it may carry a password), else the embedded server's (none in it)")
 
-    @property
-    def effective_url(self) -> str:
-        return self.url or Settings.from_env().postgres_url
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "PostgresResource":
+        """The settings' database: a URL from the environment stays an `EnvVar`, resolved in the run, so the
+        UI names the variable and never shows its value."""
+        given = settings.from_environment("postgres_url")
+        return cls(url=EnvVar(env_name("postgres_url")) if given else settings.postgres_url)
 
     def connect(self) -> AbstractContextManager[Any]:
         """A connection whose work commits when the block ends and rolls back on error (`postgres.transaction`)."""
-        return transaction(self.effective_url)
+        return transaction(self.url)
 
     def migrate(self) -> None:
         with self.connect() as conn:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 from dagster_pyspark import LazyPySparkResource
 from dagster_pyspark.resources import spark_session_from_config
@@ -66,40 +65,47 @@ def build_spark_session(settings: Settings | None = None, app_name: str = "anten
     """The active session if there is one, else a new one with the product's configuration, built the
     way dagster-pyspark builds its resources' sessions."""
     settings = settings or Settings.from_env()
+    use_this_python()
+    session = spark_session_from_config(spark_conf(settings, app_name, extra))
+    quiet(session, settings.spark_log_level)
+    return session
+
+
+def use_this_python() -> None:
     # Spark starts its Python workers (Arrow, UDFs) with `python3` from PATH otherwise, which in a
     # Dagster run or a test process need not be this virtualenv's interpreter with its packages.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    session = spark_session_from_config(spark_conf(settings, app_name, extra))
-    session.sparkContext.setLogLevel(settings.spark_log_level)
+
+
+def quiet(session, log_level: str) -> None:
+    """Spark's log level, and no warning at every micro-batch that outlasts its trigger."""
+    session.sparkContext.setLogLevel(log_level)
     # The speed layer's default trigger (500 ms) is shorter than a loaded micro-batch on purpose: the next
     # batch starts when one ends. Spark would warn that the batch "is falling behind" at every batch; the
     # stream's progress reports say how far behind Kafka it is instead.
     log4j = session.sparkContext._jvm.org.apache.logging.log4j
     log4j.core.config.Configurator.setLevel(TRIGGER_EXECUTOR_LOGGER, log4j.Level.ERROR)
-    return session
 
 
 class SparkResource(LazyPySparkResource):
-    """dagster-pyspark's lazy Spark session with the product's configuration (`spark_conf`: the Kafka
-    and, for a gs:// lake, GCS connectors, UTC time); `spark_config` overrides single keys, e.g.
-    {"spark.master": "spark://host:7077"} instead of ANTENNA_SPARK_MASTER."""
+    """dagster-pyspark's lazy Spark session, configured for its lake: `spark_config` is the whole
+    configuration the session starts with (`spark_conf`: the Kafka and, for a gs:// lake, GCS
+    connectors, UTC time), given in Definitions so the Resources page shows it."""
 
-    spark_config: dict[str, Any] = Field(default_factory=dict,
-                                         description="Spark configuration over the product's; empty: the product's")
+    lake: LakeResource
+    log_level: str = Field(description="Spark's log level (ANTENNA_SPARK_LOG_LEVEL)")
 
-    def session_for(self, lake: LakeResource):
-        """The session, able to read and write `lake`: a gs:// lake named only in the resource's config
-        still gets the connector jar (new session) and its endpoint, project and credentials."""
-        # Not the parent's `spark_session` alone: its configuration is fixed with the resource, while
-        # ours depends on the lake, a resource of its own (the GCS jar must be there at session start).
-        self._start(lake.settings())
-        lake.configure_session(self._spark_session)
-        return self._spark_session
+    @classmethod
+    def for_lake(cls, lake: LakeResource, extra: dict[str, str] | None = None) -> "SparkResource":
+        """The product's configuration (ANTENNA_SPARK_*) for `lake`, with `extra` keys over it."""
+        settings = lake.settings()
+        return cls(lake=lake, spark_config=spark_conf(settings, extra=extra), log_level=settings.spark_log_level)
 
-    def _init_session(self) -> None:
-        # LazyPySparkResource's hook behind `spark_session` and `spark_context`: the environment's lake.
-        self._start(Settings.from_env())
-
-    def _start(self, settings: Settings) -> None:
-        if self._spark_session is None:
-            self._spark_session = build_spark_session(settings, extra=self.spark_config)
+    def session(self):
+        """The session, able to read and write the lake: created from `spark_config` on first use, and
+        pointed at the lake's endpoint, project and credentials (it may predate this resource)."""
+        use_this_python()
+        session = self.spark_session
+        quiet(session, self.log_level)
+        self.lake.configure_session(session)
+        return session

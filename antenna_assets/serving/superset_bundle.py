@@ -13,16 +13,12 @@ import io
 import json
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 import requests
 import yaml
 
 from antenna_assets.errors import StackError
-
-if TYPE_CHECKING:
-    from antenna_assets.stack.superset import Superset
 
 ASSETS = Path(__file__).resolve().parent / "superset_assets"
 DATABASE_FILE = "databases/antenna_serving.yaml"
@@ -99,17 +95,3 @@ def _import_error(response) -> str:
         parts.append("; ".join(f"{name}: {detail}" for name, detail in extra.items()) or error.get("message", ""))
     return f"HTTP {response.status_code}: {' | '.join(parts)}"
 
-
-def import_bundle(superset: "Superset") -> None:
-    """Grant the reader, then import the repository's dashboards into the running Superset."""
-    from antenna_assets.serving.schema import migrate
-    from antenna_assets.serving.roles import ensure_reader_role
-    from antenna_assets.postgres import transaction
-    from antenna_assets.stack.superset import ADMIN
-
-    settings = superset.settings
-    with transaction(settings.postgres_admin_url) as conn:
-        migrate(conn)  # the views the reader is granted must exist
-    reader_url = ensure_reader_role(settings, private_databases=(settings.dagster_db, settings.superset_db))
-    client = SupersetClient(superset.url, ADMIN, superset.admin_password())
-    client.import_assets(bundle_zip(load_assets(), reader_url), {DATABASE_FILE: unquote(urlparse(reader_url).password)})

@@ -63,12 +63,12 @@ def _stream(args: argparse.Namespace) -> int:
         print(f"antenna stream: error: {where}{first['msg']}", file=sys.stderr)
         return 2
     settings = Settings.from_env()
-    lake = LakeResource()
+    lake = LakeResource.from_settings(settings)
     lake.validate()  # a missing bucket or credentials fail here, before any Spark work
-    postgres = PostgresResource()
+    postgres = PostgresResource(url=settings.postgres_url)
     postgres.migrate()
     layer = SpeedLayer(build_spark_session(settings, app_name="antenna_stream"), config,
-                       speed_layer_targets(settings, lake, postgres.effective_url, config))
+                       speed_layer_targets(settings, lake, postgres.url, config))
     print(f"streaming {settings.topic} from {settings.kafka_bootstrap} into {lake.landing_path} "
           f"(checkpoint {lake.checkpoint_path(config.query_name)})", flush=True)
 

@@ -1,4 +1,4 @@
-"""`dagster dev` (webserver + daemon, so the sensors run) in the background, for the demo."""
+"""`dg dev` (webserver + daemon, so the sensors run) in the background, for the demo."""
 
 from __future__ import annotations
 
@@ -38,11 +38,14 @@ class DagsterUI(PidFileService):
         if automation:
             # Sensors default to running: the stream is kept alive and closed hours are computed.
             env.update(ANTENNA_AUTOSTART_STREAMING="1", ANTENNA_AUTOMATION="1")
-        dagster = str(Path(sys.executable).with_name("dagster"))
+        # dg finds the project (pyproject.toml's [tool.dg]) from its folder and warns unless this
+        # virtualenv is the active one.
+        env["VIRTUAL_ENV"] = sys.prefix
+        dg = str(Path(sys.executable).with_name("dg"))
         with open(self.log_file, "ab") as log:
-            process = subprocess.Popen([dagster, "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1",
-                                        "-p", str(self.port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen([dg, "dev", "--host", "127.0.0.1", "--port", str(self.port)], cwd=REPO, env=env,
+                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
         self.pid_file.write_text(str(process.pid))
         if not wait_until(lambda: port_open(self.port), 120, interval=0.5, abort=lambda: process.poll() is not None):
             stop_pid(process.pid)

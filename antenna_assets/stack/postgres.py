@@ -172,7 +172,7 @@ class EmbeddedPostgres:
     def _ensure_databases(self) -> None:
         """The databases, the serving schema and, on the embedded server, the roles and their grants."""
         from antenna_assets.serving.roles import grant_writer
-        from antenna_assets.serving.schema import migrate
+        from antenna_assets.serving.migration import migrate
 
         admin = self.settings.postgres_admin_url
         ensure_database(self._server_url, urlparse(self.settings.postgres_url).path.lstrip("/") or "postgres")

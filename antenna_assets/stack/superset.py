@@ -14,11 +14,14 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
-from antenna_assets.serving.superset_bundle import DASHBOARD_SLUG, import_bundle
+from antenna_assets.serving.migration import migrate
+from antenna_assets.serving.roles import ensure_reader_role
+from antenna_assets.serving.superset_bundle import DASHBOARD_SLUG, DATABASE_FILE, SupersetClient, bundle_zip, load_assets
 from antenna_assets.settings import Settings, child_environment
 from antenna_assets.errors import StackError
-from antenna_assets.postgres import ensure_database, ensure_owned_database, redacted
+from antenna_assets.postgres import ensure_database, ensure_owned_database, redacted, transaction
 from antenna_assets.stack.process import ServerProcess, port_open, tail
 from antenna_assets.stack.postgres import SUPERSET_ROLE
 from antenna_assets.stack.secrets import secrets_dir, stack_secret, write_private_file
@@ -160,7 +163,7 @@ class Superset(ServerProcess):
 
     def up(self) -> str:
         if self.pid() is not None and self.healthy():
-            import_bundle(self)
+            self.import_dashboards()
             return f"superset already running (pid {self.pid()}) at {self.url}"
         if port_open(self.port):
             raise StackError(f"port {self.port} (Superset) is already in use by another process: stop it, or choose "
@@ -180,7 +183,7 @@ class Superset(ServerProcess):
         self.pid_file.write_text(str(process.pid))
         self._await_healthy(process, 180, interval=1.0)
         try:
-            import_bundle(self)
+            self.import_dashboards()
         except StackError:
             self.down()
             raise
@@ -190,6 +193,16 @@ class Superset(ServerProcess):
             message += (f"\nsuperset admin password generated into {self.password_file} (mode 0600; "
                         "or `antenna stack env --show-secrets`)")
         return message
+
+    def import_dashboards(self) -> None:
+        """Grant the reader, then import the repository's dashboards (serving/superset_assets) into this
+        running Superset."""
+        settings = self.settings
+        with transaction(settings.postgres_admin_url) as conn:
+            migrate(conn)  # the views the reader is granted must exist
+        reader_url = ensure_reader_role(settings, private_databases=(settings.dagster_db, settings.superset_db))
+        client = SupersetClient(self.url, ADMIN, self.admin_password())
+        client.import_assets(bundle_zip(load_assets(), reader_url), {DATABASE_FILE: unquote(urlparse(reader_url).password)})
 
     @property
     def dashboard_url(self) -> str:

@@ -46,7 +46,7 @@ def _as_admin(change):
     one-line error."""
     from antenna_assets.postgres import transaction
     from antenna_assets.serving.operators.auth import OperatorError
-    from antenna_assets.serving.schema import migrate
+    from antenna_assets.serving.migration import migrate
     from antenna_assets.settings import Settings
 
     try:

@@ -45,7 +45,7 @@ def prepare_database(settings: Settings, serving_url: str | None = None) -> None
     """As the product's user: migrate, create (or re-password) the page's role and grant it its
     privileges. Idempotent; run before the page starts."""
     from antenna_assets.postgres import ensure_login_role, transaction
-    from antenna_assets.serving.schema import migrate
+    from antenna_assets.serving.migration import migrate
     from antenna_assets.stack.secrets import stack_secret
 
     with transaction(serving_url or settings.postgres_admin_url) as conn:

@@ -108,7 +108,7 @@ SERVING_RELATIONS = ("serving_user_1h",)
 
 
 def migrate_operators(cur) -> None:
-    """Part of `antenna_assets.serving.schema.migrate` (same transaction, same lock)."""
+    """Part of `antenna_assets.serving.migration.migrate` (same transaction, same lock)."""
     for statement in DDL:
         cur.execute(statement)
 
