@@ -1,5 +1,5 @@
-"""Sensors: keep exactly one speed-layer run alive; run each closed hour's batch, again when it failed
-(with back-off) or when data landed for it after its run."""
+"""Sensors: keep exactly one speed-layer run alive (and fail a started one whose heartbeat stopped); run each
+closed hour's batch, again when it failed (with back-off) or when data landed for it after its run."""
 
 import time
 from datetime import datetime, timedelta
@@ -13,11 +13,14 @@ from antenna_assets.partitions import hourly_partitions
 from antenna_assets.resources import PostgresResource
 from antenna_assets.kafka_client import KafkaUnavailable, librdkafka_config, topic_names
 from antenna_assets.settings import Settings, SettingsError
+from antenna_assets.speed.heartbeat import declare_dead, last_beat
 from antenna_assets.hours import utc_now
 
 # Runs that count as "alive": the coordinator's queue as well as the in-progress statuses.
 ALIVE_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                   dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+# A streaming run in these has a process that writes its heartbeat (speed/heartbeat.py).
+BEATING_STATUSES = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED)
 PARTITION_TAG = "dagster/partition"  # set by Dagster on every partitioned run
 
 
@@ -51,9 +54,41 @@ def _failures_in_a_row(records) -> int:
     return failures
 
 
-def speed_layer_decision(instance: dg.DagsterInstance, settings: Settings, now: float) -> dg.RunRequest | dg.SkipReason:
-    """Launch the streaming job unless a run of it is alive, the topic is missing, or it failed recently."""
-    alive = instance.get_run_records(dg.RunsFilter(job_name=speed_layer_job.name, statuses=ALIVE_STATUSES), limit=1)
+def _why_dead(conn, record: dg.RunRecord, settings: Settings, now: float) -> str | None:
+    """Why a streaming run Dagster lists as starting or started is taken for dead (one line), or None."""
+    run, limit = record.dagster_run, settings.stream_heartbeat_limit_seconds
+    if run.status not in BEATING_STATUSES:
+        return None
+    setting = f"limit {limit:g} s, ANTENNA_STREAM_HEARTBEAT_LIMIT_SECONDS"
+    beat = last_beat(conn, run.run_id)
+    if beat is None:
+        # Never beat: counted from when it became STARTING or STARTED, not from its time in the queue.
+        silent = now - (record.start_time or record.update_timestamp.timestamp())
+        if silent <= limit:
+            return None
+        return (f"speed_layer_sensor: streaming run {run.run_id} has written no heartbeat in the {silent:.0f} s since "
+                f"it was {run.status.value} ({setting}): its process is gone; marked failed")
+    age, pid, host = beat
+    if age <= limit:
+        return None
+    return (f"speed_layer_sensor: streaming run {run.run_id} last wrote its heartbeat {age:.0f} s ago, pid {pid} on "
+            f"{host} ({setting}): its process is gone (a host restart?); marked failed")
+
+
+def speed_layer_decision(instance: dg.DagsterInstance, conn, settings: Settings,
+                         now: float) -> dg.RunRequest | dg.SkipReason:
+    """Launch the streaming job unless a run of it is alive, the topic is missing, or it failed recently.
+    A starting or started run whose heartbeat is older than the limit is marked failed first: nothing
+    else would (its process and the code server that launched it died together, e.g. a host restart)."""
+    alive = []
+    for record in instance.get_run_records(dg.RunsFilter(job_name=speed_layer_job.name, statuses=ALIVE_STATUSES)):
+        reason = _why_dead(conn, record, settings, now)
+        if reason is None:
+            alive.append(record)
+            continue
+        declare_dead(conn, record.dagster_run.run_id)
+        conn.commit()  # declared before Dagster is told: were the run alive, it stops at its next beat
+        instance.report_run_failed(record.dagster_run, reason)
     if alive:
         return dg.SkipReason(f"speed layer run {alive[0].dagster_run.run_id} is {alive[0].dagster_run.status.value}")
     no_topic = _why_no_topic(settings)
@@ -74,12 +109,14 @@ def speed_layer_decision(instance: dg.DagsterInstance, settings: Settings, now: 
     job=speed_layer_job,
     minimum_interval_seconds=30,
     default_status=_default_status(Settings.from_env().autostart_streaming),
-    description="Keeps one speed-layer run alive: launches it when none is queued or running, backs off after failures.",
+    description="Keeps one speed-layer run alive: launches it when none is queued or running, backs off after "
+                "failures; fails a started run whose heartbeat stopped.",
 )
-def speed_layer_sensor(context: dg.SensorEvaluationContext):
+def speed_layer_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
     """A sensor, not an automation condition: Declarative Automation launches runs that bring assets up to
     date; it cannot keep one never-ending run alive, fail a run whose heartbeat stopped, or back off."""
-    return speed_layer_decision(context.instance, Settings.from_env(), time.time())
+    with postgres.connect() as conn:
+        return speed_layer_decision(context.instance, conn, Settings.from_env(), time.time())
 
 
 def hourly_batch_decision(instance: dg.DagsterInstance, conn, settings: Settings, now: datetime, epoch_now: float):

@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     batch_lookback_hours: int = Field(default=48, ge=1)
     stream_backoff_seconds: float = 30.0
     stream_backoff_max_seconds: float = 900.0
+    # The streaming run's heartbeat (speed/heartbeat.py): how often it beats, and how old its last beat may
+    # be before the streaming sensor marks the run failed (its process and code server died, e.g. a host
+    # restart) and launches another. Minutes: a stalled JVM or a short PostgreSQL outage must not end a live run.
+    stream_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    stream_heartbeat_limit_seconds: float = Field(default=180.0, gt=0)
     batch_backoff_seconds: float = 60.0
     batch_backoff_max_seconds: float = 3600.0
     # The hourly tables' freshness policy: a closed hour's batch is due this long after the hour closes
@@ -150,6 +155,9 @@ class Settings(BaseSettings):
         if parsed.scheme not in ("postgresql", "postgres") or not parsed.hostname:
             raise ValueError(f"{ENV_PREFIX}POSTGRES_URL must look like postgresql://user:password@host:port/db, "
                              f"got {redacted(self.postgres_url)!r}")
+        if self.stream_heartbeat_limit_seconds < 2 * self.stream_heartbeat_seconds:
+            raise ValueError(f"{ENV_PREFIX}STREAM_HEARTBEAT_LIMIT_SECONDS={self.stream_heartbeat_limit_seconds:g} "
+                             f"must be at least twice {ENV_PREFIX}STREAM_HEARTBEAT_SECONDS={self.stream_heartbeat_seconds:g}")
         if not (self.spark_master.startswith(("local", "spark://", "k8s://")) or self.spark_master == "yarn"):
             raise ValueError(f"{ENV_PREFIX}SPARK_MASTER={self.spark_master!r}: expected local[*], spark://host:port, "
                              "yarn or k8s://")

@@ -55,6 +55,8 @@ FAULT_BUCKET = "antenna-faults"
 RATE = 300  # events per second
 EVENTS = 4500  # 15 s of traffic per test
 RECOVERY_TIMEOUT = 300  # seconds for the pipeline to catch up after a fault
+# The streaming run's heartbeat, quicker than the defaults (10 s, 180 s) so a dead run is failed within the test.
+HEARTBEAT_SECONDS, HEARTBEAT_LIMIT_SECONDS = 2, 20
 SPEED_TABLES = ((BYTES_AGG_ANTENNA, "antenna"), (BYTES_AGG_USER, "user"), (BYTES_AGG_APP, "app"))
 HOURLY_TABLES = ((BYTES_AGG_ANTENNA_1H, "antenna"), (BYTES_AGG_APP_1H, "app"))
 EMAIL = {u.id: u.email for u in PROVISIONED_USERS}
@@ -129,7 +131,9 @@ class Pipeline:
         ensure_owned_database(stack.settings.postgres_admin_url, dagster_db, DAGSTER_ROLE)
         self.env = {**stack.env, "ANTENNA_TOPIC": f"devices-{name}", "ANTENNA_POSTGRES_URL": serving_url,
                     "ANTENNA_LAKE_ROOT": lake.effective_root, "DAGSTER_PG_DB": dagster_db,
-                    "ANTENNA_AUTOSTART_STREAMING": "1", "ANTENNA_STREAM_BACKOFF_SECONDS": "1"}
+                    "ANTENNA_AUTOSTART_STREAMING": "1", "ANTENNA_STREAM_BACKOFF_SECONDS": "1",
+                    "ANTENNA_STREAM_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
+                    "ANTENNA_STREAM_HEARTBEAT_LIMIT_SECONDS": str(HEARTBEAT_LIMIT_SECONDS)}
         ensure_topic(stack.settings.replace(topic=self.topic))
         with environment(self.env):
             self.instance = dg.DagsterInstance.from_config(self.env["DAGSTER_HOME"])
@@ -422,6 +426,41 @@ def test_streaming_run_process_killed_is_marked_failed_and_relaunched(pipeline, 
     # Marked by the code server that launched it: the default run launcher gives run monitoring no
     # way to check a run's process.
     assert any("terminated" in (entry.message or "") for entry in pipeline.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT))
+    relaunched = assert_exact_and_recovered(spark, pipeline, traffic)
+    assert relaunched.run_id != run.run_id
+    assert len(pipeline.alive_streaming_runs()) == 1
+
+
+def test_run_killed_with_its_code_server_is_failed_by_its_heartbeat_and_relaunched(pipeline, spark):
+    """A host restart as the streaming run meets it: the run's whole process group killed at once, which
+    is the daemon's (the daemon, its code server, the run and its Spark JVM). Nothing is left to tell
+    Dagster, so the run stays STARTED; the restarted daemon's sensor finds its heartbeat older than the
+    limit, marks it failed with the reason, and launches a new run, which applies the traffic exactly once."""
+    traffic = start_traffic(pipeline)
+    run = pipeline.wait_for_streaming_run()  # the run applying the traffic
+    [(pid, beat_age)] = query(pipeline.serving_url, "SELECT pid, extract(epoch FROM (now() AT TIME ZONE 'UTC') "
+                                                    "- beat_at) FROM streaming_heartbeats WHERE run_id = %s",
+                              (run.run_id,))
+    assert beat_age < HEARTBEAT_LIMIT_SECONDS
+    process = pipeline.run_process(run)
+    assert pid in {process.pid, *(child.pid for child in process.children(recursive=True))}
+    group = os.getpgid(pid)
+    daemon = pipeline.daemons[-1]
+    assert group == daemon.pid != os.getpgrp()
+    os.killpg(group, signal.SIGKILL)
+    killed = time.time()
+    daemon.wait(10)
+    assert wait_until(lambda: not _group_members(group), 30), _group_members(group)
+    time.sleep(HEARTBEAT_SECONDS)
+    assert pipeline.instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED  # nobody told Dagster
+
+    pipeline.start_daemon()
+    assert wait_until(lambda: pipeline.instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE,
+                      HEARTBEAT_LIMIT_SECONDS + 120, interval=1), pipeline.describe()
+    [failure] = pipeline.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    reason = failure.dagster_event.message
+    assert "\n" not in reason and "last wrote its heartbeat" in reason and f"pid {pid}" in reason, reason
+    assert failure.timestamp - killed >= HEARTBEAT_LIMIT_SECONDS - HEARTBEAT_SECONDS  # not before its beats stopped
     relaunched = assert_exact_and_recovered(spark, pipeline, traffic)
     assert relaunched.run_id != run.run_id
     assert len(pipeline.alive_streaming_runs()) == 1

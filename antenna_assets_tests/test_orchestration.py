@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from antenna_assets.assets.speed import speed_layer
 from antenna_assets.jobs import STREAMING_TAG, speed_layer_job
@@ -23,7 +24,8 @@ from antenna_assets.hours import hour_closes_at
 from antenna_assets.sensors import hourly_batch_sensor, speed_layer_decision, speed_layer_sensor
 from antenna_assets.sources.simulator import SimulatorConfig, run_simulation
 from antenna_assets.sources.users import PROVISIONED_USERS
-from antenna_assets_tests.truth import expected, query
+from antenna_assets.speed.heartbeat import Heartbeat, RunDeclaredDead
+from antenna_assets_tests.truth import execute, expected, query
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,15 +34,17 @@ def _add_run(instance, status: dg.DagsterRunStatus) -> dg.DagsterRun:
     return instance.add_run(dg.DagsterRun(job_name="speed_layer_job", run_id=str(uuid.uuid4()), status=status))
 
 
-def test_sensor_launches_one_run_and_never_a_second(settings, topic):
+def test_sensor_launches_one_run_and_never_a_second(settings, topic, postgres):
     instance = dg.DagsterInstance.ephemeral()
     on_topic = settings.replace(topic=topic)
     now = time.time()
-    assert isinstance(speed_layer_decision(instance, on_topic, now), dg.RunRequest)
+    with postgres.connect() as conn:
+        assert isinstance(speed_layer_decision(instance, conn, on_topic, now), dg.RunRequest)
     # Through the real sensor, as the daemon calls it.
     os.environ["ANTENNA_TOPIC"] = topic
     try:
-        [request] = speed_layer_sensor.evaluate_tick(dg.build_sensor_context(instance=instance)).run_requests
+        context = dg.build_sensor_context(instance=instance, resources={"postgres": postgres})
+        [request] = speed_layer_sensor.evaluate_tick(context).run_requests
     finally:
         del os.environ["ANTENNA_TOPIC"]
     assert request.run_key is None and request.tags["antenna/streaming"] == "speed_layer"
@@ -48,15 +52,17 @@ def test_sensor_launches_one_run_and_never_a_second(settings, topic):
     for alive in (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
                   dg.DagsterRunStatus.CANCELING):
         run = _add_run(instance, alive)
-        decision = speed_layer_decision(instance, on_topic, now)
+        with postgres.connect() as conn:
+            decision = speed_layer_decision(instance, conn, on_topic, now)
         assert isinstance(decision, dg.SkipReason) and run.run_id in decision.skip_message
         instance.delete_run(run.run_id)
 
-    missing = speed_layer_decision(instance, settings.replace(topic="no-such-topic"), now)
+    with postgres.connect() as conn:
+        missing = speed_layer_decision(instance, conn, settings.replace(topic="no-such-topic"), now)
     assert isinstance(missing, dg.SkipReason) and "not found" in missing.skip_message
 
 
-def test_sensor_backs_off_after_failures(settings, topic):
+def test_sensor_backs_off_after_failures(settings, topic, postgres):
     instance = dg.DagsterInstance.ephemeral()
     on_topic = settings.replace(topic=topic)
     for _ in range(2):
@@ -64,9 +70,71 @@ def test_sensor_backs_off_after_failures(settings, topic):
         instance.report_run_failed(run)
     ended = instance.get_run_record_by_id(run.run_id).end_time
     assert ended is not None
-    soon = speed_layer_decision(instance, on_topic, ended + 1)
-    assert isinstance(soon, dg.SkipReason) and "2 time(s) in a row" in soon.skip_message
-    assert isinstance(speed_layer_decision(instance, on_topic, ended + 3600), dg.RunRequest)
+    with postgres.connect() as conn:
+        soon = speed_layer_decision(instance, conn, on_topic, ended + 1)
+        assert isinstance(soon, dg.SkipReason) and "2 time(s) in a row" in soon.skip_message
+        assert isinstance(speed_layer_decision(instance, conn, on_topic, ended + 3600), dg.RunRequest)
+
+
+def _failure_message(instance, run_id: str) -> str:
+    [failure] = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    return failure.dagster_event.message
+
+
+def test_sensor_fails_a_started_run_whose_heartbeat_stopped_then_relaunches_after_the_back_off(settings, topic,
+                                                                                               serving_db):
+    """On a real instance and database: a live heartbeat keeps the run; one older than the limit (the
+    run's process gone with its code server) fails it with the reason in its events, declares it dead
+    (were it alive after all, its next beat stops it), and the stream is relaunched after the back-off."""
+    instance = dg.DagsterInstance.ephemeral()
+    on_topic = settings.replace(topic=topic)
+    limit = on_topic.stream_heartbeat_limit_seconds
+
+    def decide(now: float):
+        with PostgresResource(url=serving_db).connect() as conn:
+            return speed_layer_decision(instance, conn, on_topic, now)
+
+    waiting = _add_run(instance, dg.DagsterRunStatus.NOT_STARTED)  # no process yet: never taken for dead
+    assert isinstance(decide(time.time() + 10 * limit), dg.SkipReason)
+    assert instance.get_run_by_id(waiting.run_id).status == dg.DagsterRunStatus.NOT_STARTED
+    instance.delete_run(waiting.run_id)
+
+    run = _add_run(instance, dg.DagsterRunStatus.STARTED)
+    heartbeat = Heartbeat(serving_db, run.run_id, topic, on_topic.stream_heartbeat_seconds)
+    heartbeat.beat()
+    alive = decide(time.time() + 10 * limit)  # the beat's age on the database's clock counts, not the sensor's
+    assert isinstance(alive, dg.SkipReason) and run.run_id in alive.skip_message
+
+    execute(serving_db, "UPDATE streaming_heartbeats SET beat_at = beat_at - make_interval(secs => %s) "
+                        "WHERE run_id = %s", (limit + 5, run.run_id))
+    now = time.time()
+    after_failure = decide(now)
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+    reason = _failure_message(instance, run.run_id)
+    assert "\n" not in reason and run.run_id in reason and "last wrote its heartbeat" in reason, reason
+    assert isinstance(after_failure, dg.SkipReason) and "1 time(s) in a row" in after_failure.skip_message
+    assert isinstance(decide(now + on_topic.stream_backoff_seconds + 1), dg.RunRequest)
+    with pytest.raises(RunDeclaredDead, match=run.run_id):
+        heartbeat.beat()
+    heartbeat.close()
+
+
+def test_sensor_fails_a_started_run_that_never_wrote_a_heartbeat(settings, topic, serving_db):
+    instance = dg.DagsterInstance.ephemeral()
+    on_topic = settings.replace(topic=topic, stream_backoff_seconds=0)
+    run = _add_run(instance, dg.DagsterRunStatus.STARTED)
+    since = instance.get_run_record_by_id(run.run_id).update_timestamp.timestamp()
+    with PostgresResource(url=serving_db).connect() as conn:
+        young = speed_layer_decision(instance, conn, on_topic, since + on_topic.stream_heartbeat_limit_seconds - 1)
+        assert isinstance(young, dg.SkipReason) and run.run_id in young.skip_message
+        old = speed_layer_decision(instance, conn, on_topic, since + on_topic.stream_heartbeat_limit_seconds + 1)
+    assert isinstance(old, dg.RunRequest)
+    assert "has written no heartbeat" in _failure_message(instance, run.run_id)
+    # Its process, should it start beating now, stops at once.
+    late = Heartbeat(serving_db, run.run_id, topic, on_topic.stream_heartbeat_seconds)
+    with pytest.raises(RunDeclaredDead):
+        late.beat()
+    late.close()
 
 
 def test_instance_queues_a_second_streaming_run_behind_a_live_one(settings, tmp_path):

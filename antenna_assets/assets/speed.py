@@ -6,6 +6,7 @@ from antenna_assets.jobs import STREAMING_TAG
 from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
 from antenna_assets.settings import Settings
 from antenna_assets.speed.config import SpeedLayerConfig
+from antenna_assets.speed.heartbeat import Heartbeat, RunDeclaredDead
 from antenna_assets.speed.runtime import progress_summary, speed_layer_targets
 from antenna_assets.speed.layer import MicroBatchFailed, SpeedLayer, StreamFailed, run_until_stopped
 
@@ -39,16 +40,18 @@ def speed_layer(context: dg.AssetExecutionContext, config: SpeedLayerConfig, spa
     lake.validate()  # a missing bucket or credentials fail here, before any Spark work
     postgres.migrate()
     settings = Settings.from_env()
-    layer = SpeedLayer(spark.session(), config,
-                       speed_layer_targets(settings, lake, postgres.url, config))
 
     def report(query, layer: SpeedLayer) -> None:
         summary = {k: v for k, v in progress_summary(query, layer).items() if v is not None}
         context.log.info(f"speed layer progress: {summary}")
         context.log_event(dg.AssetObservation(asset_key="devices_landing", metadata=summary))
 
+    heartbeat = Heartbeat(postgres.url, context.run_id, config.query_name, settings.stream_heartbeat_seconds)
     try:
-        query = run_until_stopped(layer, on_progress=report)
+        heartbeat.beat()  # before Spark starts: the sensor sees the run alive from its first seconds
+        layer = SpeedLayer(spark.session(), config,
+                           speed_layer_targets(settings, lake, postgres.url, config))
+        query = run_until_stopped(layer, on_progress=report, heartbeat=heartbeat)
     except MicroBatchFailed as exc:
         # Seen on the asset's page as well as on the failed run; the sensor relaunches with back-off.
         context.log_event(dg.AssetObservation(asset_key="devices_landing", metadata={
@@ -56,6 +59,10 @@ def speed_layer(context: dg.AssetExecutionContext, config: SpeedLayerConfig, spa
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     except StreamFailed as exc:  # e.g. Kafka refused the credentials: one line, Spark's trace is in the run's stderr
         raise dg.Failure(description=str(exc), allow_retries=False) from None
+    except RunDeclaredDead as exc:  # already marked failed by the sensor; stopped so only its successor streams
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    finally:
+        heartbeat.close()
     summary = {k: v for k, v in progress_summary(query, layer).items() if v is not None}
     for spec in SPEED_LAYER_SPECS:
         yield dg.MaterializeResult(asset_key=spec.key, metadata=summary)

@@ -23,8 +23,8 @@ READER_ROLE = "antenna_reader"
 READABLE = (*(t.name for t in (*STREAMING_TABLES, *BATCH_TABLES, USERS_OVER_QUOTA_1H)), *SERVING_VIEWS)
 
 # What the pipeline writes, table by table: provisioning (sources/user_metadata.py), the speed layer's
-# upserts and ledger (serving/writes.py, speed/ledger.py), the batch layer's delete-then-insert of
-# its hours (serving/writes.py, views.py mark_batch_hours, batch/bookkeeping.py).
+# upserts, ledger and heartbeats (serving/writes.py, speed/ledger.py, speed/heartbeat.py), the batch
+# layer's delete-then-insert of its hours (serving/writes.py, views.py mark_batch_hours, batch/bookkeeping.py).
 WRITER_PRIVILEGES = {
     "user_metadata": "SELECT, INSERT",
     "provisionings": "SELECT, INSERT",
@@ -35,6 +35,7 @@ WRITER_PRIVILEGES = {
     "streaming_batches": "SELECT, INSERT, UPDATE",
     "streaming_offsets": "SELECT, INSERT, UPDATE",
     "streaming_failures": "SELECT, INSERT",
+    "streaming_heartbeats": "SELECT, INSERT, UPDATE",  # the streaming run's beats, the sensor's declarations
     "landing_hours": "SELECT, INSERT, UPDATE",
     "compacted_hours": "SELECT, INSERT, UPDATE",
     "dead_letter": "SELECT, INSERT",

@@ -158,6 +158,18 @@ COMPACTED_HOURS = Table("compacted_hours", (
     Column("landed_through", "TIMESTAMP"),
     Column("compacted_at", f"TIMESTAMP NOT NULL {_UTC_NOW}"),
 ), ("hour",))
+# The streaming runs' heartbeats (speed/heartbeat.py), on the server's clock. The streaming sensor marks a
+# started run whose last beat is older than its limit as failed and sets declared_dead_at: that run, were
+# it alive after all, stops at its next beat. query, pid, host and beat_at stay NULL for a run declared
+# dead before it ever beat.
+STREAMING_HEARTBEATS = Table("streaming_heartbeats", (
+    Column("run_id", "TEXT NOT NULL"),
+    Column("query", "TEXT"),
+    Column("pid", "INT"),
+    Column("host", "TEXT"),
+    Column("beat_at", "TIMESTAMP"),
+    Column("declared_dead_at", "TIMESTAMP"),
+), ("run_id",))
 # Records that failed validation, byte for byte as received (value and key), with a readable
 # preview, the reason and where they came from; the key makes replays idempotent. The value's length
 # and SHA-256 (hex) prove a copy is the record; a record larger than the speed layer's inline limit
@@ -196,6 +208,7 @@ DDL = [
             INSERT INTO provisionings (name) SELECT '{CONTRACT_USERS}' WHERE EXISTS (SELECT 1 FROM user_metadata);
         END IF;
     END $$""",
+    STREAMING_HEARTBEATS.ddl(),
     # Ledgers from before landed_at: their batches were written to the lake before being applied.
     """DO $$ BEGIN
         IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()

@@ -42,6 +42,7 @@ from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTE
 from antenna_assets.sources.user_metadata import read_live
 from antenna_assets.postgres import KeptConnection
 from antenna_assets.speed.config import SpeedLayerConfig, parse_duration
+from antenna_assets.speed.heartbeat import Heartbeat
 from antenna_assets.speed.dead_letters import BatchDeadLetters, as_cached, batch_dead_letters
 from antenna_assets.hours import epoch_seconds, utc_from_epoch_seconds
 from antenna_assets.transforms.aggregates import MESSAGES
@@ -425,10 +426,12 @@ def kafka_lag(query: StreamingQuery) -> int | None:
 
 
 def run_until_stopped(layer: SpeedLayer, on_progress: Callable[[StreamingQuery, SpeedLayer], None] | None = None,
-                      should_stop: Callable[[], bool] | None = None, poll_seconds: float = 1.0) -> StreamingQuery:
+                      should_stop: Callable[[], bool] | None = None, poll_seconds: float = 1.0,
+                      heartbeat: Heartbeat | None = None) -> StreamingQuery:
     """Start the query and wait for it: until the topic is drained (available_now), `should_stop()`,
     an interrupt, or an error, which is raised. `on_progress` is called every
-    `progress_interval_seconds` and once at the end."""
+    `progress_interval_seconds` and once at the end; `heartbeat` beats from this loop, not from the
+    micro-batches, so a long batch is not taken for a dead run (RunDeclaredDead stops the query)."""
     from pyspark.errors import StreamingQueryException
 
     query = layer.start()
@@ -436,6 +439,8 @@ def run_until_stopped(layer: SpeedLayer, on_progress: Callable[[StreamingQuery, 
     try:
         # Short waits keep a termination request (SIGTERM from Dagster, Ctrl-C) answered within a second.
         while not query.awaitTermination(poll_seconds):
+            if heartbeat is not None:
+                heartbeat.beat_if_due()
             if on_progress is not None and time.monotonic() >= next_report:
                 next_report = time.monotonic() + layer.config.progress_interval_seconds
                 on_progress(query, layer)
