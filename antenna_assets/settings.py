@@ -43,7 +43,10 @@ class Settings(BaseSettings):
     kafka_port: int = 19092
     kafka_controller_port: int = 0  # 0: kafka_port + 1
     kafka_bootstrap: str = ""  # empty: the local broker, 127.0.0.1:kafka_port
-    kafka_heap: str = "1g"
+    kafka_heap: str = ""  # empty: 1g for one node, 384m each for several
+    # KRaft nodes of the local cluster (stack/kafka.py): node i listens on kafka_port + 2i, its controller
+    # on kafka_controller_port + 2i. With 3, every topic has 3 replicas and a write needs 2 (min.insync.replicas).
+    kafka_brokers: int = Field(default=1, ge=1, le=9)
     topic: str = DEVICES_TOPIC
     topic_partitions: int = Field(default=3, ge=1)
     # Kafka security, one set for every client (simulator, sensor, stack, Spark): antenna_assets/kafka.py.
@@ -141,7 +144,9 @@ class Settings(BaseSettings):
         derived["lake_root"] = (self.lake_root or str(derived["stack_dir"] / "lake")).rstrip("/")
         derived["checkpoint_root"] = (self.checkpoint_root or derived["lake_root"] + "/_checkpoints").rstrip("/")
         derived["kafka_controller_port"] = self.kafka_controller_port or self.kafka_port + 1
-        derived["kafka_bootstrap"] = self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+        derived["kafka_bootstrap"] = self.kafka_bootstrap or ",".join(
+            f"127.0.0.1:{self.kafka_port + 2 * node}" for node in range(self.kafka_brokers))
+        derived["kafka_heap"] = self.kafka_heap or ("1g" if self.kafka_brokers == 1 else "384m")
         if self.spark_workers and "spark_master" not in self.model_fields_set:
             derived["spark_master"] = self.spark_cluster_url
         derived["postgres_url"] = self.postgres_url or self.embedded_url(WRITER_ROLE, derived["stack_dir"])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import subprocess
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from antenna_assets.kafka_client import (KafkaUnavailable, admin_client, jaas_config, librdkafka_config, sasl_password,
@@ -34,18 +36,49 @@ logger.apache.level = WARN
 """
 
 
-def _server_properties(settings: Settings, data_dir: Path, password: str) -> str:
-    """The broker's configuration; with kafka_local_sasl its one client listener is SASL_PLAINTEXT
-    (SCRAM-SHA-512), and the broker authenticates to itself as the product's user. The KRaft
+@dataclass(frozen=True)
+class KafkaNode:
+    """One KRaft process of the local cluster (broker and controller in one): its ports and folder."""
+
+    index: int  # 0-based; its node.id is index + 1
+    port: int
+    controller_port: int
+    home: Path
+
+    @property
+    def node_id(self) -> int:
+        return self.index + 1
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def kafka_nodes(settings: Settings) -> list[KafkaNode]:
+    """The local cluster's `kafka_brokers` nodes. One node keeps the stack's historical folder and ports;
+    node i of several listens on kafka_port + 2i (clients) and kafka_controller_port + 2i (controller)."""
+    if settings.kafka_brokers == 1:
+        return [KafkaNode(0, settings.kafka_port, settings.kafka_controller_port, settings.stack_dir / "kafka")]
+    return [KafkaNode(i, settings.kafka_port + 2 * i, settings.kafka_controller_port + 2 * i,
+                      settings.stack_dir / "kafka" / f"node-{i + 1}") for i in range(settings.kafka_brokers)]
+
+
+def _server_properties(settings: Settings, node: KafkaNode, nodes: list[KafkaNode], password: str) -> str:
+    """A node's configuration; with kafka_local_sasl its one client listener is SASL_PLAINTEXT
+    (SCRAM-SHA-512), and the node authenticates to the others as the product's user. The KRaft
     controller listener stays plaintext on loopback: SCRAM cannot protect it in KRaft."""
     host = "127.0.0.1"
     listener = "SASL_PLAINTEXT" if settings.kafka_local_sasl else "PLAINTEXT"
+    controllers = ",".join(f"{host}:{n.controller_port}" for n in nodes)
     lines = [
         "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.voters=1@{host}:{settings.kafka_controller_port}",
-        f"listeners={listener}://{host}:{settings.kafka_port},CONTROLLER://{host}:{settings.kafka_controller_port}",
-        f"advertised.listeners={listener}://{host}:{settings.kafka_port}",
+        f"node.id={node.node_id}",
+        # One node: the static voter set of before (its storage was formatted for it). Several: a dynamic
+        # quorum, formatted with --initial-controllers, found through its bootstrap servers.
+        (f"controller.quorum.voters=1@{host}:{node.controller_port}" if len(nodes) == 1
+         else f"controller.quorum.bootstrap.servers={controllers}"),
+        f"listeners={listener}://{host}:{node.port},CONTROLLER://{host}:{node.controller_port}",
+        f"advertised.listeners={listener}://{host}:{node.port}",
         "controller.listener.names=CONTROLLER",
         f"inter.broker.listener.name={listener}",
         f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{listener}:{listener}",
@@ -58,21 +91,35 @@ def _server_properties(settings: Settings, data_dir: Path, password: str) -> str
             f"sasl.mechanism.inter.broker.protocol={LOCAL_SASL_MECHANISM}",
             f"listener.name.sasl_plaintext.{LOCAL_SASL_MECHANISM.lower()}.sasl.jaas.config={jaas}",
         ]
+    # Every topic (Kafka's internal ones too) on up to three nodes; with three, a write needs two
+    # (acks=all): one node may die and nothing acknowledged is lost.
+    replicas = replication_factor(settings)
     return "\n".join(lines + [
-        f"log.dirs={data_dir}",
+        f"log.dirs={node.home / 'data'}",
         f"num.partitions={settings.topic_partitions}",
         "auto.create.topics.enable=false",
-        "offsets.topic.replication.factor=1",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
+        f"default.replication.factor={replicas}",
+        f"min.insync.replicas={min_insync_replicas(settings)}",
+        f"offsets.topic.replication.factor={replicas}",
+        f"transaction.state.log.replication.factor={replicas}",
+        f"transaction.state.log.min.isr={min_insync_replicas(settings)}",
+        f"share.coordinator.state.topic.replication.factor={replicas}",
+        f"share.coordinator.state.topic.min.isr={min_insync_replicas(settings)}",
         "group.initial.rebalance.delay.ms=0",
         # Room for benchmark preloads without filling the disk of a developer machine.
         "log.retention.bytes=8589934592",
         "message.max.bytes=10485760",
         "",
     ])
+
+
+def replication_factor(settings: Settings) -> int:
+    """Replicas of each topic on the local cluster: every node, at most three."""
+    return min(3, settings.kafka_brokers)
+
+
+def min_insync_replicas(settings: Settings) -> int:
+    return 2 if replication_factor(settings) == 3 else 1
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -88,50 +135,44 @@ def _java_argument(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class KafkaBroker(ServerProcess):
-    name = "kafka"
+class KafkaNodeProcess(ServerProcess):
+    """The JVM of one node."""
+
     stop_grace_seconds = 45
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, node: KafkaNode, clustered: bool):
         self.settings = settings
-        self.home = settings.stack_dir / "kafka"
+        self.node = node
+        self.name = f"kafka node {node.node_id}" if clustered else "kafka"
+        self.home = node.home
         self.data_dir = self.home / "data"
         self.pid_file = self.home / "kafka.pid"
         self.log_file = self.home / "kafka.log"
-        self.address = settings.kafka_bootstrap
+        self.address = node.address
 
     def healthy(self, timeout: float = 3.0) -> bool:
-        if not port_open(self.settings.kafka_port):
+        if not port_open(self.node.port):
             return False
         try:
-            topic_names(librdkafka_config(self.settings), timeout)
+            topic_names({**librdkafka_config(self.settings), "bootstrap.servers": self.node.address}, timeout)
             return True
         except KafkaUnavailable:  # not answering yet
             return False
 
-    def up(self) -> str:
-        if self.pid() is not None:
-            if wait_until(self.healthy, 60):
-                ensure_topic(self.settings)
-                return f"kafka already running (pid {self.pid()}) on {self.address}"
-            raise StackError(f"kafka (pid {self.pid()}) runs but does not answer; see {self.log_file}, "
-                             "or run `antenna stack down` and retry")
-        java = shutil.which("java")
-        if java is None:
-            raise StackError("Java is not installed: the Kafka broker needs a JRE 17+ (apt-get install openjdk-17-jre-headless)")
-        for port in (self.settings.kafka_port, self.settings.kafka_controller_port):
+    def start(self, java: str, classpath: str, nodes: list[KafkaNode], password: str, cluster_id: str,
+              initial_controllers: str | None):
+        """Format the node's storage if new and start its JVM; returns the process (not yet healthy)."""
+        for port in (self.node.port, self.node.controller_port):
             if port_open(port):
                 raise StackError(f"port {port} is already in use by another process: stop it, or choose other ports "
-                                 "with ANTENNA_KAFKA_PORT (the controller uses the next port)")
-        classpath = os.pathsep.join(str(p) for p in jars.kafka_jars(self.settings.jars_dir))
+                                 "with ANTENNA_KAFKA_PORT (each node's controller uses the next port)")
         self.home.mkdir(parents=True, exist_ok=True)
-        password = self._sasl_password()
         config = self.home / "server.properties"
-        _write_private(config, _server_properties(self.settings, self.data_dir, password))
+        _write_private(config, _server_properties(self.settings, self.node, nodes, password))
         log4j = self.home / "log4j2.properties"
         log4j.write_text(_LOG4J2.format(log=self.home / "server.log"))
         if not (self.data_dir / "meta.properties").exists():
-            self._format(java, classpath, config, log4j, password)
+            self._format(java, classpath, config, log4j, password, cluster_id, initial_controllers)
         elif self.settings.kafka_local_sasl and self._sasl_user() != self.settings.kafka_sasl_username:
             raise StackError(f"Kafka's storage in {self.data_dir} was formatted without the SASL user "
                              f"{self.settings.kafka_sasl_username!r}: run `antenna stack down` and delete that folder "
@@ -144,11 +185,7 @@ class KafkaBroker(ServerProcess):
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         self.pid_file.write_text(str(process.pid))
-        self._await_healthy(process, 90, interval=0.5, more_logs=(self.home / "server.log",))
-        ensure_topic(self.settings)
-        return f"kafka started (pid {process.pid}) on {self.address}" + (
-            f" (SASL_PLAINTEXT, {LOCAL_SASL_MECHANISM}, user {self.settings.kafka_sasl_username!r})"
-            if self.settings.kafka_local_sasl else "")
+        return process
 
     @property
     def _sasl_user_file(self) -> Path:
@@ -160,22 +197,15 @@ class KafkaBroker(ServerProcess):
         except OSError:
             return None
 
-    def _sasl_password(self) -> str:
-        """The product user's password with kafka_local_sasl (generated into the stack's secrets on
-        first use, unless the settings name another); empty without."""
-        if not self.settings.kafka_local_sasl:
-            return ""
-        secret = f"kafka-{LOCAL_KAFKA_USER}"
-        if Path(self.settings.kafka_sasl_password_file) == secrets_dir(self.settings) / secret:
-            stack_secret(self.settings, secret)
-        return sasl_password(self.settings)
-
-    def _format(self, java: str, classpath: str, config: Path, log4j: Path, password: str) -> None:
+    def _format(self, java: str, classpath: str, config: Path, log4j: Path, password: str, cluster_id: str,
+                initial_controllers: str | None) -> None:
         """Format the storage; with kafka_local_sasl also create the product user's SCRAM credential,
         which KRaft only accepts at format time. Its arguments go through a java @argfile (mode 0600,
         deleted afterwards), so the password is never on a command line."""
         arguments = ["-cp", classpath, f"-Dlog4j2.configurationFile={log4j}", "kafka.tools.StorageTool",
-                     "format", "-t", _cluster_id(), "-c", str(config)]
+                     "format", "-t", cluster_id, "-c", str(config)]
+        if initial_controllers:
+            arguments += ["--initial-controllers", initial_controllers]
         if self.settings.kafka_local_sasl:
             arguments += ["--add-scram",
                           f"{LOCAL_SASL_MECHANISM}=[name={self.settings.kafka_sasl_username},password={password}]"]
@@ -192,6 +222,137 @@ class KafkaBroker(ServerProcess):
             self._sasl_user_file.write_text(self.settings.kafka_sasl_username + "\n")
 
 
+class KafkaBroker:
+    """The stack's Kafka: `kafka_brokers` KRaft nodes (one by default) from the Maven jars, and the devices
+    topic on them."""
+
+    name = "kafka"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.home = settings.stack_dir / "kafka"
+        nodes = kafka_nodes(settings)
+        self.nodes = [KafkaNodeProcess(settings, node, len(nodes) > 1) for node in nodes]
+        self.address = settings.kafka_bootstrap
+
+    def pid(self) -> int | None:
+        """The first running node's pid (one node: the broker's)."""
+        return next((pid for pid in (n.pid() for n in self.nodes) if pid is not None), None)
+
+    def healthy(self) -> bool:
+        return all(node.healthy() for node in self.nodes)
+
+    def up(self) -> str:
+        running = [node for node in self.nodes if node.pid() is not None]
+        if running and len(running) == len(self.nodes):
+            if wait_until(self.healthy, 60):
+                ensure_topic(self.settings)
+                pids = ", ".join(str(n.pid()) for n in self.nodes)
+                return f"kafka already running (pid {pids}) on {self.address}"
+            raise StackError(f"kafka (pid {running[0].pid()}) runs but does not answer; see {running[0].log_file}, "
+                             "or run `antenna stack down` and retry")
+        java = shutil.which("java")
+        if java is None:
+            raise StackError("Java is not installed: the Kafka broker needs a JRE 17+ (apt-get install openjdk-17-jre-headless)")
+        classpath = os.pathsep.join(str(p) for p in jars.kafka_jars(self.settings.jars_dir))
+        self.home.mkdir(parents=True, exist_ok=True)
+        password = self._sasl_password()
+        cluster_id, initial_controllers = self._cluster_identity()
+        nodes = [n.node for n in self.nodes]
+        # All nodes before waiting for any: a node of several answers once a quorum of controllers is up.
+        started = [(node, node.start(java, classpath, nodes, password, cluster_id, initial_controllers))
+                   for node in self.nodes if node.pid() is None]
+        for node, process in started:
+            node._await_healthy(process, 90, interval=0.5, more_logs=(node.home / "server.log",))
+        ensure_topic(self.settings)
+        pids = ", ".join(str(process.pid) for _, process in started)
+        return f"kafka started (pid {pids}) on {self.address}" + (
+            f" (SASL_PLAINTEXT, {LOCAL_SASL_MECHANISM}, user {self.settings.kafka_sasl_username!r})"
+            if self.settings.kafka_local_sasl else "")
+
+    def _cluster_identity(self) -> tuple[str, str | None]:
+        """The cluster id every node is formatted with and, for several nodes, their --initial-controllers
+        (id@host:port:directory-id each), kept in the stack so a node formatted later joins the same cluster."""
+        if len(self.nodes) == 1:
+            return _cluster_id(), None
+        saved = self.home / "cluster.json"
+        if saved.exists():
+            identity = json.loads(saved.read_text())
+        else:
+            identity = {"cluster_id": _cluster_id(),
+                        "initial_controllers": ",".join(f"{n.node.node_id}@127.0.0.1:{n.node.controller_port}:{_cluster_id()}"
+                                                        for n in self.nodes)}
+            saved.write_text(json.dumps(identity))
+        return identity["cluster_id"], identity["initial_controllers"]
+
+    def _sasl_password(self) -> str:
+        """The product user's password with kafka_local_sasl (generated into the stack's secrets on
+        first use, unless the settings name another); empty without."""
+        if not self.settings.kafka_local_sasl:
+            return ""
+        secret = f"kafka-{LOCAL_KAFKA_USER}"
+        if Path(self.settings.kafka_sasl_password_file) == secrets_dir(self.settings) / secret:
+            stack_secret(self.settings, secret)
+        return sasl_password(self.settings)
+
+    def _all_nodes(self) -> list[KafkaNodeProcess]:
+        """This configuration's nodes, and those of an earlier `stack up` with another broker count."""
+        known = {n.home for n in self.nodes}
+        others = [KafkaNodeProcess(self.settings, KafkaNode(i, 0, 0, home), True)
+                  for i, home in enumerate(sorted({self.home, *self.home.glob("node-*")} - known))
+                  if (home / "kafka.pid").exists()]
+        return [*self.nodes, *others]
+
+    def down(self) -> str:
+        lines = [node.down() for node in reversed(self._all_nodes())]
+        return "\n".join(line for line in lines if "not running" not in line) or "kafka not running"
+
+    def status(self) -> tuple[bool, str]:
+        reports = [node.status() for node in self.nodes]
+        healthy = all(ok for ok, _ in reports)
+        lines = [line for _, line in reports]
+        if len(self.nodes) > 1 and any(ok for ok, _ in reports):  # the quorum and replicas of what is left
+            lines.append(cluster_report(self.settings))
+        return healthy, "\n".join(lines)
+
+
+def cluster_report(settings: Settings, timeout: float = 10.0) -> str:
+    """The controller quorum (its leader and voters, from Kafka's own MetadataQuorumCommand) and every
+    under-replicated partition (fewer in-sync replicas than replicas), from the cluster's metadata."""
+    from confluent_kafka import TopicCollection
+
+    admin = admin_client(librdkafka_config(settings))
+    names = sorted(admin.list_topics(timeout=timeout).topics)
+    described = admin.describe_topics(TopicCollection(names), request_timeout=timeout) if names else {}
+    lagging = [f"{name}/{p.id} (isr {len(p.isr)} of {len(p.replicas)})" for name, future in sorted(described.items())
+               for p in future.result().partitions if len(p.isr) < len(p.replicas)]
+    return f"kafka quorum: {_quorum_status(settings, timeout)}; under-replicated partitions: {', '.join(lagging) or 'none'}"
+
+
+def _quorum_status(settings: Settings, timeout: float) -> str:
+    java = shutil.which("java")
+    classpath = os.pathsep.join(str(p) for p in jars.kafka_jars(settings.jars_dir))
+    command = [java, "-cp", classpath, "org.apache.kafka.tools.MetadataQuorumCommand",
+               "--bootstrap-server", settings.kafka_bootstrap, "describe", "--status"]
+    if settings.kafka_local_sasl:
+        # The tool's client logs in like the product; its properties (with the password) in a 0600 file.
+        properties = settings.stack_dir / "kafka" / "quorum-client.properties"
+        # Backslashes are escapes in a properties file; the JAAS line is read after that.
+        jaas = jaas_config(LOCAL_SASL_MECHANISM, settings.kafka_sasl_username, sasl_password(settings)).replace("\\", "\\\\")
+        _write_private(properties, f"security.protocol=SASL_PLAINTEXT\nsasl.mechanism={LOCAL_SASL_MECHANISM}\n"
+                                   f"sasl.jaas.config={jaas}\n")
+        command += ["--command-config", str(properties)]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 20)
+    except subprocess.TimeoutExpired:
+        return "no answer"
+    fields = dict(line.split(":", 1) for line in proc.stdout.splitlines() if ":" in line)
+    if proc.returncode != 0 or "LeaderId" not in fields:
+        return "unknown (" + ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1][:200] + ")"
+    voters = [voter["id"] for voter in json.loads(fields.get("CurrentVoters", "[]").strip() or "[]")]
+    return f"leader node {fields['LeaderId'].strip()}, voters {voters}, high watermark {fields.get('HighWatermark', '?').strip()}"
+
+
 def _cluster_id() -> str:
     """A KRaft cluster id as Kafka's own Uuid.randomUuid() makes it: URL-safe base64 of a random UUID,
     never starting with '-', which the storage tool would take for an option (1 fresh stack in 64 failed)."""
@@ -201,21 +362,32 @@ def _cluster_id() -> str:
             return cluster_id
 
 
+# Kafka's message.timestamp.type. With LogAppendTime the broker stamps every record with the time it
+# appended it, so no producer's clock reaches the stream's watermark through the record's timestamp;
+# with CreateTime (Kafka's default) the producer sets it.
+LOG_APPEND_TIME, CREATE_TIME = "LogAppendTime", "CreateTime"
+
+
 def ensure_topic(settings: Settings, timeout: float = 30.0) -> None:
     """Create the devices topic with the configured partition count unless it exists."""
     create_topic(librdkafka_config(settings), settings.topic, settings.topic_partitions, timeout)
 
 
-def create_topic(config: dict, topic: str, partitions: int, timeout: float = 30.0) -> None:
-    """Create `topic` on the cluster of a librdkafka `config` unless it exists; an unreachable cluster
-    or refused credentials are a one-line StackError."""
+def create_topic(config: dict, topic: str, partitions: int, timeout: float = 30.0,
+                 timestamp_type: str = LOG_APPEND_TIME) -> None:
+    """Create `topic` on the cluster of a librdkafka `config`, its records stamped by `timestamp_type`,
+    unless it exists: an existing topic (an external cluster's) is left as it is. An unreachable
+    cluster or refused credentials are a one-line StackError."""
     from confluent_kafka.admin import NewTopic
     from confluent_kafka import KafkaException
 
     if topic in topic_names(config, timeout):  # KafkaUnavailable is a one-line StackError
         return
     admin = admin_client(config)
-    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    # replication_factor -1: the cluster's default.replication.factor (the local cluster's: every node, at most 3,
+    # with min.insync.replicas 2 at 3; _server_properties).
+    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=-1,
+                                            config={"message.timestamp.type": timestamp_type})])
     for future in futures.values():
         try:
             future.result(timeout)
