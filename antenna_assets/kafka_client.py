@@ -9,6 +9,7 @@ client in memory only; it is never put on a command line, in a log line or in an
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from antenna_assets.errors import StackError
@@ -131,3 +132,43 @@ def topic_names(config: dict, timeout: float = 10.0) -> set[str]:
             admin.poll(0)  # serves error_cb: an authentication failure is only reported there
             if time.monotonic() >= deadline or _authentication_errors(errors):
                 raise KafkaUnavailable(describe_failure(config, exc, errors)) from None
+
+
+@dataclass(frozen=True)
+class TopicIdentity:
+    """A topic as Kafka identifies it, not by its name: a topic deleted and created again under the
+    same name has a new topic id, and another cluster's topic of that name another cluster id."""
+
+    cluster_id: str
+    topic_id: str
+
+    def __str__(self) -> str:
+        return f"topic id {self.topic_id} on cluster {self.cluster_id}"
+
+
+@dataclass(frozen=True)
+class TopicState:
+    identity: TopicIdentity
+    end_offsets: dict[int, int]  # per partition, the offset its next record will get
+
+
+def describe_topic(config: dict, topic: str, timeout: float = 30.0) -> TopicState:
+    """The identity of `topic` on the cluster of a librdkafka `config` and its partitions' end offsets
+    (three admin requests); KafkaUnavailable (one line) when the cluster cannot be used or has no such topic."""
+    from confluent_kafka import KafkaError, KafkaException, TopicCollection, TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    errors: list = []
+    admin = admin_client(config, errors)
+    try:
+        cluster = admin.describe_cluster(request_timeout=timeout).result()
+        described = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic].result()
+        ends = admin.list_offsets({TopicPartition(topic, p.id): OffsetSpec.latest() for p in described.partitions},
+                                  request_timeout=timeout)
+        end_offsets = {partition.partition: future.result().offset for partition, future in ends.items()}
+    except KafkaException as exc:
+        if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise KafkaUnavailable(f"Kafka at {config['bootstrap.servers']} has no topic {topic!r}") from None
+        admin.poll(0)  # serves error_cb: an authentication failure is only reported there
+        raise KafkaUnavailable(describe_failure(config, exc, errors)) from None
+    return TopicState(TopicIdentity(cluster.cluster_id, str(described.topic_id)), end_offsets)

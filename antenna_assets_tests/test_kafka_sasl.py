@@ -146,7 +146,8 @@ def test_speed_layer_reads_through_sasl_and_fails_in_one_line_with_a_wrong_passw
         config = SpeedLayerConfig(trigger="available_now", watermark="3650 days", query_name=name)
         targets = SpeedLayerTargets(settings.kafka_bootstrap, topic, str(tmp_path / "landing"),
                                     str(tmp_path / "checkpoints" / name), serving_db,
-                                    kafka_options=spark_kafka_options(settings))
+                                    kafka_options=spark_kafka_options(settings),
+                                    kafka_client=librdkafka_config(settings))
         assert sasl_password(sasl) not in repr(targets)
         return SpeedLayer(spark, config, targets)
 

@@ -203,10 +203,12 @@ def test_kill_9_then_resume_adds_nothing_twice_in_any_time_zone(settings, topic,
     assert hour_dirs == {f"year={h.year}/month={h.month}/day={h.day}/hour={h.hour}" for h in truth.hours}
 
 
-def _produce(settings, topic, messages: list) -> None:
+def _produce(settings, topic, messages: list, timestamp_ms: int = 0) -> None:
+    """Sends `messages` (dicts as JSON); `timestamp_ms` is the records' CreateTime (0: the producer's clock)."""
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     for message in messages:
-        producer.produce(topic, message if isinstance(message, bytes) else json.dumps(message).encode())
+        producer.produce(topic, message if isinstance(message, bytes) else json.dumps(message).encode(),
+                         timestamp=timestamp_ms)
     assert producer.flush(10) == 0
 
 

@@ -89,8 +89,8 @@ def _records(spark, rows):
 def test_micro_batch_summary_is_the_tables_own_aggregates_and_each_partitions_offsets(spark):
     """Property: in the speed layer's one aggregation, each table's rows are exactly what
     `bytes_per_window` (the batch layer's definition) gives from the counted valid records alone, and each
-    Kafka partition's row has its last offset of all records and the newest watermark time and rejected
-    count of the counted ones. Rejected records carry keys of any text, which must make no table row."""
+    Kafka partition's row has its first and last offsets of all records and the newest watermark time and
+    rejected count of the counted ones. Rejected records carry keys of any text, which must make no table row."""
     from hypothesis import HealthCheck, given
     from hypothesis import settings as hypothesis_settings
     from hypothesis import strategies as st
@@ -118,14 +118,16 @@ def test_micro_batch_summary_is_the_tables_own_aggregates_and_each_partitions_of
                 (r[0], _epoch(r[1]), r[2], r[3], _epoch(r[4])) for r in alone)
         expected = {}
         for topic, part, offset, reason, t, _, _, _, _, k in rows:
-            last, newest, rejected = expected.get((topic, part), (-1, None, 0))
+            first, last, newest, rejected = expected.get((topic, part), (offset, -1, None, 0))
             fresh = offset >= mark
             if fresh and reason is None:
                 newest = max(filter(None, (newest, min(t, k))))
-            expected[(topic, part)] = (max(last, offset), newest, rejected + (fresh and reason is not None))
-        assert {(r["topic"], r["kafka_partition"]): (r["kafka_offset"], r[WATERMARK_TIME], r["rejected"])
+            expected[(topic, part)] = (min(first, offset), max(last, offset), newest,
+                                       rejected + (fresh and reason is not None))
+        assert {(r["topic"], r["kafka_partition"]): (r["kafka_first_offset"], r["kafka_offset"], r[WATERMARK_TIME],
+                                                     r["rejected"])
                 for r in summary if r["table"] == PER_PARTITION} == expected
-        assert rejected_count(collected) == sum(rejected for _, _, rejected in expected.values())
+        assert rejected_count(collected) == sum(rejected for *_, rejected in expected.values())
 
     check()
 

@@ -34,6 +34,7 @@ WRITER_PRIVILEGES = {
     "batch_hours": "SELECT, INSERT, UPDATE",
     "streaming_batches": "SELECT, INSERT, UPDATE",
     "streaming_offsets": "SELECT, INSERT, UPDATE",
+    "streaming_batch_clocks": "SELECT, INSERT",
     "streaming_failures": "SELECT, INSERT",
     "streaming_heartbeats": "SELECT, INSERT, UPDATE",  # the streaming run's beats, the sensor's declarations
     "landing_hours": "SELECT, INSERT, UPDATE",

@@ -127,14 +127,28 @@ STREAMING_BATCHES = Table("streaming_batches", (
 ), ("query", "checkpoint_id", "batch_id"))
 # Per query and Kafka partition, the offsets below which every record is applied to the speed
 # tables, and landed in the lake. Records are filtered by these, not by batch ids, so a lost or
-# replaced checkpoint that reads the topic again adds nothing twice and skips nothing.
+# replaced checkpoint that reads the topic again adds nothing twice and skips nothing. The marks are
+# of one topic as Kafka identifies it (its cluster's id and its topic id): a topic recreated under
+# the same name, or another cluster's, has marks of its own. '' for marks recorded before identities:
+# the first run that checks the topic takes them as its own (ledger.verify_topic).
 STREAMING_OFFSETS = Table("streaming_offsets", (
     Column("query", "TEXT NOT NULL"),
     Column("topic", "TEXT NOT NULL"),
     Column("kafka_partition", "INT NOT NULL"),
     Column("applied_until", "BIGINT NOT NULL"),
     Column("landed_until", "BIGINT NOT NULL"),
-), ("query", "topic", "kafka_partition"))
+    Column("kafka_cluster_id", "TEXT NOT NULL DEFAULT ''"),
+    Column("kafka_topic_id", "TEXT NOT NULL DEFAULT ''"),
+), ("query", "topic", "kafka_cluster_id", "kafka_topic_id", "kafka_partition"))
+# The stream's clock when a micro-batch was first planned, recorded before the batch uses it (it caps
+# the batch's watermark time, speed/watermark.py): a replay of the batch reads it back, and decides
+# the same way.
+STREAMING_BATCH_CLOCKS = Table("streaming_batch_clocks", (
+    Column("query", "TEXT NOT NULL"),
+    Column("checkpoint_id", "TEXT NOT NULL"),
+    Column("batch_id", "BIGINT NOT NULL"),
+    Column("planned_at", "TIMESTAMP NOT NULL"),
+), ("query", "checkpoint_id", "batch_id"))
 # A micro-batch that failed every retry: what the operator sees (README: a failing batch).
 STREAMING_FAILURES = Table("streaming_failures", (
     Column("query", "TEXT NOT NULL"),
@@ -225,6 +239,18 @@ DDL = [
         END IF;
     END $$""",
     *(t.ddl() for t in (STREAMING_OFFSETS, STREAMING_FAILURES, LANDING_HOURS, COMPACTED_HOURS, DEAD_LETTER)),
+    # Offset marks from before topic identities: kept, with an empty identity, until a run adopts them.
+    """DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                       AND table_name = 'streaming_offsets' AND column_name = 'kafka_topic_id') THEN
+            ALTER TABLE streaming_offsets ADD COLUMN kafka_cluster_id TEXT NOT NULL DEFAULT '',
+                ADD COLUMN kafka_topic_id TEXT NOT NULL DEFAULT '';
+            ALTER TABLE streaming_offsets DROP CONSTRAINT streaming_offsets_pkey;
+            ALTER TABLE streaming_offsets
+                ADD PRIMARY KEY (query, topic, kafka_cluster_id, kafka_topic_id, kafka_partition);
+        END IF;
+    END $$""",
+    STREAMING_BATCH_CLOCKS.ddl(),
     # Dead letters from before BYTEA: the text they kept becomes its UTF-8 bytes.
     """DO $$ BEGIN
         IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()

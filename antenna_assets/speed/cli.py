@@ -17,6 +17,8 @@ def register(commands) -> None:
     parser.add_argument("--trigger-interval", help="micro-batch interval, e.g. '5 seconds' or '500 milliseconds' (default '500 milliseconds')")
     parser.add_argument("--window", help="event-time window of the speed tables, e.g. '5 minutes'")
     parser.add_argument("--watermark", help="allowed lateness, e.g. '1 minute'")
+    parser.add_argument("--max-watermark-advance",
+                        help="most one micro-batch may move the watermark forward, e.g. '1 minute' (the default)")
     parser.add_argument("--max-offsets-per-trigger", type=int, help="messages per micro-batch at most")
     parser.add_argument("--kafka-min-partitions", type=int,
                         help="Spark tasks reading Kafka per micro-batch, at least (0: twice Spark's default parallelism)")

@@ -25,6 +25,12 @@ def parse_duration(text: str) -> timedelta:
 class SpeedLayerConfig(Config):
     window: str = Field(default="5 minutes", description="event-time window of the speed tables")
     watermark: str = Field(default="1 minute", description="how late an event may be and still count in its window")
+    # Not more than `watermark`: then no event at or after the watermark time already reached can be made
+    # late by one batch, whatever its records' clocks say. A watermark held back only counts more events
+    # in the speed tables; it catches up by this much per batch (a batch every 500 ms when live).
+    max_watermark_advance: str = Field(
+        default="1 minute", description="most one micro-batch may move the watermark forward (its first batch "
+                                        "ever: up to the stream's clock)")
     trigger: Literal["processing_time", "available_now"] = Field(
         default="processing_time", description="processing_time: run forever; available_now: drain the topic, then stop")
     # Not 1 second: a micro-batch at 20,000 events/s now takes ~0.6-0.7 s, and the next starts as soon as it
@@ -88,7 +94,7 @@ class SpeedLayerConfig(Config):
                              f"as hex: at least 2 x dead_letter_inline_bytes ({self.dead_letter_inline_bytes})")
         return self
 
-    @field_validator("window", "watermark", "trigger_interval")
+    @field_validator("window", "watermark", "max_watermark_advance", "trigger_interval")
     @classmethod
     def _is_duration(cls, value: str) -> str:
         parse_duration(value)

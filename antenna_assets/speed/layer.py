@@ -35,22 +35,24 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
-from antenna_assets.speed.ledger import (LANDED, BatchKey, MicroBatchResult, Offsets, apply_micro_batch,
-                                      batch_state, describe_offsets, mark_landed, max_event_time, offset_marks,
-                                      record_failure)
+from antenna_assets.kafka_client import TopicIdentity, describe_topic
+from antenna_assets.speed.ledger import (LANDED, BatchKey, MicroBatchResult, Offsets, TopicMismatch, apply_micro_batch,
+                                      batch_planned_at, batch_state, claim_unidentified_marks, describe_offsets,
+                                      mark_landed, max_event_time, offset_marks, record_failure, verify_topic)
 from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
 from antenna_assets.sources.user_metadata import read_live
 from antenna_assets.postgres import KeptConnection
 from antenna_assets.speed.config import SpeedLayerConfig, parse_duration
-from antenna_assets.speed.heartbeat import Heartbeat
 from antenna_assets.speed.dead_letters import BatchDeadLetters, as_cached, batch_dead_letters
-from antenna_assets.hours import epoch_seconds, utc_from_epoch_seconds
+from antenna_assets.speed.heartbeat import Heartbeat
+from antenna_assets.hours import epoch_seconds, utc_from_epoch_seconds, utc_now
+from antenna_assets.speed.watermark import BatchWatermark
 from antenna_assets.transforms.aggregates import MESSAGES
 from antenna_assets.transforms.devices import (LAKE_PARTITION_COLUMNS, WATERMARK_TIME, parse_device_messages,
                                                valid_events,
                                                with_lake_partitions)
-from antenna_assets.transforms.micro_batch import (KAFKA_OFFSET, KAFKA_PARTITION, PER_PARTITION, micro_batch_summary,
-                                                   rejected_count)
+from antenna_assets.transforms.micro_batch import (KAFKA_FIRST_OFFSET, KAFKA_OFFSET, KAFKA_PARTITION, PER_PARTITION,
+                                                   micro_batch_summary, rejected_count)
 
 BATCH_PARTITION = "batch"
 # The steps of a micro-batch: the Spark jobs of its sums and dead letters (Kafka read and parse
@@ -78,6 +80,13 @@ class SpeedLayerTargets:
     # Spark's `kafka.` options (kafka_client.spark_kafka_options): the cluster's security. Out of the
     # repr, as they may hold the SASL password; Spark keeps them in the driver.
     kafka_options: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # The same cluster's librdkafka properties (kafka_client.librdkafka_config), for the admin requests
+    # that check the topic's identity; empty: `kafka_bootstrap` in plaintext. Out of the repr likewise.
+    kafka_client: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def admin_config(self) -> dict[str, str]:
+        return {"bootstrap.servers": self.kafka_bootstrap, **self.kafka_client}
     # Where dead letters too large for PostgreSQL go (speed/dead_letters.py); empty: `dead_letter` beside
     # the landing folder.
     dead_letter_path: str = ""
@@ -106,6 +115,7 @@ class SpeedLayerStats:
     late_messages: int = 0
     unknown_user_messages: int = 0
     max_event_time: datetime | None = None
+    topic_checks: int = 0  # the topic's identity asked of Kafka: at the first batch, then only below a mark
     # Wall seconds per step of the micro-batches (SPARK_TOTALS, POSTGRES, LAKE): where the time goes.
     step_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STEPS, 0.0))
 
@@ -125,6 +135,8 @@ class SpeedLayer:
         self.targets = targets
         self.window = parse_duration(config.window)
         self.watermark_delay = parse_duration(config.watermark)
+        self.max_watermark_advance = parse_duration(config.max_watermark_advance)
+        self._identity: TopicIdentity | None = None  # the topic's, checked at the query's first batch
         self.stats = SpeedLayerStats()
         self.postgres = KeptConnection(targets.postgres_url)  # three transactions a batch, one login
         self._user_metadata: UserDirectory | None = None
@@ -148,6 +160,7 @@ class SpeedLayer:
             self.spark.conf.set(CHECKPOINT_FILE_MANAGER, FILE_SYSTEM_CHECKPOINTS)
         elif self.spark.conf.get(CHECKPOINT_FILE_MANAGER, None) == FILE_SYSTEM_CHECKPOINTS:
             self.spark.conf.unset(CHECKPOINT_FILE_MANAGER)  # a bucket's checkpoint keeps Spark's default
+        self._identity = None  # the new query checks the topic at its first batch
         writer = (self.kafka_stream().writeStream
                   .queryName(self.config.query_name)
                   .option("checkpointLocation", self.targets.checkpoint_path)
@@ -191,12 +204,15 @@ class SpeedLayer:
 
         # Any failure is retried, 1, 2, 4, ... s apart (at most 30), then reported whole.
         retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(self.config.batch_attempts),
-                                     wait=tenacity.wait_exponential(max=30), after=log_failure)
+                                     wait=tenacity.wait_exponential(max=30), after=log_failure,
+                                     retry=tenacity.retry_if_not_exception_type(TopicMismatch))
         try:
             retrying(self._process, kafka_rows, key)
             return
         except tenacity.RetryError as exc:
             attempt, error = exc.last_attempt.attempt_number, _one_line(exc.last_attempt.exception())
+        except TopicMismatch as exc:  # no retry can help: an operator chooses, as its line says
+            attempt, error = 1, _one_line(exc)
         offsets = self._offsets_of(kafka_rows)
         self.failure = f"{key}, offsets {offsets}, failed {attempt} times: {error}"
         try:
@@ -214,16 +230,34 @@ class SpeedLayer:
             return "unknown"
         return describe_offsets({(r[0], r[1]): (r[2], r[3]) for r in rows})
 
+    def _verify_topic(self, key: BatchKey) -> TopicIdentity:
+        """Ask Kafka for the topic's identity and end offsets and check the ledger's marks against them
+        (ledger.verify_topic, which raises TopicMismatch): three admin requests, made at the query's
+        first batch and for a batch with records below a mark, not on every batch."""
+        kafka = describe_topic(self.targets.admin_config, self.targets.topic)
+        self.stats.topic_checks += 1
+        # A transaction of its own: committed even when the check stops the stream, whose line names
+        # those marks by the identity they now have.
+        with self.postgres.transaction() as conn:
+            claim_unidentified_marks(conn, key.query, self.targets.topic, kafka.identity)
+        with self.postgres.transaction() as conn:
+            note = verify_topic(conn, key.query, key.checkpoint_id, self.targets.topic, kafka)
+        if note is not None:
+            logging.getLogger(__name__).warning(note)
+        self._identity = kafka.identity
+        return kafka.identity
+
     def _process(self, kafka_rows: DataFrame, key: BatchKey) -> None:
+        identity = self._identity or self._verify_topic(key)
         with self.postgres.transaction() as conn:
             state = batch_state(conn, key)
-            marks = offset_marks(conn, key.query)
+            marks = offset_marks(conn, key.query, identity)
             latest = max_event_time(conn, key.query)
+            # Committed with this transaction, before the batch uses it: a replay reads the same clock.
+            planned_at = batch_planned_at(conn, key, utc_now()) if state is None else None
         if state == LANDED:
             self.stats.skipped_batches += 1
             return
-        # Spark's rule: the watermark a batch uses comes from the batches before it, so a replay sees the same.
-        watermark = latest - self.watermark_delay if latest is not None else None
         user_metadata = self.user_metadata()  # one read for the whole batch: its totals and its lake rows agree
         # The batch's own session (Spark's copy for the query): its few thousand partial sums need no more
         # partitions than cores, and every partition more was a task in each of its two shuffles.
@@ -244,7 +278,13 @@ class SpeedLayer:
             if state is None:
                 with self.stats.timing(SPARK_TOTALS):
                     summary, dead_letters = self._summary(parsed, _not_below(marks.applied), kafka_rows, key)
-                result = self._micro_batch_result(key, summary, dead_letters, watermark, user_metadata.ids)
+                # Below a mark: a lost checkpoint read again (checked: the same topic), or another topic
+                # now under the name; then the next attempt filters by the new topic's marks.
+                if _has_records_below(summary, marks.applied) and self._verify_topic(key) != identity:
+                    raise RuntimeError(f"topic {self.targets.topic!r} changed during {key}")
+                # Spark's rule: the watermark a batch uses comes from the batches before it, so a replay sees the same.
+                watermark = BatchWatermark(latest, planned_at, self.watermark_delay, self.max_watermark_advance)
+                result = self._micro_batch_result(key, summary, dead_letters, watermark, identity, user_metadata.ids)
                 landing.start(math.ceil(result.good_messages / self.config.lake_rows_per_file))
                 # The batch's one commit point: its sums, dead letters, ledger row and offsets together.
                 with self.stats.timing(POSTGRES), self.postgres.transaction() as conn:
@@ -258,7 +298,7 @@ class SpeedLayer:
             landing.cancel()
             parsed.unpersist()
         with self.postgres.transaction() as conn:
-            mark_landed(conn, key)
+            mark_landed(conn, key, identity)
 
     def _lake_frame(self, events: DataFrame, key: BatchKey, user_metadata: DataFrame) -> DataFrame:
         """The batch's lake rows: enriched, with their hour and batch partition columns."""
@@ -293,17 +333,19 @@ class SpeedLayer:
                                            self.config.dead_letter_page_bytes)
 
     def _micro_batch_result(self, key: BatchKey, summary: pa.Table, dead_letters: BatchDeadLetters | None,
-                            watermark: datetime | None, known_ids: pa.Array) -> MicroBatchResult:
+                            watermark: BatchWatermark, identity: TopicIdentity,
+                            known_ids: pa.Array) -> MicroBatchResult:
         kind = summary.column("table")
         partitions = summary.filter(pc.equal(kind, PER_PARTITION)).select(
             ["topic", KAFKA_PARTITION, KAFKA_OFFSET, WATERMARK_TIME]).to_pylist()
         end_offsets: Offsets = {(row["topic"], row[KAFKA_PARTITION]): row[KAFKA_OFFSET] + 1 for row in partitions}
-        latest = max((row[WATERMARK_TIME] for row in partitions if row[WATERMARK_TIME] is not None), default=None)
+        newest = max((row[WATERMARK_TIME] for row in partitions if row[WATERMARK_TIME] is not None), default=None)
         # Arrow from here to PostgreSQL's COPY: a backfill batch has ~400k partial sums per million
         # messages, and making a Python row of each cost half as much again as PostgreSQL's upsert.
         sums = summary.filter(pc.not_equal(kind, PER_PARTITION))
         window_start = sums.column("date")
-        cutoff = epoch_seconds(watermark) if watermark is not None else float("-inf")  # no watermark: none closed
+        # No watermark yet: no window is closed.
+        cutoff = epoch_seconds(watermark.watermark) if watermark.watermark is not None else float("-inf")
         closed = pc.less_equal(pc.add(window_start, int(self.window.total_seconds())), cutoff)
         open_sums = sums.filter(pc.invert(closed))
         increments = {table: open_sums.filter(pc.equal(open_sums.column("table"), table.name))
@@ -319,8 +361,9 @@ class SpeedLayer:
                                 good_messages=pc.sum(apps.column(MESSAGES)).as_py() or 0,
                                 bad_messages=dead_letters.records if dead_letters else 0,
                                 late_messages=pc.sum(sums.filter(pc.and_(is_app, closed)).column(MESSAGES)).as_py() or 0,
-                                max_event_time=utc_from_epoch_seconds(latest) if latest is not None else None,
-                                end_offsets=end_offsets, landed_hours=[utc_from_epoch_seconds(h) for h in hours],
+                                max_event_time=watermark.contribution(utc_from_epoch_seconds(newest)),
+                                end_offsets=end_offsets, identity=identity,
+                                landed_hours=[utc_from_epoch_seconds(h) for h in hours],
                                 unknown_user_messages=unknown)
 
     def _count(self, result: MicroBatchResult, applied: bool) -> None:
@@ -399,6 +442,13 @@ def _not_below(marks: Offsets) -> Column:
     entries = ", ".join(f"{_sql_string(f'{topic}:{int(partition)}')}, {int(until)}L"
                         for (topic, partition), until in marks.items())
     return F.expr(f"`offset` >= coalesce(map({entries})[concat(`topic`, ':', `partition`)], 0L)")
+
+
+def _has_records_below(summary: pa.Table, marks: Offsets) -> bool:
+    """Whether a collected `micro_batch_summary` has records below their partition's mark."""
+    partitions = summary.filter(pc.equal(summary.column("table"), PER_PARTITION))
+    return any(row[KAFKA_FIRST_OFFSET] < marks.get((row["topic"], row[KAFKA_PARTITION]), 0)
+               for row in partitions.select(["topic", KAFKA_PARTITION, KAFKA_FIRST_OFFSET]).to_pylist())
 
 
 def _sql_string(text: str) -> str:

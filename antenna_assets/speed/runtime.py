@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from antenna_assets.kafka_client import spark_kafka_options
+from antenna_assets.kafka_client import librdkafka_config, spark_kafka_options
 from antenna_assets.resources import LakeResource
 from antenna_assets.settings import Settings
 from antenna_assets.speed.config import SpeedLayerConfig
@@ -20,6 +20,7 @@ def speed_layer_targets(settings: Settings, lake: LakeResource, postgres_url: st
         checkpoint_path=lake.checkpoint_path(config.query_name),
         postgres_url=postgres_url,
         kafka_options=spark_kafka_options(settings),
+        kafka_client=librdkafka_config(settings),
         dead_letter_path=lake.dead_letter_path,
     )
 

@@ -35,7 +35,8 @@ EVENT_SCHEMA = T.StructType([
 LAKE_PARTITION_COLUMNS = ("year", "month", "day", "hour")
 # The time that may advance the speed layer's watermark: an accepted event's time, but never past
 # its Kafka record's own timestamp, so a device clock running ahead (within the tolerance below)
-# cannot make everybody else's events late.
+# cannot make everybody else's events late. A producer's clock can set the record's timestamp too
+# (CreateTime): the stream caps a batch's watermark time by its own clock as well (speed/watermark.py).
 WATERMARK_TIME = "watermark_time"
 
 

@@ -4,9 +4,9 @@ The parsed records of a batch (`devices.parse_device_messages`) go through one a
 grouping sets, so one job with one shuffle gives
   - per speed table, the partial sums of the counted valid events: `aggregates.bytes_per_window`'s
     totals per key and window, the batch layer's definition;
-  - per Kafka partition, the last offset of every record (counted or not), the newest watermark
-    time of the counted valid events and how many counted records were rejected, so the batch's
-    dead letters are a job of their own only when it has some.
+  - per Kafka partition, the first and last offsets of every record (counted or not), the newest
+    watermark time of the counted valid events and how many counted records were rejected, so the
+    batch's dead letters are a job of their own only when it has some.
 As a union of three parts (sums, dead letters, offsets), the same was a job of three stages and
 twice the tasks: ~200 ms more of every live micro-batch (BENCHMARKS.md, Speed layer).
 """
@@ -29,6 +29,7 @@ from antenna_assets.transforms.devices import WATERMARK_TIME
 PER_PARTITION = "per_kafka_partition"
 KAFKA_PARTITION = "kafka_partition"
 KAFKA_OFFSET = "kafka_offset"  # the partition's last offset in the batch
+KAFKA_FIRST_OFFSET = "kafka_first_offset"  # and its first
 REJECTED = "rejected"  # counted records the parse rejected
 _COUNTED = "counted"
 _RECORD_COLUMNS = ("topic", "partition", "offset", "reason", "bytes", "event_time", WATERMARK_TIME)
@@ -37,7 +38,8 @@ _RECORD_COLUMNS = ("topic", "partition", "offset", "reason", "bytes", "event_tim
 def micro_batch_summary(parsed: DataFrame, counted: Column, tables: Sequence[AggregateTable], window: str) -> DataFrame:
     """Columns: `table` (a name in `tables`, or PER_PARTITION), then for a table's rows key, date,
     bytes, messages, max_event_time; for a partition's rows topic, kafka_partition, kafka_offset,
-    watermark_time and rejected (counted records only, offsets of all). Times are epoch seconds.
+    kafka_first_offset, watermark_time and rejected (counted records only, offsets of all). Times
+    are epoch seconds.
 
     Sums and the newest watermark time are of the records where `counted` holds; a table's rows
     never include an uncounted or rejected record."""
@@ -90,7 +92,7 @@ def _summary_columns(tables: tuple[tuple[str, str], ...], window: str, spark_con
     for (name, key), is_grouped in zip(others, grouped[1:]):
         table_name, key_value = table_name.when(is_grouped, F.lit(name)), key_value.when(is_grouped, F.col(key))
     totals = (table_name.otherwise(F.lit(PER_PARTITION)).alias("table"), key_value.alias("key"),
-              *window_totals("bytes"), F.max("offset").alias(KAFKA_OFFSET),
+              *window_totals("bytes"), F.max("offset").alias(KAFKA_OFFSET), F.min("offset").alias(KAFKA_FIRST_OFFSET),
               F.max(WATERMARK_TIME).alias(WATERMARK_TIME), F.count_if(REJECTED).alias(REJECTED))
     return _SummaryColumns(
         records=tuple(F.col(c) for c in (*_RECORD_COLUMNS, *keys)),
@@ -101,5 +103,5 @@ def _summary_columns(tables: tuple[tuple[str, str], ...], window: str, spark_con
         kept=F.col("key").isNotNull() | (F.col("table") == F.lit(PER_PARTITION)),
         output=(F.col("table"), F.col("key"), F.unix_seconds("date").alias("date"), F.col("bytes"),
                 F.col(MESSAGES), F.unix_seconds(MAX_EVENT_TIME).alias(MAX_EVENT_TIME), F.col("topic"),
-                F.col("partition").alias(KAFKA_PARTITION), F.col(KAFKA_OFFSET),
+                F.col("partition").alias(KAFKA_PARTITION), F.col(KAFKA_OFFSET), F.col(KAFKA_FIRST_OFFSET),
                 F.unix_seconds(WATERMARK_TIME).alias(WATERMARK_TIME), F.col(REJECTED)))
