@@ -2,11 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-8)
+STAMP := $(VENV)/.installed-$(shell cat setup.py pyproject.toml | md5sum | cut -c1-8)
 
 .PHONY: venv jars browser demo test stack-up stack-down stop bench clean
 
-$(STAMP): setup.py
+$(STAMP): setup.py pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -86,3 +86,40 @@ def test_dg_launch_materializes_a_partition_without_an_outdated_warning(settings
     assert snapshot == sorted((u.id,) for u in PROVISIONED_USERS)
     event = DagsterInstance.get().get_latest_materialization_event(AssetKey("user_metadata"))
     assert event is not None and event.dagster_event.partition == partition
+
+
+def test_dg_dev_serves_the_project_without_an_outdated_warning(settings):
+    """The demo's UI (`dg dev`: webserver and daemon) loads the code location as `antenna_assets`; its
+    log has no superseded or deprecated warning."""
+    import json
+    import socket
+    import time
+    import urllib.request
+
+    from antenna_assets.stack.dagster_ui import DagsterUI
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ui = DagsterUI(settings, port=port)
+    start = ui.log_file.stat().st_size if ui.log_file.exists() else 0
+    ui.up(automation=False)
+    try:
+        query = json.dumps({"query": "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"})
+        loaded = []
+        for _ in range(120):
+            request = urllib.request.Request(f"{ui.url}/graphql", data=query.encode(),
+                                             headers={"Content-Type": "application/json"})
+            entries = json.load(urllib.request.urlopen(request, timeout=10))["data"]["workspaceOrError"]["locationEntries"]
+            loaded = [e["name"] for e in entries if e["loadStatus"] == "LOADED"]
+            if loaded:
+                break
+            time.sleep(1)
+        assert loaded == ["antenna_assets"]
+        time.sleep(5)  # the daemon's first iterations
+    finally:
+        ui.down()
+    with open(ui.log_file, errors="replace") as log:
+        log.seek(start)
+        output = log.read()
+    assert not OUTDATED.search(output) and "virtual environment does not match" not in output, output[-3000:]
