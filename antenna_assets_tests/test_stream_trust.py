@@ -279,6 +279,31 @@ def test_a_recreated_topic_with_a_lost_checkpoint_is_read_from_its_start(setting
     assert set(marks) == {(old.topic_id, 3000, 3000), (new.topic_id, 1000, 1000)}
 
 
+def test_a_recreated_topics_dead_letters_at_the_old_offsets_are_all_kept(settings, spark, serving_db, tmp_path):
+    """The new topic numbers its records from 0 again: its dead letters are keyed by the topic's identity, so
+    they do not collide with (and vanish behind) the old topic's at the same offsets."""
+    from confluent_kafka import Producer
+
+    def send_garbage(tag: bytes) -> None:
+        producer = Producer(librdkafka_config(settings))
+        for i in range(3):
+            producer.produce(topic, b"\xff" + tag + bytes([i]))
+        assert producer.flush(10) == 0
+
+    topic = _one_partition_topic(settings)
+    send_garbage(b"old")
+    assert _drain(spark, settings, topic, serving_db, tmp_path).stats.bad_messages == 3
+    _recreate_topic(settings, topic)
+    shutil.rmtree(tmp_path / "checkpoints" / topic)
+    send_garbage(b"new")
+    assert _drain(spark, settings, topic, serving_db, tmp_path).stats.bad_messages == 3
+
+    rows = query(serving_db, "SELECT kafka_topic_id, kafka_offset, raw_value FROM dead_letter WHERE topic = %s", (topic,))
+    assert len(rows) == 6 and len({topic_id for topic_id, _, _ in rows}) == 2
+    assert sorted(bytes(value) for _, _, value in rows) == sorted(
+        b"\xff" + tag + bytes([i]) for tag in (b"old", b"new") for i in range(3))
+
+
 def test_a_recreated_topic_under_its_old_checkpoint_stops_the_stream_in_one_line(settings, spark, serving_db,
                                                                                 tmp_path):
     """The checkpoint kept: Spark would go on from the old topic's offsets (5) in the new topic and never

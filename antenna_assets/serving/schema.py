@@ -201,7 +201,11 @@ DEAD_LETTER = Table("dead_letter", (
     Column("raw_length", "BIGINT"),
     Column("raw_sha256", "TEXT"),
     Column("raw_location", "TEXT"),
-), ("topic", "kafka_partition", "kafka_offset"))
+    # The topic as Kafka identifies it (speed/ledger.py's marks): a topic deleted and created again under its
+    # name numbers its records from 0 again, and its dead letters must not collide with the old topic's.
+    Column("kafka_cluster_id", "TEXT NOT NULL DEFAULT ''"),
+    Column("kafka_topic_id", "TEXT NOT NULL DEFAULT ''"),
+), ("topic", "kafka_cluster_id", "kafka_topic_id", "kafka_partition", "kafka_offset"))
 
 # Which hours each batch table holds the final answer for (created by the views' migration, which
 # also marks the hours a batch table already holds).
@@ -267,6 +271,16 @@ DDL = [
             ALTER TABLE dead_letter ADD COLUMN raw_length BIGINT, ADD COLUMN raw_sha256 TEXT,
                 ADD COLUMN raw_location TEXT;
             UPDATE dead_letter SET raw_length = length(raw_value), raw_sha256 = encode(sha256(raw_value), 'hex');
+        END IF;
+    END $$""",
+    # Dead letters from before topic identities: an empty identity, as the offset marks of then.
+    """DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                       AND table_name = 'dead_letter' AND column_name = 'kafka_topic_id') THEN
+            ALTER TABLE dead_letter ADD COLUMN kafka_cluster_id TEXT NOT NULL DEFAULT '',
+                ADD COLUMN kafka_topic_id TEXT NOT NULL DEFAULT '';
+            ALTER TABLE dead_letter DROP CONSTRAINT dead_letter_pkey;
+            ALTER TABLE dead_letter ADD PRIMARY KEY (topic, kafka_cluster_id, kafka_topic_id, kafka_partition, kafka_offset);
         END IF;
     END $$""",
 ]

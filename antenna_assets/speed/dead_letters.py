@@ -23,6 +23,7 @@ from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
 
 from antenna_assets.hours import utc_from_epoch_millis, utc_now
+from antenna_assets.kafka_client import TopicIdentity
 from antenna_assets.serving.schema import DEAD_LETTER
 from antenna_assets.sources.contract import ASCII_CONTROL
 from antenna_assets.transforms.devices import raw_bytes_of_rejected_only, rejected_messages
@@ -70,8 +71,10 @@ class BatchDeadLetters:
     `dead_letter` rows (all its columns, in order) in pages of about `page_bytes` of INSERT text, each
     one statement; every iteration reads them from the batch's cache again, a piece at a time."""
 
-    def __init__(self, rejected: DataFrame, records: int, statement_bytes: int, location: str, page_bytes: int):
+    def __init__(self, rejected: DataFrame, records: int, statement_bytes: int, location: str, page_bytes: int,
+                 identity: TopicIdentity):
         self._rejected = rejected
+        self._identity = identity
         self.records = records
         self._pieces = max(1, math.ceil(statement_bytes / page_bytes))
         self._location = location
@@ -102,15 +105,16 @@ class BatchDeadLetters:
                   "preview": preview(row[_RAW_HEAD] if in_lake else row.raw_value), "reason": row.reason,
                   "kafka_timestamp": utc_from_epoch_millis(row.kafka_timestamp), "ingest_time": self._ingest_time,
                   RAW_LENGTH: row[RAW_LENGTH], RAW_SHA256: row[RAW_SHA256],
-                  RAW_LOCATION: self._location if in_lake else None}
+                  RAW_LOCATION: self._location if in_lake else None,
+                  "kafka_cluster_id": self._identity.cluster_id, "kafka_topic_id": self._identity.topic_id}
         return tuple(values[name] for name in DEAD_LETTER.names)
 
 
 def batch_dead_letters(parsed: DataFrame, kafka_rows: DataFrame, lake_root: str, batch: str, inline_bytes: int,
-                       page_bytes: int) -> BatchDeadLetters:
-    """The dead letters among `parsed` (rows of `as_cached`, the batch's records not applied yet), their
-    records above `inline_bytes` written to `lake_root`'s `batch=<batch>` folder, read from `kafka_rows`
-    (the micro-batch's own Kafka rows) again."""
+                       page_bytes: int, identity: TopicIdentity) -> BatchDeadLetters:
+    """The dead letters among `parsed` (rows of `as_cached`, the batch's records not applied yet) of the
+    topic `identity`, their records above `inline_bytes` written to `lake_root`'s `batch=<batch>` folder,
+    read from `kafka_rows` (the micro-batch's own Kafka rows) again."""
     rejected = rejected_messages(parsed, RAW_LENGTH, RAW_SHA256, _IN_LAKE, _RAW_HEAD)
     in_lake = F.col(_IN_LAKE)
     # The cache holds no bytes of a record for the lake: its row's part is the overhead alone.
@@ -120,7 +124,7 @@ def batch_dead_letters(parsed: DataFrame, kafka_rows: DataFrame, lake_root: str,
     location = f"{lake_root.rstrip('/')}/{_LAKE_PARTITION}={batch}"
     if large:
         _write_to_lake(rejected.where(in_lake), kafka_rows, lake_root, batch, inline_bytes, page_bytes, large)
-    return BatchDeadLetters(rejected, records, statement_bytes, location, page_bytes)
+    return BatchDeadLetters(rejected, records, statement_bytes, location, page_bytes, identity)
 
 
 def _write_to_lake(large: DataFrame, kafka_rows: DataFrame, lake_root: str, batch: str, inline_bytes: int,

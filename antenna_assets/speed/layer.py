@@ -277,7 +277,7 @@ class SpeedLayer:
             # in between replays the batch as APPLIED, which lands it and adds nothing.
             if state is None:
                 with self.stats.timing(SPARK_TOTALS):
-                    summary, dead_letters = self._summary(parsed, _not_below(marks.applied), kafka_rows, key)
+                    summary, dead_letters = self._summary(parsed, _not_below(marks.applied), kafka_rows, key, identity)
                 # Below a mark: a lost checkpoint read again (checked: the same topic), or another topic
                 # now under the name; then the next attempt filters by the new topic's marks.
                 if _has_records_below(summary, marks.applied) and self._verify_topic(key) != identity:
@@ -318,8 +318,8 @@ class SpeedLayer:
          .partitionBy(*LAKE_PARTITION_COLUMNS, BATCH_PARTITION)
          .parquet(self.targets.landing_path))
 
-    def _summary(self, parsed: DataFrame, not_applied: Column, kafka_rows: DataFrame,
-                 key: BatchKey) -> tuple[pa.Table, BatchDeadLetters | None]:
+    def _summary(self, parsed: DataFrame, not_applied: Column, kafka_rows: DataFrame, key: BatchKey,
+                 identity: TopicIdentity) -> tuple[pa.Table, BatchDeadLetters | None]:
         """What the batch adds to PostgreSQL: its `micro_batch_summary` (one Spark job, collected through
         Arrow) and, only if the summary counts some, its dead letters, their large records written to
         the lake (speed/dead_letters.py).
@@ -330,7 +330,7 @@ class SpeedLayer:
             return summary, None
         return summary, batch_dead_letters(parsed.where(not_applied), kafka_rows, self.targets.dead_letters_root,
                                            f"{key.checkpoint_id}-{key.batch_id}", self.config.dead_letter_inline_bytes,
-                                           self.config.dead_letter_page_bytes)
+                                           self.config.dead_letter_page_bytes, identity)
 
     def _micro_batch_result(self, key: BatchKey, summary: pa.Table, dead_letters: BatchDeadLetters | None,
                             watermark: BatchWatermark, identity: TopicIdentity,
