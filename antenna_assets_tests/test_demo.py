@@ -10,6 +10,7 @@ from datetime import datetime
 
 from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP, BYTES_AGG_APP_1H
 from antenna_assets.sources.simulator import GroundTruth
+from antenna_assets_tests.test_dagster_cli import OUTDATED
 from antenna_assets_tests.truth import expected, query, read_table
 
 FIRST_HOUR = datetime(2026, 1, 5, 10)
@@ -23,6 +24,8 @@ def _demo(env: dict[str, str]) -> str:
                            "--no-superset"],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # The quickstart's command prints no superseded or deprecated Dagster command or API.
+    assert not OUTDATED.search(proc.stdout + proc.stderr), OUTDATED.search(proc.stdout + proc.stderr)
     return proc.stdout
 
 

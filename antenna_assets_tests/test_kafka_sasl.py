@@ -125,12 +125,13 @@ def test_simulator_cli_reads_the_password_file_and_fails_in_one_line_with_a_wron
     _assert_one_line_sasl_failure(refused.stderr, sasl)
 
 
-def test_streaming_sensor_checks_the_topic_with_the_credentials(sasl):
+def test_streaming_sensor_checks_the_topic_with_the_credentials(sasl, postgres):
     instance = dg.DagsterInstance.ephemeral()
-    assert isinstance(speed_layer_decision(instance, sasl, time.time()), dg.RunRequest)
-    missing = speed_layer_decision(instance, sasl.replace(topic="no-such-topic"), time.time())
+    with postgres.connect() as conn:  # the sensor's heartbeat check reads it
+        assert isinstance(speed_layer_decision(instance, conn, sasl, time.time()), dg.RunRequest)
+        missing = speed_layer_decision(instance, conn, sasl.replace(topic="no-such-topic"), time.time())
+        refused = speed_layer_decision(instance, conn, _wrong(sasl), time.time())
     assert isinstance(missing, dg.SkipReason) and "'no-such-topic' not found" in missing.skip_message
-    refused = speed_layer_decision(instance, _wrong(sasl), time.time())
     assert isinstance(refused, dg.SkipReason)
     _assert_one_line_sasl_failure(refused.skip_message, sasl)
 

@@ -41,7 +41,7 @@ def test_bigint_overflowing_totals_are_exact_in_stream_batch_and_views(settings,
         cur.execute("INSERT INTO user_metadata_hourly VALUES (%s, %s, %s, %s, %s)",
                     (HOUR_START, USER.id, USER.name, USER.email, USER.quota))
 
-    # At most two reports a micro-batch: each batch's sums fit a BIGINT, the running totals do not.
+    # About two reports a micro-batch: the running totals overflow a BIGINT, and so may a batch's own sum.
     config = SpeedLayerConfig(trigger="available_now", watermark="3650 days", max_offsets_per_trigger=2,
                               max_bytes=LARGEST, query_name=topic)
     landing = str(tmp_path / "landing")
@@ -51,7 +51,9 @@ def test_bigint_overflowing_totals_are_exact_in_stream_batch_and_views(settings,
 
     total = REPORTS * LARGEST
     assert total > BIGINT_MAX
-    assert layer.stats.good_messages == REPORTS and layer.stats.batches >= 4
+    # Spark spreads maxOffsetsPerTrigger over the topic's partitions and rounds: a batch may hold three
+    # reports (its BIGINT sum overflows and it is summed again exactly), so not every batch holds two.
+    assert layer.stats.good_messages == REPORTS and layer.stats.batches >= 2
     window = HOUR_START
     for table, key in ((BYTES_AGG_ANTENNA, "a-1"), (BYTES_AGG_USER, USER.id), (BYTES_AGG_APP, "SKYPE")):
         assert query(serving_db, f"SELECT {table.key}, date, {table.value} FROM {table.name}") == [(key, window, total)]

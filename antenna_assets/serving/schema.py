@@ -125,6 +125,13 @@ STREAMING_BATCHES = Table("streaming_batches", (
     Column("end_offsets", "JSONB"),
     Column("hours", "TIMESTAMP[]"),
 ), ("query", "checkpoint_id", "batch_id"))
+
+# A Kafka topic as Kafka identifies it, not by its name (kafka_client.TopicIdentity): the speed layer's offset
+# marks and dead letters are keyed by it. Empty for rows from before identities (a run adopts the marks).
+TOPIC_IDENTITY = (Column("kafka_cluster_id", "TEXT NOT NULL DEFAULT ''"),
+                  Column("kafka_topic_id", "TEXT NOT NULL DEFAULT ''"))
+TOPIC_IDENTITY_NAMES = tuple(c.name for c in TOPIC_IDENTITY)
+
 # Per query and Kafka partition, the offsets below which every record is applied to the speed
 # tables, and landed in the lake. Records are filtered by these, not by batch ids, so a lost or
 # replaced checkpoint that reads the topic again adds nothing twice and skips nothing. The marks are
@@ -137,9 +144,8 @@ STREAMING_OFFSETS = Table("streaming_offsets", (
     Column("kafka_partition", "INT NOT NULL"),
     Column("applied_until", "BIGINT NOT NULL"),
     Column("landed_until", "BIGINT NOT NULL"),
-    Column("kafka_cluster_id", "TEXT NOT NULL DEFAULT ''"),
-    Column("kafka_topic_id", "TEXT NOT NULL DEFAULT ''"),
-), ("query", "topic", "kafka_cluster_id", "kafka_topic_id", "kafka_partition"))
+    *TOPIC_IDENTITY,
+), ("query", "topic", *TOPIC_IDENTITY_NAMES, "kafka_partition"))
 # The stream's clock when a micro-batch was first planned, recorded before the batch uses it (it caps
 # the batch's watermark time, speed/watermark.py): a replay of the batch reads it back, and decides
 # the same way.
@@ -201,11 +207,10 @@ DEAD_LETTER = Table("dead_letter", (
     Column("raw_length", "BIGINT"),
     Column("raw_sha256", "TEXT"),
     Column("raw_location", "TEXT"),
-    # The topic as Kafka identifies it (speed/ledger.py's marks): a topic deleted and created again under its
-    # name numbers its records from 0 again, and its dead letters must not collide with the old topic's.
-    Column("kafka_cluster_id", "TEXT NOT NULL DEFAULT ''"),
-    Column("kafka_topic_id", "TEXT NOT NULL DEFAULT ''"),
-), ("topic", "kafka_cluster_id", "kafka_topic_id", "kafka_partition", "kafka_offset"))
+    # A topic deleted and created again under its name numbers its records from 0 again: its dead letters
+    # must not collide with the old topic's.
+    *TOPIC_IDENTITY,
+), ("topic", *TOPIC_IDENTITY_NAMES, "kafka_partition", "kafka_offset"))
 
 # Which hours each batch table holds the final answer for (created by the views' migration, which
 # also marks the hours a batch table already holds).
@@ -214,6 +219,19 @@ BATCH_HOURS = Table("batch_hours", (
     Column("date", "TIMESTAMP NOT NULL"),
     Column("materialized_at", f"TIMESTAMP NOT NULL {_UTC_NOW}"),
 ), ("table_name", "date"))
+
+
+def _with_topic_identity(table: Table) -> str:
+    """A `table` from before topic identities gets TOPIC_IDENTITY's columns, empty, and its primary key with them."""
+    add = ", ".join(f"ADD COLUMN {c.name} {c.definition}" for c in TOPIC_IDENTITY)
+    return f"""DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                       AND table_name = '{table.name}' AND column_name = '{TOPIC_IDENTITY[-1].name}') THEN
+            ALTER TABLE {table.name} {add};
+            ALTER TABLE {table.name} DROP CONSTRAINT {table.name}_pkey;
+            ALTER TABLE {table.name} ADD PRIMARY KEY ({", ".join(table.primary_key)});
+        END IF;
+    END $$"""
 
 DDL = [
     *(t.ddl() for t in (USER_METADATA, USER_METADATA_HOURLY, *STREAMING_TABLES, *BATCH_TABLES, USERS_OVER_QUOTA_1H,
@@ -244,16 +262,7 @@ DDL = [
     END $$""",
     *(t.ddl() for t in (STREAMING_OFFSETS, STREAMING_FAILURES, LANDING_HOURS, COMPACTED_HOURS, DEAD_LETTER)),
     # Offset marks from before topic identities: kept, with an empty identity, until a run adopts them.
-    """DO $$ BEGIN
-        IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
-                       AND table_name = 'streaming_offsets' AND column_name = 'kafka_topic_id') THEN
-            ALTER TABLE streaming_offsets ADD COLUMN kafka_cluster_id TEXT NOT NULL DEFAULT '',
-                ADD COLUMN kafka_topic_id TEXT NOT NULL DEFAULT '';
-            ALTER TABLE streaming_offsets DROP CONSTRAINT streaming_offsets_pkey;
-            ALTER TABLE streaming_offsets
-                ADD PRIMARY KEY (query, topic, kafka_cluster_id, kafka_topic_id, kafka_partition);
-        END IF;
-    END $$""",
+    _with_topic_identity(STREAMING_OFFSETS),
     STREAMING_BATCH_CLOCKS.ddl(),
     # Dead letters from before BYTEA: the text they kept becomes its UTF-8 bytes.
     """DO $$ BEGIN
@@ -274,13 +283,5 @@ DDL = [
         END IF;
     END $$""",
     # Dead letters from before topic identities: an empty identity, as the offset marks of then.
-    """DO $$ BEGIN
-        IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
-                       AND table_name = 'dead_letter' AND column_name = 'kafka_topic_id') THEN
-            ALTER TABLE dead_letter ADD COLUMN kafka_cluster_id TEXT NOT NULL DEFAULT '',
-                ADD COLUMN kafka_topic_id TEXT NOT NULL DEFAULT '';
-            ALTER TABLE dead_letter DROP CONSTRAINT dead_letter_pkey;
-            ALTER TABLE dead_letter ADD PRIMARY KEY (topic, kafka_cluster_id, kafka_topic_id, kafka_partition, kafka_offset);
-        END IF;
-    END $$""",
+    _with_topic_identity(DEAD_LETTER),
 ]

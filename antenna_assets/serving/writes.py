@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from psycopg2.extras import execute_values
 
-from antenna_assets.serving.schema import AggregateTable, Table
+from antenna_assets.serving.schema import TOTAL_BYTES, AggregateTable, Table
 
 
 def add_to_totals(cur, table: AggregateTable, sums: pa.Table) -> None:
@@ -24,7 +24,7 @@ def add_to_totals(cur, table: AggregateTable, sums: pa.Table) -> None:
         return
     key, value = table.key, table.value
     staging = f"staging_{table.name}"
-    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (key TEXT, epoch BIGINT, value BIGINT) "
+    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (key TEXT, epoch BIGINT, value {TOTAL_BYTES}) "
                 "ON COMMIT DELETE ROWS")
     buffer = io.BytesIO()
     pa_csv.write_csv(sums, buffer, pa_csv.WriteOptions(include_header=False))

@@ -55,9 +55,9 @@ ASCII_CONTROL = "".join(map(chr, (*range(0x20), 0x7F)))
 class MessageRules:
     """Plausibility limits of a message (README: contract rules). Each violation is a dead letter.
 
-    A micro-batch's sums fit a BIGINT: it holds at most `max_offsets_per_trigger` messages, and the
-    speed layer refuses a configuration where that many messages of `max_bytes` each could exceed one
-    (10^6 x 10^12 = 10^18 < 9.22 x 10^18 at the defaults). Running and hourly totals are NUMERIC(38, 0)
+    The speed layer refuses a configuration where `max_offsets_per_trigger` messages of `max_bytes` each
+    could exceed a BIGINT (10^6 x 10^12 = 10^18 < 9.22 x 10^18 at the defaults); a sum that overflows all
+    the same is summed again exactly (aggregates.byte_sum). Running and hourly totals are NUMERIC(38, 0)
     (serving/schema.py TOTAL_BYTES), so no number of messages overflows them.
     """
 

@@ -45,8 +45,8 @@ def byte_sum(exact: bool = False) -> Column:
     """The sum of `bytes`: a BIGINT that is null where it would overflow (`try_sum`; a plain sum raises in
     ANSI mode and fails the job on every re-run), or `exact`, a DECIMAL(38,0) that cannot overflow. The
     BIGINT sum is the fast path (DECIMAL sums measured ~3.7x slower, BENCHMARKS.md); callers sum exactly
-    only the rare time a BIGINT sum came back null. A speed-layer micro-batch's sums always fit
-    (SpeedLayerConfig refuses max_offsets_per_trigger x max_bytes above a BIGINT)."""
+    only the rare time a BIGINT sum came back null (the batch layer, and the speed layer's micro-batches:
+    transforms/micro_batch.py `overflowed`)."""
     return F.sum(F.col("bytes").cast(EXACT_SUM_TYPE)) if exact else F.try_sum("bytes")
 
 
