@@ -12,7 +12,7 @@ from antenna_assets.speed.layer import SPEED_TABLES
 from antenna_assets.transforms.aggregates import bytes_per_window
 from antenna_assets.transforms.devices import (WATERMARK_TIME, parse_device_messages, raw_bytes_of_rejected_only,
                                                valid_events, with_lake_partitions)
-from antenna_assets.transforms.micro_batch import PER_PARTITION, micro_batch_summary, rejected_count
+from antenna_assets.transforms.micro_batch import PER_PARTITION, micro_batch_summary, rejected_bytes, rejected_count
 
 GOOD = '{"bytes":9082,"timestamp":1600545287,"app":"SKYPE","id":"u1","antenna_id":"a0"}'
 
@@ -79,9 +79,12 @@ _RECORD_SCHEMA = ("topic string, partition int, offset long, reason string, time
 
 
 def _records(spark, rows):
-    """Parsed records as `parse_device_messages` leaves them: event and watermark times only for valid ones."""
+    """Parsed records as `parse_device_messages` leaves them: event and watermark times only for valid ones,
+    raw bytes only for rejected ones (their reason's text as their value, here)."""
     valid = F.col("reason").isNull()
     return (spark.createDataFrame(rows, _RECORD_SCHEMA)
+            .withColumn("key", F.lit(None).cast("binary"))
+            .withColumn("value", F.when(~valid, F.encode("reason", "utf-8")))
             .withColumn("event_time", F.timestamp_seconds(F.when(valid, F.col("timestamp"))))
             .withColumn(WATERMARK_TIME, F.when(valid, F.timestamp_seconds(F.least("timestamp", "kafka_seconds")))))
 
@@ -89,8 +92,9 @@ def _records(spark, rows):
 def test_micro_batch_summary_is_the_tables_own_aggregates_and_each_partitions_offsets(spark):
     """Property: in the speed layer's one aggregation, each table's rows are exactly what
     `bytes_per_window` (the batch layer's definition) gives from the counted valid records alone, and each
-    Kafka partition's row has its first and last offsets of all records and the newest watermark time and
-    rejected count of the counted ones. Rejected records carry keys of any text, which must make no table row."""
+    Kafka partition's row has its first and last offsets of all records and the newest watermark time,
+    rejected count and rejected raw bytes of the counted ones. Rejected records carry keys of any text,
+    which must make no table row."""
     from hypothesis import HealthCheck, given
     from hypothesis import settings as hypothesis_settings
     from hypothesis import strategies as st
@@ -128,6 +132,8 @@ def test_micro_batch_summary_is_the_tables_own_aggregates_and_each_partitions_of
                                                      r["rejected"])
                 for r in summary if r["table"] == PER_PARTITION} == expected
         assert rejected_count(collected) == sum(rejected for *_, rejected in expected.values())
+        assert rejected_bytes(collected) == sum(len(reason) for _, _, offset, reason, *_ in rows
+                                                if reason is not None and offset >= mark)
 
     check()
 

@@ -5,12 +5,15 @@ Spark from the bytes received, so anyone can prove that a stored copy is the rec
 are kept whole, where their size together decides:
 - up to `dead_letter_inline_bytes`: in the row, as BYTEA;
 - above it: in the lake, as Parquet under `<dead letters>/batch=<checkpoint>-<batch>/` (the row's
-  `raw_location`), written by Spark before the batch's PostgreSQL transaction, so a row never names
-  a missing file; a replay of the batch overwrites that folder with the same records.
+  `raw_location`), written by Spark inside the batch's PostgreSQL transaction, after its rows and
+  before it commits, so a row never names a missing file; a replay of the batch overwrites that folder
+  with the same records.
 Nothing unbounded reaches the driver or one statement: the batch's cache keeps a rejected record's
 bytes only up to the inline size (a larger record is read from Kafka again, by the lake write alone,
 which runs only for a batch that has one), and the rows for PostgreSQL reach the driver in pieces of
-about `dead_letter_page_bytes`, one INSERT each, inside the batch's one transaction.
+about `dead_letter_page_bytes`, one INSERT each, inside the batch's one transaction. The batch's summary
+gives their count and bytes (transforms/micro_batch.py), so pieces are sized without a Spark job, and a
+batch whose dead letters fit one page collects them in one job, as before.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ _IN_LAKE = "in_lake"  # a rejected record too large for its row: its bytes go to
 _RAW_HEAD = "raw_head"  # the first bytes of such a record: its preview
 _LAKE_PARTITION = "batch"
 _COORDINATES = ("topic", "kafka_partition", "kafka_offset")
-# A row's part of an INSERT besides its key and value (preview, coordinates, digest), at most about.
-_ROW_OVERHEAD_BYTES = 1024
+# A row's part of an INSERT besides its key and value (a preview of up to 800 bytes, digest, coordinates,
+# times), and what it brings to the driver besides them (a record in the lake: its first 800 bytes), at most.
+_ROW_OVERHEAD_BYTES = 2048
 
 
 def _record_bytes(key: Column, value: Column) -> Column:
@@ -67,35 +71,47 @@ def as_cached(parsed: DataFrame, inline_bytes: int) -> DataFrame:
 
 
 class BatchDeadLetters:
-    """One micro-batch's dead letters, their large records already in the lake. Iterating gives the
-    `dead_letter` rows (all its columns, in order) in pages of about `page_bytes` of INSERT text, each
-    one statement; every iteration reads them from the batch's cache again, a piece at a time."""
+    """The dead letters among `parsed` (rows of `as_cached`: the micro-batch's records not applied yet,
+    `records` of them rejected, with `raw_bytes` of keys and values in the cache) of the topic `identity`. Iterating gives their `dead_letter` rows (all its
+    columns, in order) in pages of about `page_bytes` of INSERT text, each one statement, and ends by
+    writing the records above `inline_bytes`, read from `kafka_rows` (the micro-batch's own Kafka rows)
+    again, to `lake_root`'s `batch=<batch>` folder: iterated inside the batch's transaction, as
+    `apply_micro_batch` does, the files are there before the rows that name them commit. Each iteration
+    reads the rows from the batch's cache again, a piece at a time, and writes the folder again."""
 
-    def __init__(self, rejected: DataFrame, records: int, statement_bytes: int, location: str, page_bytes: int,
-                 identity: TopicIdentity):
-        self._rejected = rejected
+    def __init__(self, parsed: DataFrame, kafka_rows: DataFrame, records: int, raw_bytes: int, lake_root: str,
+                 batch: str, inline_bytes: int, page_bytes: int, identity: TopicIdentity):
+        self._rejected = rejected_messages(parsed, RAW_LENGTH, RAW_SHA256, _IN_LAKE, _RAW_HEAD)
+        self._kafka_rows = kafka_rows
         self._identity = identity
         self.records = records
-        self._pieces = max(1, math.ceil(statement_bytes / page_bytes))
-        self._location = location
-        self._page_bytes = page_bytes
+        # Every row's _statement_bytes together: the pieces sized without a Spark job.
+        self._pieces = math.ceil((2 * raw_bytes + records * _ROW_OVERHEAD_BYTES) / page_bytes)
+        self._lake_root, self._batch = lake_root.rstrip("/"), batch
+        self._location = f"{self._lake_root}/{_LAKE_PARTITION}={batch}"
+        self._inline_bytes, self._page_bytes = inline_bytes, page_bytes
         self._ingest_time = utc_now()
 
     def __iter__(self) -> Iterator[list[tuple]]:
         rows = self._rejected.select(*_COORDINATES, "raw_value", "raw_key", _RAW_HEAD, "reason",
                                      F.unix_millis("kafka_timestamp").alias("kafka_timestamp"), RAW_LENGTH,
                                      RAW_SHA256, _IN_LAKE)
-        # Partitions of about a page each, so the driver holds one at a time; one partition needs no shuffle.
-        pieces = rows.coalesce(1) if self._pieces == 1 else rows.repartition(self._pieces)
-        page, page_bytes = [], 0
-        for row in pieces.toLocalIterator():
+        # One piece: collected by one Spark job, whose tasks scan the cache in parallel (a batch's few dead
+        # letters cost what they did before). More: spread evenly over that many partitions, each a page at
+        # most, the driver fetching one at a time.
+        received = rows.collect() if self._pieces <= 1 else rows.repartition(self._pieces).toLocalIterator()
+        page, page_bytes, in_lake = [], 0, 0
+        for row in received:
             page.append(self._row(row))
+            in_lake += row[_IN_LAKE]
             page_bytes += _statement_bytes(len(row.raw_value or b"") + len(row.raw_key or b""))
             if page_bytes >= self._page_bytes:
                 yield page
                 page, page_bytes = [], 0
         if page:
             yield page
+        if in_lake:
+            self._write_to_lake(in_lake)
 
     def _row(self, row) -> tuple:
         in_lake = row[_IN_LAKE]
@@ -110,46 +126,29 @@ class BatchDeadLetters:
         return tuple(values[name] for name in DEAD_LETTER.names)
 
 
-def batch_dead_letters(parsed: DataFrame, kafka_rows: DataFrame, lake_root: str, batch: str, inline_bytes: int,
-                       page_bytes: int, identity: TopicIdentity) -> BatchDeadLetters:
-    """The dead letters among `parsed` (rows of `as_cached`, the batch's records not applied yet) of the
-    topic `identity`, their records above `inline_bytes` written to `lake_root`'s `batch=<batch>` folder,
-    read from `kafka_rows` (the micro-batch's own Kafka rows) again."""
-    rejected = rejected_messages(parsed, RAW_LENGTH, RAW_SHA256, _IN_LAKE, _RAW_HEAD)
-    in_lake = F.col(_IN_LAKE)
-    # The cache holds no bytes of a record for the lake: its row's part is the overhead alone.
-    records, large, statement_bytes = rejected.agg(
-        F.count(F.lit(1)), F.count_if(in_lake),
-        F.sum(_statement_bytes(_record_bytes(F.col("raw_key"), F.col("raw_value"))))).first()
-    location = f"{lake_root.rstrip('/')}/{_LAKE_PARTITION}={batch}"
-    if large:
-        _write_to_lake(rejected.where(in_lake), kafka_rows, lake_root, batch, inline_bytes, page_bytes, large)
-    return BatchDeadLetters(rejected, records, statement_bytes, location, page_bytes, identity)
-
-
-def _write_to_lake(large: DataFrame, kafka_rows: DataFrame, lake_root: str, batch: str, inline_bytes: int,
-                   page_bytes: int, expected: int) -> None:
-    """Each large rejected record's key and value with its dead letter's columns (kafka_timestamp a
-    timestamp), as Parquet in the `batch` partition under `lake_root`, replacing what a run before wrote there."""
-    key, value = F.col("key"), F.col("value")
-    received = (kafka_rows.where(_record_bytes(key, value) > inline_bytes)
-                .select("topic", F.col("partition").alias("kafka_partition"), F.col("offset").alias("kafka_offset"),
-                        key.alias("raw_key"), value.alias("raw_value")))
-    # Broadcast: the large records' own coordinates are small, and a shuffle of their bytes is what must not happen.
-    rows = received.join(F.broadcast(large.select(*_COORDINATES, "reason", "kafka_timestamp", RAW_LENGTH,
-                                                  RAW_SHA256)), list(_COORDINATES))
-    written = Observation("dead_letters_in_lake")
-    (rows.observe(written, F.count(F.lit(1)).alias("records"))
-     .withColumn(_LAKE_PARTITION, F.lit(batch))
-     .write.mode("overwrite")
-     .option("partitionOverwriteMode", "dynamic")
-     # Row groups of about a page: a Parquet writer holds its row group in memory until it is full.
-     .option("parquet.block.size", str(page_bytes))
-     .partitionBy(_LAKE_PARTITION)
-     .parquet(lake_root))
-    if written.get["records"] != expected:
-        raise RuntimeError(f"{expected} dead letters too large for PostgreSQL, but {written.get['records']} of them "
-                           f"read again from Kafka and written to {lake_root}/{_LAKE_PARTITION}={batch}")
+    def _write_to_lake(self, expected: int) -> None:
+        """Each large rejected record's key and value with its dead letter's columns (kafka_timestamp a
+        timestamp), as Parquet in the batch's partition, replacing what a run before wrote there."""
+        key, value = F.col("key"), F.col("value")
+        received = (self._kafka_rows.where(_record_bytes(key, value) > self._inline_bytes)
+                    .select("topic", F.col("partition").alias("kafka_partition"),
+                            F.col("offset").alias("kafka_offset"), key.alias("raw_key"), value.alias("raw_value")))
+        large = self._rejected.where(F.col(_IN_LAKE)).select(*_COORDINATES, "reason", "kafka_timestamp", RAW_LENGTH,
+                                                             RAW_SHA256)
+        # Broadcast: the large records' coordinates are small, and a shuffle of their bytes must not happen.
+        rows = received.join(F.broadcast(large), list(_COORDINATES))
+        written = Observation("dead_letters_in_lake")
+        (rows.observe(written, F.count(F.lit(1)).alias("records"))
+         .withColumn(_LAKE_PARTITION, F.lit(self._batch))
+         .write.mode("overwrite")
+         .option("partitionOverwriteMode", "dynamic")
+         # Row groups of about a page: a Parquet writer holds its row group in memory until it is full.
+         .option("parquet.block.size", str(self._page_bytes))
+         .partitionBy(_LAKE_PARTITION)
+         .parquet(self._lake_root))
+        if written.get["records"] != expected:
+            raise RuntimeError(f"{expected} dead letters too large for PostgreSQL, but {written.get['records']} of "
+                               f"them read again from Kafka and written to {self._location}")
 
 
 def _binary(value) -> bytes | None:

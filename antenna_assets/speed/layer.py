@@ -43,7 +43,7 @@ from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTE
 from antenna_assets.sources.user_metadata import read_live
 from antenna_assets.postgres import KeptConnection
 from antenna_assets.speed.config import SpeedLayerConfig, parse_duration
-from antenna_assets.speed.dead_letters import BatchDeadLetters, as_cached, batch_dead_letters
+from antenna_assets.speed.dead_letters import BatchDeadLetters, as_cached
 from antenna_assets.speed.heartbeat import Heartbeat
 from antenna_assets.hours import epoch_seconds, utc_from_epoch_seconds, utc_now
 from antenna_assets.speed.watermark import BatchWatermark
@@ -52,7 +52,8 @@ from antenna_assets.transforms.devices import (LAKE_PARTITION_COLUMNS, WATERMARK
                                                valid_events,
                                                with_lake_partitions)
 from antenna_assets.transforms.micro_batch import (KAFKA_FIRST_OFFSET, KAFKA_OFFSET, KAFKA_PARTITION, PER_PARTITION,
-                                                   micro_batch_summary, overflowed, rejected_count)
+                                                   micro_batch_summary, overflowed, rejected_bytes,
+                                                   rejected_count)
 
 BATCH_PARTITION = "batch"
 # The steps of a micro-batch: the Spark jobs of its sums and dead letters (Kafka read and parse
@@ -321,18 +322,20 @@ class SpeedLayer:
     def _summary(self, parsed: DataFrame, not_applied: Column, kafka_rows: DataFrame, key: BatchKey,
                  identity: TopicIdentity) -> tuple[pa.Table, BatchDeadLetters | None]:
         """What the batch adds to PostgreSQL: its `micro_batch_summary` (one Spark job, collected through
-        Arrow) and, only if the summary counts some, its dead letters, their large records written to
-        the lake (speed/dead_letters.py).
+        Arrow) and, only if the summary counts some, its dead letters, read from the cache as the batch's
+        transaction inserts them (speed/dead_letters.py).
 
         Sums and dead letters come from the records not applied yet (`not_applied`); offsets from all."""
         summary = micro_batch_summary(parsed, not_applied, SPEED_TABLES, self.config.window).toArrow()
         if overflowed(summary):  # rare: summed again exactly, as the batch layer does
             summary = micro_batch_summary(parsed, not_applied, SPEED_TABLES, self.config.window, exact=True).toArrow()
-        if not rejected_count(summary):
+        rejected = rejected_count(summary)
+        if not rejected:
             return summary, None
-        return summary, batch_dead_letters(parsed.where(not_applied), kafka_rows, self.targets.dead_letters_root,
-                                           f"{key.checkpoint_id}-{key.batch_id}", self.config.dead_letter_inline_bytes,
-                                           self.config.dead_letter_page_bytes, identity)
+        return summary, BatchDeadLetters(parsed.where(not_applied), kafka_rows, rejected, rejected_bytes(summary),
+                                         self.targets.dead_letters_root, f"{key.checkpoint_id}-{key.batch_id}",
+                                         self.config.dead_letter_inline_bytes, self.config.dead_letter_page_bytes,
+                                         identity)
 
     def _micro_batch_result(self, key: BatchKey, summary: pa.Table, dead_letters: BatchDeadLetters | None,
                             watermark: BatchWatermark, identity: TopicIdentity,

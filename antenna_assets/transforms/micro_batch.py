@@ -5,8 +5,9 @@ grouping sets, so one job with one shuffle gives
   - per speed table, the partial sums of the counted valid events: `aggregates.bytes_per_window`'s
     totals per key and window, the batch layer's definition;
   - per Kafka partition, the first and last offsets of every record (counted or not), the newest
-    watermark time of the counted valid events and how many counted records were rejected, so the
-    batch's dead letters are a job of their own only when it has some.
+    watermark time of the counted valid events and how many counted records were rejected, and their
+    raw bytes as the batch holds them, so the batch's dead letters are a job of their own only when it
+    has some, in pieces sized without another.
 As a union of three parts (sums, dead letters, offsets), the same was a job of three stages and
 twice the tasks: ~200 ms more of every live micro-batch (BENCHMARKS.md, Speed layer).
 """
@@ -31,16 +32,17 @@ KAFKA_PARTITION = "kafka_partition"
 KAFKA_OFFSET = "kafka_offset"  # the partition's last offset in the batch
 KAFKA_FIRST_OFFSET = "kafka_first_offset"  # and its first
 REJECTED = "rejected"  # counted records the parse rejected
+REJECTED_BYTES = "rejected_bytes"  # the bytes of their raw keys and values, as far as the batch holds them
 _COUNTED = "counted"
-_RECORD_COLUMNS = ("topic", "partition", "offset", "reason", "bytes", "event_time", WATERMARK_TIME)
+_RECORD_COLUMNS = ("topic", "partition", "offset", "reason", "bytes", "event_time", WATERMARK_TIME, "key", "value")
 
 
 def micro_batch_summary(parsed: DataFrame, counted: Column, tables: Sequence[AggregateTable], window: str,
                         exact: bool = False) -> DataFrame:
     """Columns: `table` (a name in `tables`, or PER_PARTITION), then for a table's rows key, date,
     bytes, messages, max_event_time; for a partition's rows topic, kafka_partition, kafka_offset,
-    kafka_first_offset, watermark_time and rejected (counted records only, offsets of all). Times
-    are epoch seconds.
+    kafka_first_offset, watermark_time, rejected and rejected_bytes (counted records only, offsets of
+    all). Times are epoch seconds.
 
     Sums and the newest watermark time are of the records where `counted` holds; a table's rows
     never include an uncounted or rejected record."""
@@ -66,6 +68,12 @@ def rejected_count(summary: pa.Table) -> int:
     """The counted rejected records of a collected `micro_batch_summary`."""
     partitions = summary.filter(pc.equal(summary.column("table"), PER_PARTITION))
     return pc.sum(partitions.column(REJECTED)).as_py() or 0
+
+
+def rejected_bytes(summary: pa.Table) -> int:
+    """The bytes of the raw keys and values of a collected `micro_batch_summary`'s counted rejected records."""
+    partitions = summary.filter(pc.equal(summary.column("table"), PER_PARTITION))
+    return pc.sum(partitions.column(REJECTED_BYTES)).as_py() or 0
 
 
 class _SummaryColumns(NamedTuple):
@@ -94,6 +102,8 @@ def _summary_columns(tables: tuple[tuple[str, str], ...], window: str, exact: bo
               F.when(valid, F.col("bytes")).alias("bytes"), event_time.alias("event_time"),
               F.when(valid, F.col(WATERMARK_TIME)).alias(WATERMARK_TIME),
               (counted & F.col("reason").isNotNull()).alias(REJECTED),
+              F.when(counted & F.col("reason").isNotNull(),
+                     F.coalesce(F.length("key"), F.lit(0)) + F.coalesce(F.length("value"), F.lit(0))).alias(REJECTED_BYTES),
               window_start(window, F.coalesce(event_time, F.timestamp_seconds(F.lit(0)))))
     grouped = [F.grouping(key) == 0 for key in keys]
     (first_name, first_key), *others = tables
@@ -102,7 +112,8 @@ def _summary_columns(tables: tuple[tuple[str, str], ...], window: str, exact: bo
         table_name, key_value = table_name.when(is_grouped, F.lit(name)), key_value.when(is_grouped, F.col(key))
     totals = (table_name.otherwise(F.lit(PER_PARTITION)).alias("table"), key_value.alias("key"),
               *window_totals("bytes", exact), F.max("offset").alias(KAFKA_OFFSET), F.min("offset").alias(KAFKA_FIRST_OFFSET),
-              F.max(WATERMARK_TIME).alias(WATERMARK_TIME), F.count_if(REJECTED).alias(REJECTED))
+              F.max(WATERMARK_TIME).alias(WATERMARK_TIME), F.count_if(REJECTED).alias(REJECTED),
+              F.sum(REJECTED_BYTES).alias(REJECTED_BYTES))
     return _SummaryColumns(
         records=tuple(F.col(c) for c in (*_RECORD_COLUMNS, *keys)),
         inputs=tuple(F.col(c) if isinstance(c, str) else c for c in inputs),
@@ -113,4 +124,4 @@ def _summary_columns(tables: tuple[tuple[str, str], ...], window: str, exact: bo
         output=(F.col("table"), F.col("key"), F.unix_seconds("date").alias("date"), F.col("bytes"),
                 F.col(MESSAGES), F.unix_seconds(MAX_EVENT_TIME).alias(MAX_EVENT_TIME), F.col("topic"),
                 F.col("partition").alias(KAFKA_PARTITION), F.col(KAFKA_OFFSET), F.col(KAFKA_FIRST_OFFSET),
-                F.unix_seconds(WATERMARK_TIME).alias(WATERMARK_TIME), F.col(REJECTED)))
+                F.unix_seconds(WATERMARK_TIME).alias(WATERMARK_TIME), F.col(REJECTED), F.col(REJECTED_BYTES)))
