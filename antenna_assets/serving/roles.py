@@ -40,6 +40,10 @@ WRITER_PRIVILEGES = {
     "landing_hours": "SELECT, INSERT, UPDATE",
     "compacted_hours": "SELECT, INSERT, UPDATE",
     "dead_letter": "SELECT, INSERT",
+    # The alert rules' outbox inserts and the sender's deliveries (antenna_assets/alerts).
+    "alerts": "SELECT, INSERT, UPDATE",
+    "alerts_id_seq": "USAGE",
+    "alert_deliveries": "SELECT, INSERT, UPDATE",
     "schema_version": "SELECT",
     **{view: "SELECT" for view in SERVING_VIEWS},
 }

@@ -220,6 +220,35 @@ BATCH_HOURS = Table("batch_hours", (
     Column("materialized_at", f"TIMESTAMP NOT NULL {_UTC_NOW}"),
 ), ("table_name", "date"))
 
+# Alerts (antenna_assets/alerts): an outbox. A rule inserts its alert in the transaction that decides it, once
+# per dedup_key whatever re-runs; the sender delivers it to each channel's recipients (alert_deliveries) and
+# the alert's state, attempts, last_error, next_attempt and sent_at summarise those deliveries.
+_DELIVERY_STATE = "TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'failed'))"
+ALERTS = Table("alerts", (
+    Column("id", "BIGSERIAL"),
+    Column("kind", "TEXT NOT NULL"),
+    Column("subject", "TEXT NOT NULL"),
+    Column("dedup_key", "TEXT NOT NULL UNIQUE"),
+    Column("payload", "JSONB NOT NULL"),
+    Column("created", "TIMESTAMPTZ NOT NULL DEFAULT now()"),
+    Column("state", _DELIVERY_STATE),
+    Column("attempts", "INT NOT NULL DEFAULT 0"),
+    Column("last_error", "TEXT"),
+    Column("next_attempt", "TIMESTAMPTZ NOT NULL DEFAULT now()"),
+    Column("sent_at", "TIMESTAMPTZ"),
+), ("id",))
+# One row per alert, channel ('email', 'webhook') and recipient: a recipient the server refuses fails alone.
+ALERT_DELIVERIES = Table("alert_deliveries", (
+    Column("alert_id", "BIGINT NOT NULL REFERENCES alerts (id) ON DELETE CASCADE"),
+    Column("channel", "TEXT NOT NULL"),
+    Column("recipient", "TEXT NOT NULL"),
+    Column("state", _DELIVERY_STATE),
+    Column("attempts", "INT NOT NULL DEFAULT 0"),
+    Column("last_error", "TEXT"),
+    Column("next_attempt", "TIMESTAMPTZ NOT NULL DEFAULT now()"),
+    Column("delivered_at", "TIMESTAMPTZ"),
+), ("alert_id", "channel", "recipient"))
+
 
 def _with_topic_identity(table: Table) -> str:
     """A `table` from before topic identities gets TOPIC_IDENTITY's columns, empty, and its primary key with them."""
@@ -284,4 +313,9 @@ DDL = [
     END $$""",
     # Dead letters from before topic identities: an empty identity, as the offset marks of then.
     _with_topic_identity(DEAD_LETTER),
+    ALERTS.ddl(),
+    ALERT_DELIVERIES.ddl(),
+    # The sender's two questions: which alerts have no deliveries yet, which deliveries are due.
+    "CREATE INDEX IF NOT EXISTS alerts_pending ON alerts (id) WHERE state = 'pending'",
+    "CREATE INDEX IF NOT EXISTS alert_deliveries_due ON alert_deliveries (next_attempt) WHERE state = 'pending'",
 ]
