@@ -45,7 +45,9 @@ setup(
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "duckdb>=1.1", "hypothesis>=6.100", "httpx>=0.27",
                 # drives Debian's /usr/bin/chromium in the browser tests; no browser download
-                "playwright>=1.50,<2"],
+                "playwright>=1.50,<2",
+                # a real SMTP server on 127.0.0.1 for the alert delivery tests
+                "aiosmtpd>=1.4"],
     },
     entry_points={"console_scripts": ["antenna=antenna_assets.cli:main"]},
 )

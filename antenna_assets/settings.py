@@ -112,6 +112,26 @@ class Settings(BaseSettings):
     # automation runs it every stream_lag_check_minutes (one short run each time).
     stream_lag_limit_seconds: float = Field(default=300.0, gt=0)
     stream_lag_check_minutes: int = Field(default=5, ge=1, le=59)
+    # Alert delivery (alerts/channels.py, alerts/sender.py); a channel is off while its host or URL is empty.
+    # Email over SMTP to alerts_email_to (comma-separated) and, with alerts_email_users, to the user an alert is
+    # about; a login with alerts_smtp_username reads its password from <stack_dir>/secrets/alerts-smtp-password.
+    alerts_smtp_host: str = ""
+    alerts_smtp_port: int = Field(default=25, gt=0, lt=65536)
+    alerts_smtp_starttls: bool = False
+    alerts_smtp_username: str = ""
+    alerts_email_from: str = "antenna@localhost"
+    alerts_email_to: str = ""
+    alerts_email_users: bool = False
+    # A signed JSON POST per alert; the signing key is <stack_dir>/secrets/alerts-webhook-key (README: Alerts).
+    alerts_webhook_url: str = ""
+    alerts_send_timeout_seconds: float = Field(default=10.0, gt=0)  # one SMTP session step or webhook request
+    # A delivery that failed for a reason that may pass (server down, a 4xx SMTP or 5xx HTTP reply) is tried
+    # again after alerts_retry_seconds, doubling up to alerts_retry_max_seconds, alerts_max_attempts tries in all
+    # (the defaults: about 11 hours). The sender also looks every alerts_poll_seconds without being notified.
+    alerts_retry_seconds: float = Field(default=5.0, gt=0)
+    alerts_retry_max_seconds: float = Field(default=900.0, gt=0)
+    alerts_max_attempts: int = Field(default=50, ge=1)
+    alerts_poll_seconds: float = Field(default=2.0, gt=0)
     autostart_streaming: bool = False  # the streaming sensor is on when Dagster starts
     automation: bool = False  # the hourly batch sensor is on when Dagster starts
     ui_port: int = 3000  # the Dagster UI started by `antenna demo`
@@ -166,7 +186,25 @@ class Settings(BaseSettings):
         if not (self.spark_master.startswith(("local", "spark://", "k8s://")) or self.spark_master == "yarn"):
             raise ValueError(f"{ENV_PREFIX}SPARK_MASTER={self.spark_master!r}: expected local[*], spark://host:port, "
                              "yarn or k8s://")
+        self._check_alert_channels()
         return self
+
+    def _check_alert_channels(self) -> None:
+        webhook = urlparse(self.alerts_webhook_url)
+        # Only the scheme is shown: a webhook URL's path is often its secret.
+        if self.alerts_webhook_url and (webhook.scheme not in ("http", "https") or not webhook.hostname):
+            raise ValueError(f"{ENV_PREFIX}ALERTS_WEBHOOK_URL must be an http:// or https:// URL with a host, got "
+                             f"{webhook.scheme + '://...' if webhook.scheme else 'no scheme'}")
+        if self.alerts_smtp_host and not (self.alerts_email_to.strip() or self.alerts_email_users):
+            raise ValueError(f"{ENV_PREFIX}ALERTS_SMTP_HOST is set but no one gets the email: set "
+                             f"{ENV_PREFIX}ALERTS_EMAIL_TO (operators' addresses) or {ENV_PREFIX}ALERTS_EMAIL_USERS=1")
+        for address in (self.alerts_email_from, *self.alerts_operator_emails):
+            if address.count("@") != 1 or any(c in address for c in " <>,;"):
+                raise ValueError(f"{ENV_PREFIX}ALERTS_EMAIL_FROM/_TO: {address!r} is not an email address")
+
+    @property
+    def alerts_operator_emails(self) -> tuple[str, ...]:
+        return tuple(a.strip() for a in self.alerts_email_to.split(",") if a.strip())
 
     def _kafka_security(self, stack_dir: Path) -> dict[str, str]:
         """The derived Kafka security settings; a combination no client can use is a ValueError."""

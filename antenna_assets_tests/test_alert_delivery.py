@@ -1,16 +1,128 @@
 """Alerts' delivery half: the outbox (alerts/outbox.py), the email and webhook channels and the sender, against a
-real PostgreSQL, a real SMTP server (aiosmtpd) and a real HTTP receiver that checks the signature."""
+real PostgreSQL, a real SMTP server (aiosmtpd) and a real HTTP receiver that checks the signature as the README
+documents it (its own code, not the product's)."""
 
 from __future__ import annotations
 
+import email
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlparse
 
 import psycopg2
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 
+from antenna_assets.alerts.channels import DELIVERED, DOWN, REFUSED, RETRY, Outcome, configured_channels
 from antenna_assets.alerts.outbox import enqueue_alert
+from antenna_assets.alerts.sender import RetryPolicy, Sender, after_try
 from antenna_assets.postgres import connect, transaction
 from antenna_assets.serving.roles import grant_writer
+from antenna_assets.stack.secrets import write_private_file
+
+# The test server takes a login without TLS (STARTTLS would need a certificate the client trusts).
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+REFUSED_ADDRESS = "nobody@refusing.example"
+SMTP_LOGIN = ("antenna-alerts", "smtp password 1234")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Mailbox:
+    """An aiosmtpd handler that keeps what it accepts and refuses REFUSED_ADDRESS as a real server would."""
+
+    def __init__(self):
+        self.messages: list[tuple[str, email.message.Message]] = []
+        self.on_message = None
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address == REFUSED_ADDRESS:
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        message = email.message_from_bytes(envelope.original_content)
+        self.messages.extend((rcpt, message) for rcpt in envelope.rcpt_tos)
+        if self.on_message:
+            self.on_message()
+        return "250 Message accepted for delivery"
+
+    def received(self) -> list[tuple[str, str]]:
+        """(alert id, recipient) of every message, duplicates included."""
+        return sorted((m["X-Antenna-Alert-Id"], rcpt) for rcpt, m in self.messages)
+
+
+class SmtpServer:
+    def __init__(self, login: tuple[str, str] | None = None):
+        self.port, self.mailbox, self.login, self.controller = _free_port(), Mailbox(), login, None
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data):
+        return AuthResult(success=(auth_data.login.decode(), auth_data.password.decode()) == self.login)
+
+    def start(self) -> None:
+        auth = dict(auth_required=True, auth_require_tls=False, authenticator=self._authenticate) if self.login else {}
+        self.controller = Controller(self.mailbox, hostname="127.0.0.1", port=self.port, **auth)
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+class Receiver(ThreadingHTTPServer):
+    """A webhook receiver: verifies each request's signature with the key, answers the scripted statuses (then 200)."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", _free_port()), _ReceiverHandler)
+        self.key: bytes = b""
+        self.script: list[int] = []
+        self.requests: list[dict] = []  # alert id, status answered, signature valid, body
+        self.before_answer = None
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hooks/antenna?token=path-secret"
+
+    def delivered(self) -> list[str]:
+        return sorted(r["alert_id"] for r in self.requests if r["status"] == 200)
+
+
+class _ReceiverHandler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        server: Receiver = self.server
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        fields = dict(part.split("=", 1) for part in self.headers["Antenna-Signature"].split(","))
+        expected = hmac.new(server.key, fields["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
+        valid = hmac.compare_digest(expected, fields["v1"]) and abs(time.time() - int(fields["t"])) < 300
+        status = server.script.pop(0) if server.script else 200
+        server.requests.append({"alert_id": self.headers["Antenna-Alert-Id"], "status": status, "valid": valid,
+                                "body": json.loads(body), "path": self.path})
+        if server.before_answer:
+            server.before_answer()
+        self.send_response(status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
 
 
 @pytest.fixture
@@ -22,6 +134,72 @@ def alerts_db(settings, serving_db) -> str:
     finally:
         conn.close()
     return settings.postgres_url_for(urlparse(serving_db).path.lstrip("/"))
+
+
+@pytest.fixture
+def smtp():
+    server = SmtpServer(login=SMTP_LOGIN)
+    server.start()
+    yield server
+    if server.controller.server is not None:
+        server.stop()
+
+
+@pytest.fixture
+def receiver():
+    server = Receiver()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def alert_settings(settings, tmp_path, smtp, receiver):
+    """Both channels on, at the test servers, with the test's own secrets folder and quick retries."""
+    tmp_path.joinpath("secrets").mkdir(mode=0o700)
+    write_private_file(tmp_path / "secrets" / "alerts-smtp-password", SMTP_LOGIN[1] + "\n")
+    configured = settings.replace(
+        stack_dir=tmp_path, alerts_smtp_host="127.0.0.1", alerts_smtp_port=smtp.port,
+        alerts_smtp_username=SMTP_LOGIN[0], alerts_email_from="alerts@antenna.example",
+        alerts_email_to="ops@antenna.example", alerts_email_users=True, alerts_webhook_url=receiver.url,
+        alerts_send_timeout_seconds=3.0, alerts_retry_seconds=0.2, alerts_retry_max_seconds=1.0,
+        alerts_max_attempts=50, alerts_poll_seconds=0.5)
+    configured_channels(configured)  # generates the webhook's key
+    receiver.key = (tmp_path / "secrets" / "alerts-webhook-key").read_text().strip().encode()
+    return configured
+
+
+def _sender(alert_settings, url: str, lines: list[str] | None = None) -> Sender:
+    return Sender(url, configured_channels(alert_settings), RetryPolicy.of(alert_settings),
+                  log=(lines.append if lines is not None else lambda line: None))
+
+
+def _enqueue(url: str, *alerts: tuple[str, str | None]) -> list[int]:
+    """Quota alerts for (user, user_email) pairs; their ids."""
+    with transaction(url) as conn, conn.cursor() as cur:
+        for user, user_email in alerts:
+            enqueue_alert(cur, kind="quota.provisional", subject=f"{user} over quota (provisional)",
+                          dedup_key=f"quota.provisional:{user}:2026-12-06T13", payload={
+                              "user": user, "hour": "2026-12-06T13:00:00Z", "bytes": 1_500_000, "quota": 1_000_000,
+                              **({"user_email": user_email} if user_email else {})})
+        cur.execute("SELECT id FROM alerts ORDER BY id")
+        return [row[0] for row in cur.fetchall()]
+
+
+def _deliveries(url: str) -> list[tuple]:
+    with transaction(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT alert_id, channel, recipient, state, attempts, last_error FROM alert_deliveries "
+                    "ORDER BY alert_id, channel, recipient")
+        return cur.fetchall()
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
 
 
 def test_enqueue_is_once_per_dedup_key_and_in_the_callers_transaction(alerts_db):
@@ -42,3 +220,186 @@ def test_enqueue_is_once_per_dedup_key_and_in_the_callers_transaction(alerts_db)
             enqueue_alert(cur, kind="Quota Final", subject="s", dedup_key="k", payload={})
         with pytest.raises(psycopg2.errors.CheckViolation):
             cur.execute("UPDATE alerts SET state = 'delivered'")
+
+
+def test_email_and_signed_webhook_once_and_a_refused_recipient_fails_alone(alert_settings, alerts_db, smtp, receiver):
+    refused_alert, good_alert = _enqueue(alerts_db, ("u1", REFUSED_ADDRESS), ("u2", "u2@antenna.example"))
+    lines: list[str] = []
+    sender = _sender(alert_settings, alerts_db, lines)
+    report = sender.deliver_due()
+    assert (report.delivered, report.failed, report.retrying) == (5, 1, 0)
+    for _ in range(3):  # later passes send nothing again, the refusal included
+        sender.deliver_due()
+        time.sleep(0.3)
+    sender.close()
+
+    assert smtp.mailbox.received() == sorted([(str(refused_alert), "ops@antenna.example"),
+                                              (str(good_alert), "ops@antenna.example"),
+                                              (str(good_alert), "u2@antenna.example")])
+    message = next(m for rcpt, m in smtp.mailbox.messages if rcpt == "u2@antenna.example")
+    assert message["Subject"] == "[antenna] u2 over quota (provisional)"
+    parts = {part.get_content_type(): part.get_payload(decode=True).decode() for part in message.walk()
+             if not part.is_multipart()}
+    assert "bytes: 1500000" in parts["text/plain"] and "<th align='left'>quota</th><td>1000000</td>" in parts["text/html"]
+
+    assert receiver.delivered() == sorted([str(refused_alert), str(good_alert)])
+    assert all(r["valid"] and r["path"] == "/hooks/antenna?token=path-secret" for r in receiver.requests)
+    body = next(r["body"] for r in receiver.requests if r["alert_id"] == str(good_alert))
+    assert body["kind"] == "quota.provisional" and body["payload"]["user_email"] == "u2@antenna.example"
+
+    deliveries = {(a, c, r): (state, attempts, error) for a, c, r, state, attempts, error in _deliveries(alerts_db)}
+    state, attempts, error = deliveries[(refused_alert, "email", REFUSED_ADDRESS)]
+    assert (state, attempts) == ("failed", 1) and error.startswith("550 5.1.1") and "User unknown" in error
+    assert deliveries[(refused_alert, "webhook", f"http://127.0.0.1:{receiver.server_address[1]}")][:2] == ("sent", 1)
+    with transaction(alerts_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id, state, attempts, last_error, sent_at IS NOT NULL FROM alerts ORDER BY id")
+        summary = {row[0]: row[1:] for row in cur.fetchall()}
+    assert summary[good_alert] == ("sent", 1, None, True)
+    assert summary[refused_alert][:2] == ("failed", 1)
+    assert summary[refused_alert][2].startswith(f"email {REFUSED_ADDRESS}: 550 5.1.1")
+    # The secrets appear nowhere the sender writes.
+    assert not any(SMTP_LOGIN[1] in line or receiver.key.decode() in line for line in lines)
+
+
+def test_smtp_down_for_a_while_then_back_delivers_each_once(alert_settings, alerts_db, smtp, receiver):
+    smtp.stop()
+    sender = _sender(alert_settings, alerts_db)
+    stopping = threading.Event()
+    loop = threading.Thread(target=sender.run, args=(alert_settings.alerts_poll_seconds, stopping.is_set))
+    loop.start()
+    try:
+        ids = _enqueue(alerts_db, ("u1", None), ("u2", None), ("u3", None))
+        assert _wait_for(lambda: len(receiver.delivered()) == 3, 10)  # the webhook is not held up by the email
+        time.sleep(3)  # the SMTP server stays down a while; several tries fail meanwhile
+        email_rows = [row for row in _deliveries(alerts_db) if row[1] == "email"]
+        assert [row[3] for row in email_rows] == ["pending"] * 3
+        assert max(row[4] for row in email_rows) >= 2 and "cannot reach" in email_rows[0][5]
+        smtp.start()
+        assert _wait_for(lambda: len(smtp.mailbox.messages) == 3, 10)
+        time.sleep(1.5)  # a later pass would show a duplicate
+    finally:
+        stopping.set()
+        loop.join(10)
+        sender.close()
+    assert smtp.mailbox.received() == [(str(i), "ops@antenna.example") for i in ids]
+    assert receiver.delivered() == [str(i) for i in ids]
+    with transaction(alerts_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT DISTINCT state FROM alerts")
+        assert cur.fetchall() == [("sent",)]
+
+
+def test_webhook_retries_5xx_until_accepted_and_fails_4xx_without_retry(alert_settings, alerts_db, smtp, receiver):
+    webhook_only = alert_settings.replace(alerts_smtp_host="")
+    first, second = _enqueue(alerts_db, ("u1", None), ("u2", None))
+    receiver.script = [500, 503, 200, 404]  # the first alert: 500, 503, then accepted; the second refused
+    sender = _sender(webhook_only, alerts_db)
+    sender.deliver_due()  # first: 500; the pass moves on to second: 503
+    assert _wait_for(lambda: (sender.deliver_due(), len(receiver.requests) >= 4)[1], 10)
+    for _ in range(5):
+        time.sleep(0.3)
+        sender.deliver_due()
+    sender.close()
+    assert [(r["alert_id"], r["status"]) for r in receiver.requests] == [
+        (str(first), 500), (str(second), 503), (str(first), 200), (str(second), 404)]
+    rows = {a: (state, attempts, error) for a, _, _, state, attempts, error in _deliveries(alerts_db)}
+    assert rows[first] == ("sent", 2, None)
+    assert rows[second][:2] == ("failed", 2) and rows[second][2].startswith("HTTP 404")
+
+
+def _deliver_process(alert_settings, url: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "ANTENNA_POSTGRES_URL": url, "ANTENNA_STACK_DIR": str(alert_settings.stack_dir),
+           **{f"ANTENNA_{name.upper()}": str(int(value) if isinstance(value, bool) else value)
+              for name, value in alert_settings.model_dump().items() if name.startswith("alerts_")}}
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "antenna_assets.cli", "alerts", "deliver", "--loop"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_sender_killed_after_the_receiver_accepted_sends_that_one_alert_at_most_twice(
+        alert_settings, alerts_db, smtp, receiver, tmp_path):
+    """The documented bound: a sender killed between a server's acceptance and its commit sends that one
+    delivery again after a restart, with the same alert id; every other delivery goes exactly once."""
+    ids = _enqueue(alerts_db, *((f"u{i}", None) for i in range(6)))
+    process = _deliver_process(alert_settings, alerts_db, tmp_path / "sender.log")
+
+    def kill_at_third():  # the receiver has the request; the sender dies before it hears the answer
+        if len(receiver.requests) == 3:
+            os.kill(process.pid, signal.SIGKILL)
+
+    receiver.before_answer = kill_at_third
+    try:
+        assert process.wait(30) == -signal.SIGKILL
+        receiver.before_answer = None
+        restarted = _deliver_process(alert_settings, alerts_db, tmp_path / "sender.log")
+        try:
+            assert _wait_for(lambda: len(receiver.requests) == 7 and len(smtp.mailbox.messages) == 6, 30), \
+                (tmp_path / "sender.log").read_text()
+            time.sleep(1.5)
+        finally:
+            restarted.send_signal(signal.SIGTERM)
+            assert restarted.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    received = [r["alert_id"] for r in receiver.requests]
+    assert sorted(received) == sorted([str(i) for i in ids] + [received[2]])  # the third twice, the rest once
+    assert smtp.mailbox.received() == sorted((str(i), "ops@antenna.example") for i in ids)
+    assert {row[3] for row in _deliveries(alerts_db)} == {"sent"}
+
+
+def test_alerts_test_command_says_per_channel_what_happened(alert_settings, alerts_db, smtp, receiver, tmp_path):
+    def run(settings):
+        env = {**os.environ, "ANTENNA_POSTGRES_URL": alerts_db, "ANTENNA_STACK_DIR": str(settings.stack_dir),
+               **{f"ANTENNA_{name.upper()}": str(int(value) if isinstance(value, bool) else value)
+                  for name, value in settings.model_dump().items() if name.startswith("alerts_")}}
+        return subprocess.run([sys.executable, "-m", "antenna_assets.cli", "alerts", "test"], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    done = run(alert_settings.replace(alerts_email_to=f"ops@antenna.example,{REFUSED_ADDRESS}"))
+    lines = done.stdout.splitlines()
+    assert done.returncode == 1 and len(lines) == 2, done.stdout + done.stderr
+    assert lines[0].startswith(f"email (127.0.0.1:{smtp.port}): delivered to ops@antenna.example; FAILED for "
+                               f"{REFUSED_ADDRESS}: 550 5.1.1")
+    assert lines[1].startswith(f"webhook (http://127.0.0.1:{receiver.server_address[1]}): delivered")
+    assert receiver.requests[0]["body"]["kind"] == "test" and receiver.requests[0]["valid"]
+
+    smtp.stop()
+    done = run(alert_settings)
+    assert done.returncode == 1 and "email (" in done.stdout and "NOT YET for ops@antenna.example (cannot reach" \
+        in done.stdout, done.stdout
+
+    bad = run(alert_settings.replace(alerts_webhook_url="ftp://files.example/in"))
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr == ("antenna: error: ANTENNA_ALERTS_WEBHOOK_URL must be an http:// or https:// URL with a host, "
+                          "got ftp://...\n")
+
+
+OUTCOMES = st.sampled_from([Outcome(DELIVERED), Outcome(REFUSED, "550 no"), Outcome(RETRY, "503 later"),
+                            Outcome(DOWN, "refused")])
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(first=st.floats(0.01, 60), cap=st.floats(0.01, 3600), max_attempts=st.integers(1, 60),
+       outcomes=st.lists(OUTCOMES, max_size=80))
+def test_a_delivery_ends_sent_once_or_failed_with_bounded_doubling_back_off(first, cap, max_attempts, outcomes):
+    """However its tries go, a delivery is tried at most max_attempts times, stops at the first acceptance or
+    refusal, and waits between tries a delay that doubles from the first and never passes the cap."""
+    policy = RetryPolicy(first, cap, max_attempts)
+    attempts, state, delays = 0, "pending", []
+    for outcome in outcomes:
+        if state != "pending":
+            break
+        step = after_try(policy, attempts, outcome)
+        assert step.attempts == attempts + 1 <= max_attempts
+        attempts, state = step.attempts, step.state
+        if outcome.kind == DELIVERED:
+            assert state == "sent" and step.last_error is None
+        elif outcome.kind == REFUSED or attempts == max_attempts:
+            assert state == "failed" and outcome.detail in step.last_error
+        else:
+            assert state == "pending" and step.retry_in == min(first * 2 ** (attempts - 1), cap)
+            delays.append(step.retry_in)
+    assert delays == sorted(delays) and all(d <= cap for d in delays)
+    tried = outcomes[:attempts]
+    assert (state == "sent") == (bool(tried) and tried[-1].kind == DELIVERED)
+    assert sum(o.kind == DELIVERED for o in tried) <= 1
