@@ -11,6 +11,7 @@ from antenna_assets.settings import Settings, SettingsError
 
 
 def _stack(args: argparse.Namespace) -> int:
+    from antenna_assets.stack.alert_sender import AlertSender
     from antenna_assets.stack.dagster_ui import DagsterUI
     from antenna_assets.stack.env import export_lines
     from antenna_assets.stack.gcs_emulator import GcsEmulator
@@ -28,7 +29,8 @@ def _stack(args: argparse.Namespace) -> int:
         services.append(spark_cluster)
     superset, operators_page = Superset(settings), OperatorsPage(settings)
     # Optional: started by `antenna demo`, `stack up --superset/--operators` or the tests, stopped with the stack.
-    extras = [superset, operators_page, DagsterUI(settings), LiveTraffic(settings), GcsEmulator(settings)]
+    alert_sender = AlertSender(settings)  # with the stack whenever an alert channel is configured
+    extras = [superset, operators_page, DagsterUI(settings), LiveTraffic(settings), GcsEmulator(settings), alert_sender]
     if not settings.spark_workers:
         extras.append(spark_cluster)  # one started with ANTENNA_SPARK_WORKERS before is stopped with the stack
     if args.action == "up":
@@ -37,6 +39,8 @@ def _stack(args: argparse.Namespace) -> int:
         if args.operators or settings.operators_page:
             print(operators_page.up(), flush=True)
             print("create an operator with: antenna operators add NAME")
+        if alert_sender.configured:
+            print(alert_sender.up(), flush=True)
         print('point a shell at it with: eval "$(antenna stack env)"')
         if args.superset or settings.superset:
             # Kafka and PostgreSQL stay up if Superset cannot start: its error is the command's own.

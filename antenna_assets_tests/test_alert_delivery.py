@@ -30,6 +30,7 @@ from antenna_assets.alerts.outbox import enqueue_alert
 from antenna_assets.alerts.sender import RetryPolicy, Sender, after_try
 from antenna_assets.postgres import connect, transaction
 from antenna_assets.serving.roles import grant_writer
+from antenna_assets.stack.alert_sender import AlertSender, alert_environment
 from antenna_assets.stack.secrets import write_private_file
 
 # The test server takes a login without TLS (STARTTLS would need a certificate the client trusts).
@@ -261,6 +262,56 @@ def test_email_and_signed_webhook_once_and_a_refused_recipient_fails_alone(alert
     assert not any(SMTP_LOGIN[1] in line or receiver.key.decode() in line for line in lines)
 
 
+def _self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for `localhost` and its key, PEM files: the test SMTP server's, and the CA the client trusts."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(hours=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "smtp-cert.pem", folder / "smtp-key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_starttls_then_login(alert_settings, alerts_db, tmp_path, monkeypatch):
+    """The server takes a login only over TLS (aiosmtpd's default): the message arriving proves STARTTLS, with
+    the server's certificate checked (the client trusts it through SSL_CERT_FILE, as a system CA)."""
+    import ssl
+
+    cert_file, key_file = _self_signed_certificate(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    tls = SmtpServer()
+    tls.controller = Controller(tls.mailbox, hostname="127.0.0.1", port=tls.port, tls_context=context,
+                                require_starttls=True, auth_required=True, authenticator=SmtpServer(SMTP_LOGIN)._authenticate)
+    tls.controller.start()
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    try:
+        secure = alert_settings.replace(alerts_smtp_host="localhost", alerts_smtp_port=tls.port,
+                                        alerts_smtp_starttls=True, alerts_webhook_url="")
+        [alert] = _enqueue(alerts_db, ("u1", None))
+        sender = _sender(secure, alerts_db)
+        assert sender.deliver_due().delivered == 1
+        sender.close()
+    finally:
+        tls.stop()
+    assert tls.mailbox.received() == [(str(alert), "ops@antenna.example")]
+
+
 def test_smtp_down_for_a_while_then_back_delivers_each_once(alert_settings, alerts_db, smtp, receiver):
     smtp.stop()
     sender = _sender(alert_settings, alerts_db)
@@ -306,13 +357,15 @@ def test_webhook_retries_5xx_until_accepted_and_fails_4xx_without_retry(alert_se
     assert rows[second][:2] == ("failed", 2) and rows[second][2].startswith("HTTP 404")
 
 
+def _child_environment(alert_settings, url: str) -> dict[str, str]:
+    return {**os.environ, **alert_environment(alert_settings), "ANTENNA_POSTGRES_URL": url,
+            "ANTENNA_STACK_DIR": str(alert_settings.stack_dir)}
+
+
 def _deliver_process(alert_settings, url: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "ANTENNA_POSTGRES_URL": url, "ANTENNA_STACK_DIR": str(alert_settings.stack_dir),
-           **{f"ANTENNA_{name.upper()}": str(int(value) if isinstance(value, bool) else value)
-              for name, value in alert_settings.model_dump().items() if name.startswith("alerts_")}}
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "antenna_assets.cli", "alerts", "deliver", "--loop"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, "-m", "antenna_assets.cli", "alerts", "deliver", "--loop"],
+                                env=_child_environment(alert_settings, url), stdout=out, stderr=subprocess.STDOUT)
 
 
 def test_sender_killed_after_the_receiver_accepted_sends_that_one_alert_at_most_twice(
@@ -349,11 +402,8 @@ def test_sender_killed_after_the_receiver_accepted_sends_that_one_alert_at_most_
 
 def test_alerts_test_command_says_per_channel_what_happened(alert_settings, alerts_db, smtp, receiver, tmp_path):
     def run(settings):
-        env = {**os.environ, "ANTENNA_POSTGRES_URL": alerts_db, "ANTENNA_STACK_DIR": str(settings.stack_dir),
-               **{f"ANTENNA_{name.upper()}": str(int(value) if isinstance(value, bool) else value)
-                  for name, value in settings.model_dump().items() if name.startswith("alerts_")}}
-        return subprocess.run([sys.executable, "-m", "antenna_assets.cli", "alerts", "test"], env=env,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run([sys.executable, "-m", "antenna_assets.cli", "alerts", "test"],
+                              env=_child_environment(settings, alerts_db), capture_output=True, text=True, timeout=60)
 
     done = run(alert_settings.replace(alerts_email_to=f"ops@antenna.example,{REFUSED_ADDRESS}"))
     lines = done.stdout.splitlines()
@@ -372,6 +422,24 @@ def test_alerts_test_command_says_per_channel_what_happened(alert_settings, aler
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr == ("antenna: error: ANTENNA_ALERTS_WEBHOOK_URL must be an http:// or https:// URL with a host, "
                           "got ftp://...\n")
+
+
+def test_the_stack_starts_the_sender_when_a_channel_is_configured_and_stops_it(alert_settings, alerts_db, smtp,
+                                                                              receiver):
+    assert AlertSender(alert_settings.replace(alerts_smtp_host="", alerts_webhook_url="")).up() == \
+        "alert sender: not started, no alert channel is configured"
+    service = AlertSender(alert_settings.replace(postgres_url=alerts_db))
+    assert service.up().startswith("alert sender started")
+    try:
+        assert service.status()[0]
+        [alert] = _enqueue(alerts_db, ("u1", "u1@antenna.example"))
+        assert _wait_for(lambda: len(smtp.mailbox.messages) == 2 and len(receiver.requests) == 1, 10)
+    finally:
+        assert service.down().startswith("alert sender stopped")
+    log = service.log_file.read_text()
+    assert "alert sender: stopped" in log and f"alert {alert} (quota.provisional) webhook: delivered" in log
+    assert SMTP_LOGIN[1] not in log and receiver.key.decode() not in log
+    assert not service.status()[0]
 
 
 OUTCOMES = st.sampled_from([Outcome(DELIVERED), Outcome(REFUSED, "550 no"), Outcome(RETRY, "503 later"),

@@ -117,7 +117,9 @@ class EmailChannel:
             session = self._open()
         except smtplib.SMTPResponseException as exc:  # a greeting, STARTTLS or login the server refused
             return Outcome(DOWN, f"{self.server}: {_smtp_reply(exc.smtp_code, exc.smtp_error)}")
-        except (OSError, smtplib.SMTPException) as exc:
+        except smtplib.SMTPException as exc:  # e.g. no STARTTLS or AUTH offered
+            return Outcome(DOWN, _clip(f"{self.server}: {exc}"))
+        except OSError as exc:  # refused, timed out, a certificate that does not verify
             return Outcome(DOWN, _clip(f"cannot reach {self.server}: {exc or type(exc).__name__}"))
         try:
             session.send_message(self._message(alert, recipient), self.sender, [recipient])

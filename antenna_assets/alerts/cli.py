@@ -10,6 +10,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 
+READY_LINE = "alert sender: delivering by"  # what `antenna stack up` waits for (stack/alert_sender.py)
 NO_CHANNEL = "no alert channel is configured: set ANTENNA_ALERTS_SMTP_HOST and/or ANTENNA_ALERTS_WEBHOOK_URL"
 
 
@@ -64,7 +65,7 @@ def _deliver(args: argparse.Namespace) -> int:
             return 0
         stopping = []
         signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-        _log(f"alert sender: delivering by {', '.join(f'{c.name} ({c.server})' for c in sender.channels.values())}")
+        _log(f"{READY_LINE} {', '.join(f'{c.name} ({c.server})' for c in sender.channels.values())}")
         sender.run(settings.alerts_poll_seconds, stop=lambda: bool(stopping))
         _log("alert sender: stopped")
         return 0
