@@ -71,15 +71,17 @@ class Mailbox:
 
 
 class SmtpServer:
-    def __init__(self, login: tuple[str, str] | None = None):
+    def __init__(self, login: tuple[str, str] | None = None, smtputf8: bool = True):
         self.port, self.mailbox, self.login, self.controller = _free_port(), Mailbox(), login, None
+        self.smtputf8 = smtputf8
 
     def _authenticate(self, server, session, envelope, mechanism, auth_data):
         return AuthResult(success=(auth_data.login.decode(), auth_data.password.decode()) == self.login)
 
     def start(self) -> None:
         auth = dict(auth_required=True, auth_require_tls=False, authenticator=self._authenticate) if self.login else {}
-        self.controller = Controller(self.mailbox, hostname="127.0.0.1", port=self.port, **auth)
+        self.controller = Controller(self.mailbox, hostname="127.0.0.1", port=self.port,
+                                     enable_SMTPUTF8=self.smtputf8, **auth)
         self.controller.start()
 
     def stop(self) -> None:
@@ -260,6 +262,25 @@ def test_email_and_signed_webhook_once_and_a_refused_recipient_fails_alone(alert
     assert summary[refused_alert][2].startswith(f"email {REFUSED_ADDRESS}: 550 5.1.1")
     # The secrets appear nowhere the sender writes.
     assert not any(SMTP_LOGIN[1] in line or receiver.key.decode() in line for line in lines)
+
+
+def test_addresses_no_message_can_carry_fail_alone(alert_settings, alerts_db):
+    """A header injection, and a non-ASCII address on a server without SMTPUTF8: failed, the operators' copies sent."""
+    injected, international = "u1@antenna.example\nBcc: everyone@antenna.example", "jösé@exämple.com"
+    ascii_only = SmtpServer(smtputf8=False)
+    ascii_only.start()
+    try:
+        ids = _enqueue(alerts_db, ("u1", injected), ("u2", international))
+        sender = _sender(alert_settings.replace(alerts_webhook_url="", alerts_smtp_port=ascii_only.port,
+                                                alerts_smtp_username=""), alerts_db)
+        sender.deliver_due()
+        sender.close()
+    finally:
+        ascii_only.stop()
+    assert ascii_only.mailbox.received() == [(str(i), "ops@antenna.example") for i in ids]
+    rows = {recipient: (state, attempts, error) for _, _, recipient, state, attempts, error in _deliveries(alerts_db)}
+    assert rows[injected][:2] == ("failed", 1) and "linefeed" in rows[injected][2]
+    assert rows[international][:2] == ("failed", 1) and "SMTPUTF8" in rows[international][2]
 
 
 def _self_signed_certificate(folder: Path) -> tuple[Path, Path]:

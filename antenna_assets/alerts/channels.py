@@ -114,6 +114,10 @@ class EmailChannel:
 
     def send(self, alert: AlertMessage, recipient: str) -> Outcome:
         try:
+            message = self._message(alert, recipient)
+        except ValueError as exc:  # an address no message can carry (a line break in it, say)
+            return Outcome(REFUSED, _clip(f"cannot address a message to {recipient!r}: {exc}"))
+        try:
             session = self._open()
         except smtplib.SMTPResponseException as exc:  # a greeting, STARTTLS or login the server refused
             return Outcome(DOWN, f"{self.server}: {_smtp_reply(exc.smtp_code, exc.smtp_error)}")
@@ -122,7 +126,9 @@ class EmailChannel:
         except OSError as exc:  # refused, timed out, a certificate that does not verify
             return Outcome(DOWN, _clip(f"cannot reach {self.server}: {exc or type(exc).__name__}"))
         try:
-            session.send_message(self._message(alert, recipient), self.sender, [recipient])
+            session.send_message(message, self.sender, [recipient])
+        except smtplib.SMTPNotSupportedError as exc:  # e.g. a non-ASCII address and a server without SMTPUTF8
+            return Outcome(REFUSED, _clip(f"{self.server}: {exc}"))
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = exc.recipients[recipient]
             return Outcome(REFUSED if code >= 500 else RETRY, _smtp_reply(code, reply))

@@ -1,4 +1,4 @@
-"""The sender: delivers the outbox's pending alerts to the configured channels (README: Alerts, the sender).
+"""The sender: delivers the outbox's pending alerts to the configured channels (README: Alerts: delivery).
 
 A pass first gives each new alert its deliveries, one per channel and recipient the settings name now, then
 delivers the due ones one at a time: a transaction claims a delivery (`FOR UPDATE SKIP LOCKED`, so senders
@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from antenna_assets.alerts.channels import DELIVERED, DOWN, REFUSED, AlertMessage, Channel, Outcome
+from antenna_assets.alerts.channels import DELIVERED, DOWN, REFUSED, RETRY, AlertMessage, Channel, Outcome
 from antenna_assets.alerts.outbox import NOTIFY_CHANNEL
 from antenna_assets.postgres import UTC_SESSION, KeptConnection, connect
 from antenna_assets.settings import Settings
@@ -129,14 +129,14 @@ class Sender:
             if len(alerts) < _FAN_OUT_BATCH:
                 return
 
-    def deliver_due(self, only_alert: int | None = None) -> PassReport:
-        """One pass: new alerts' deliveries created, then every due delivery tried once."""
+    def deliver_due(self, only_alert: int | None = None, stop: Callable[[], bool] = lambda: False) -> PassReport:
+        """One pass: new alerts' deliveries created, then every due delivery tried once (until `stop()`)."""
         report = PassReport()
         if not self.channels:
             return report
         self.fan_out(only_alert)
         try:
-            while self._deliver_one(report, only_alert):
+            while not stop() and self._deliver_one(report, only_alert):
                 pass
         finally:
             for channel in self.channels.values():
@@ -160,7 +160,10 @@ class Sender:
                 return False
             alert_id, channel_name, recipient, attempts, *alert = claimed
             message = AlertMessage(alert_id, *alert)
-            outcome = self.channels[channel_name].send(message, recipient)
+            try:
+                outcome = self.channels[channel_name].send(message, recipient)
+            except Exception as exc:  # a bug on one alert's path must not stop the others: it is retried, then fails
+                outcome = Outcome(RETRY, f"internal error: {type(exc).__name__}: {exc}")
             tried = [(alert_id, channel_name, recipient, attempts)]
             if outcome.kind == DOWN:
                 cur.execute("""SELECT alert_id, channel, recipient, attempts FROM alert_deliveries
@@ -170,9 +173,10 @@ class Sender:
                 tried += cur.fetchall()
             steps = [after_try(self.policy, attempts_before, outcome) for *_, attempts_before in tried]
             for (delivery_alert, channel, delivery_recipient, _), step in zip(tried, steps):
+                # The clock now, not the transaction's start: a send may have taken its whole timeout.
                 cur.execute("""UPDATE alert_deliveries SET state = %s, attempts = %s, last_error = %s,
-                                   next_attempt = now() + make_interval(secs => %s),
-                                   delivered_at = CASE WHEN %s = 'sent' THEN now() END
+                                   next_attempt = clock_timestamp() + make_interval(secs => %s),
+                                   delivered_at = CASE WHEN %s = 'sent' THEN clock_timestamp() END
                                WHERE alert_id = %s AND channel = %s AND recipient = %s""",
                             (step.state, step.attempts, step.last_error, step.retry_in or 0, step.state,
                              delivery_alert, channel, delivery_recipient))
@@ -220,7 +224,7 @@ class Sender:
                     listener = connect(self.url, options=UTC_SESSION)
                     listener.autocommit = True
                     listener.cursor().execute(f"LISTEN {NOTIFY_CHANNEL}")
-                report = self.deliver_due()
+                report = self.deliver_due(stop=stop)
                 if report.delivered or report.failed or report.retrying:
                     self.log(report.line())
                 if report.next_due_seconds is not None:
