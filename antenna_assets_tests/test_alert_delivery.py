@@ -88,6 +88,9 @@ class SmtpServer:
         self.controller.stop()
 
 
+SLOW = 0  # a scripted answer: 200, after longer than the sender waits
+
+
 class Receiver(ThreadingHTTPServer):
     """A webhook receiver: verifies each request's signature with the key, answers the scripted statuses (then 200)."""
 
@@ -115,10 +118,13 @@ class _ReceiverHandler(BaseHTTPRequestHandler):
         expected = hmac.new(server.key, fields["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
         valid = hmac.compare_digest(expected, fields["v1"]) and abs(time.time() - int(fields["t"])) < 300
         status = server.script.pop(0) if server.script else 200
+        slow, status = status == SLOW, status or 200
         server.requests.append({"alert_id": self.headers["Antenna-Alert-Id"], "status": status, "valid": valid,
                                 "body": json.loads(body), "path": self.path})
         if server.before_answer:
             server.before_answer()
+        if slow:
+            time.sleep(1.0)
         self.send_response(status)
         self.send_header("Content-Length", "2")
         self.end_headers()
@@ -376,6 +382,19 @@ def test_webhook_retries_5xx_until_accepted_and_fails_4xx_without_retry(alert_se
     rows = {a: (state, attempts, error) for a, _, _, state, attempts, error in _deliveries(alerts_db)}
     assert rows[first] == ("sent", 2, None)
     assert rows[second][:2] == ("failed", 2) and rows[second][2].startswith("HTTP 404")
+
+
+def test_webhook_timeout_is_retried(alert_settings, alerts_db, receiver):
+    """A receiver slower than the timeout: tried again (it may have acted on the first request: the same id says so)."""
+    [alert] = _enqueue(alerts_db, ("u1", None))
+    receiver.script = [SLOW]
+    sender = _sender(alert_settings.replace(alerts_smtp_host="", alerts_send_timeout_seconds=0.3), alerts_db)
+    report = sender.deliver_due()
+    assert (report.delivered, report.retrying) == (0, 1) and "timed out" in report.channels_down["webhook"]
+    assert _wait_for(lambda: sender.deliver_due().delivered == 1, 5)
+    sender.close()
+    assert [(r["alert_id"], r["status"]) for r in receiver.requests] == [(str(alert), 200)] * 2
+    assert _deliveries(alerts_db)[0][3:5] == ("sent", 2)
 
 
 def _child_environment(alert_settings, url: str) -> dict[str, str]:
