@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     spark_worker_cores: int = Field(default=1, ge=1)
     spark_worker_memory: str = "1g"
     spark_daemon_memory: str = "256m"  # the heap of the master and worker processes themselves
+    # spark.cores.max of each application on a spark:// master; 0: Spark's default, every free core. On the
+    # stack's cluster, half its cores (at least 1) unless set: the streaming run never gives its cores back,
+    # and an hourly batch run started beside it would wait for a core forever.
+    spark_app_cores: int = Field(default=0, ge=0)
     spark_shuffle_partitions: int = Field(default=4, ge=1)
     spark_driver_memory: str = "1536m"  # the heap limit; the JVM's native memory comes on top (BENCHMARKS.md, Memory)
     # JVM options of the Spark driver, after the UTC time zone the product sets. The serial collector:
@@ -169,6 +173,9 @@ class Settings(BaseSettings):
         derived["kafka_heap"] = self.kafka_heap or ("1g" if self.kafka_brokers == 1 else "384m")
         if self.spark_workers and "spark_master" not in self.model_fields_set:
             derived["spark_master"] = self.spark_cluster_url
+        if ("spark_app_cores" not in self.model_fields_set
+                and derived.get("spark_master", self.spark_master) == self.spark_cluster_url):
+            derived["spark_app_cores"] = max(1, self.spark_workers * self.spark_worker_cores // 2)
         derived["postgres_url"] = self.postgres_url or self.embedded_url(WRITER_ROLE, derived["stack_dir"])
         derived["gcs_endpoint"] = self.gcs_endpoint.rstrip("/")
         derived.update(self._kafka_security(derived["stack_dir"]))

@@ -53,6 +53,8 @@ def spark_conf(settings: Settings, app_name: str = "antenna_assets", extra: dict
         # Collecting results to the driver through Arrow, not one Python object per row.
         "spark.sql.execution.arrow.pyspark.enabled": "true",
     }
+    if settings.spark_master.startswith("spark://") and settings.spark_app_cores:
+        conf["spark.cores.max"] = str(settings.spark_app_cores)
     conf.update(lake_gcs.spark_conf(settings))
     if (extra or {}).get("spark.master", settings.spark_master).startswith("local"):
         conf.update(local_files_conf(settings))

@@ -42,6 +42,8 @@ def stack_environment(settings: Settings, show_secrets: bool = False) -> dict[st
         "DAGSTER_PG_USER": unquote(url.username or "postgres") if settings.external_postgres else DAGSTER_ROLE,
         "DAGSTER_PG_DB": settings.dagster_db,
     }
+    if settings.spark_workers:  # the cluster's size: each application's share of its cores follows from it
+        env["ANTENNA_SPARK_WORKERS"] = str(settings.spark_workers)
     if settings.kafka_local_sasl:  # the password stays in its 0600 file, named by the settings
         env["ANTENNA_KAFKA_LOCAL_SASL"] = "1"
     # Exporting the embedded server's URL would make later commands treat it as external.
