@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from antenna_assets.alert_sensors import alert_rules_sensor, run_failure_alert_sensor
 from antenna_assets.assets.batch import hourly_tables, raw_devices
 from antenna_assets.assets.serving import ANTENNA_USAGE_DASHBOARD, serving_views
 from antenna_assets.assets.sources import user_metadata
@@ -24,6 +25,6 @@ defs = dg.Definitions(
                        ANTENNA_USAGE_DASHBOARD], settings),
     asset_checks=[stream_lag],
     jobs=[speed_layer_job, hourly_batch_job],
-    sensors=[speed_layer_sensor, hourly_batch_sensor, automation_sensor],
+    sensors=[speed_layer_sensor, hourly_batch_sensor, automation_sensor, alert_rules_sensor, run_failure_alert_sensor],
     resources={"postgres": PostgresResource.from_settings(settings), "lake": lake, "spark": SparkResource.for_lake(lake)},
 )

@@ -116,6 +116,17 @@ class Settings(BaseSettings):
     # automation runs it every stream_lag_check_minutes (one short run each time).
     stream_lag_limit_seconds: float = Field(default=300.0, gt=0)
     stream_lag_check_minutes: int = Field(default=5, ge=1, le=59)
+    # Alert rules (alerts/rules.py), evaluated every alerts_evaluate_seconds: quota alerts for the hours of the
+    # last alerts_lookback_hours; the stream behind by more than alerts_stream_lag_seconds for
+    # alerts_stream_lag_hold_seconds; dead letters over alerts_dead_letter_ratio of the records the stream
+    # applied in the last alerts_dead_letter_window_minutes, and at least alerts_dead_letter_min of them.
+    alerts_evaluate_seconds: int = Field(default=15, ge=1)
+    alerts_lookback_hours: int = Field(default=48, ge=1)
+    alerts_stream_lag_seconds: float = Field(default=300.0, gt=0)
+    alerts_stream_lag_hold_seconds: float = Field(default=120.0, ge=0)
+    alerts_dead_letter_ratio: float = Field(default=0.01, ge=0, le=1)
+    alerts_dead_letter_min: int = Field(default=10, ge=1)
+    alerts_dead_letter_window_minutes: int = Field(default=5, ge=1)
     # Alert delivery (alerts/channels.py, alerts/sender.py); a channel is off while its host or URL is empty.
     # Email over SMTP to alerts_email_to (comma-separated) and, with alerts_email_users, to the user an alert is
     # about; a login with alerts_smtp_username reads its password from <stack_dir>/secrets/alerts-smtp-password.

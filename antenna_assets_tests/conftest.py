@@ -108,3 +108,21 @@ def fresh_database(settings):
 def serving_db(settings) -> str:
     with fresh_database(settings) as url:
         yield url
+
+
+OPERATOR_PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def page(settings):
+    """The operators' page's database, fresh for the module, with operator `alice` (password OPERATOR_PASSWORD):
+    (its URL as the database's owner, the page's config)."""
+    from antenna_assets.postgres import transaction
+    from antenna_assets.serving.operators.auth import add_operator
+    from antenna_assets.serving.operators.config import PageConfig, prepare_database
+
+    with fresh_database(settings) as url:
+        prepare_database(settings, url)
+        with transaction(url) as conn:
+            add_operator(conn, "alice", OPERATOR_PASSWORD)
+        yield url, PageConfig.from_settings(settings, url)

@@ -21,26 +21,15 @@ import uvicorn
 from antenna_assets.postgres import transaction
 from antenna_assets.serving.operators.app import SESSION_COOKIE, create_app
 from antenna_assets.serving.operators.auth import add_operator
-from antenna_assets.serving.operators.config import PageConfig, prepare_database
+from antenna_assets.serving.operators.config import PageConfig
 from antenna_assets.serving.operators.schema import OPERATORS_ROLE
 from antenna_assets.settings import SUPERUSER
 from antenna_assets.sources.users import PROVISIONED_USERS
-from antenna_assets_tests.conftest import fresh_database
+from antenna_assets_tests.conftest import OPERATOR_PASSWORD as PASSWORD
 from antenna_assets_tests.test_operators_http import _antenna
 
-PASSWORD = "correct horse battery"
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 CSV_HEADER = b"id,name,email,quota\n"
-
-
-@pytest.fixture(scope="module")
-def page(settings):
-    """(serving database URL as its owner, page config) with operator `alice`."""
-    with fresh_database(settings) as url:
-        prepare_database(settings, url)
-        with transaction(url) as conn:
-            add_operator(conn, "alice", PASSWORD)
-        yield url, PageConfig.from_settings(settings, url)
 
 
 @pytest.fixture(autouse=True)

@@ -19,27 +19,16 @@ from fastapi.testclient import TestClient
 from antenna_assets.serving.operators.app import SESSION_COOKIE, create_app
 from antenna_assets.postgres import transaction
 from antenna_assets.serving.operators.auth import add_operator
-from antenna_assets.serving.operators.config import PageConfig, prepare_database
+from antenna_assets.serving.operators.config import PageConfig
 from antenna_assets.serving.operators.schema import OPERATORS_ROLE
 from antenna_assets.errors import StackError
 from antenna_assets.stack.operators_page import OperatorsPage
 from antenna_assets.sources.users import PROVISIONED_USERS
-from antenna_assets_tests.conftest import fresh_database
+from antenna_assets_tests.conftest import OPERATOR_PASSWORD as PASSWORD
 
-PASSWORD = "correct horse battery"
 NOW = datetime(2026, 11, 28, 12, 30)  # the page's clock: this hour is 12:00, the last closed one 11:00
 ANDRES, PACO, JUAN = (u.id for u in PROVISIONED_USERS[:3])
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-@pytest.fixture(scope="module")
-def page(settings):
-    """(serving database URL, page config) with operator `alice`."""
-    with fresh_database(settings) as url:
-        prepare_database(settings, url)
-        with transaction(url) as conn:
-            add_operator(conn, "alice", PASSWORD)
-        yield url, PageConfig.from_settings(settings, url)
 
 
 def _client(config: PageConfig, address: str = "10.0.0.1") -> TestClient:
@@ -101,7 +90,7 @@ def _user_from_page(client: TestClient, user_id: str) -> tuple[str, str, str, st
 # -- sign-in, session, CSRF ----------------------------------------------------------------
 
 GET_PAGES = ["/", "/users", "/users?q=andres&sort=quota&dir=desc", "/users/new", f"/users/{ANDRES}",
-             f"/users/{ANDRES}/delete", "/import", "/audit"]
+             f"/users/{ANDRES}/delete", "/import", "/audit", "/alerts"]
 POST_PAGES = [("/users/new", {"name": "eve", "email": "eve@example.com", "quota": "1"}),
               (f"/users/{ANDRES}", {"name": "eve", "email": "eve@example.com", "quota": "1"}),
               (f"/users/{ANDRES}/delete", {}), ("/import", {}), ("/logout", {})]
@@ -408,6 +397,8 @@ def test_a_good_csv_adds_and_changes_users_with_audit_rows(page, alice):
     "TRUNCATE user_metadata_audit",
     "CREATE TABLE eve (x int)",
     "SELECT * FROM dead_letter",
+    "UPDATE alerts SET state = 'sent'",
+    "SELECT * FROM alert_conditions",
 ])
 def test_the_pages_role_cannot_touch_other_tables(page, sql):
     with closing(psycopg2.connect(page[1].database_url)) as conn, conn.cursor() as cur:

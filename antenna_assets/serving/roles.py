@@ -44,6 +44,7 @@ WRITER_PRIVILEGES = {
     "alerts": "SELECT, INSERT, UPDATE",
     "alerts_id_seq": "USAGE",
     "alert_deliveries": "SELECT, INSERT, UPDATE",
+    "alert_conditions": "SELECT, INSERT, DELETE",  # the alert rules' open health conditions (alerts/evaluate.py)
     "schema_version": "SELECT",
     **{view: "SELECT" for view in SERVING_VIEWS},
 }

@@ -212,6 +212,17 @@ DEAD_LETTER = Table("dead_letter", (
     *TOPIC_IDENTITY,
 ), ("topic", *TOPIC_IDENTITY_NAMES, "kafka_partition", "kafka_offset"))
 
+# The health conditions the alert rules see bad now (alerts/rules.py): since when, and since when announced
+# (opened_at NULL: still within its hold time). Written in the transaction that enqueues their alerts.
+ALERT_CONDITIONS = Table("alert_conditions", (
+    Column("name", "TEXT NOT NULL"),
+    Column("subject", "TEXT NOT NULL"),
+    Column("first_seen", "TIMESTAMP NOT NULL"),
+    Column("opened_at", "TIMESTAMP"),
+    Column("summary", "TEXT NOT NULL"),
+    Column("detail", "JSONB NOT NULL"),
+), ("name", "subject"))
+
 # Which hours each batch table holds the final answer for (created by the views' migration, which
 # also marks the hours a batch table already holds).
 BATCH_HOURS = Table("batch_hours", (
@@ -293,6 +304,7 @@ DDL = [
     # Offset marks from before topic identities: kept, with an empty identity, until a run adopts them.
     _with_topic_identity(STREAMING_OFFSETS),
     STREAMING_BATCH_CLOCKS.ddl(),
+    ALERT_CONDITIONS.ddl(),
     # Dead letters from before BYTEA: the text they kept becomes its UTF-8 bytes.
     """DO $$ BEGIN
         IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()

@@ -71,6 +71,7 @@ SERVING_USERS_OVER_QUOTA_1H = "serving_users_over_quota_1h"
 SERVING_SPEED_VS_BATCH_1H = "serving_speed_vs_batch_1h"
 SERVING_DEAD_LETTERS_5M = "serving_dead_letters_5m"
 SERVING_STREAM_FRESHNESS = "serving_stream_freshness"
+SERVING_ALERTS_1H = "serving_alerts_1h"
 
 VIEW_DDL = [
     *(view.ddl() for view in LAMBDA_VIEWS),
@@ -102,10 +103,15 @@ VIEW_DDL = [
         SELECT max(max_event_time) AS latest_event_time, max(applied_at) AS last_applied_at,
                extract(epoch FROM (now() AT TIME ZONE 'UTC') - max(max_event_time))::double precision AS lag_seconds
         FROM streaming_batches""",
+    # Alerts per UTC hour of their creation, kind and delivery state: counts only, no subject or payload
+    # (they name users), so the dashboards' role reads this and never the outbox.
+    f"""CREATE OR REPLACE VIEW {SERVING_ALERTS_1H} AS
+        SELECT date_trunc('hour', created AT TIME ZONE 'UTC') AS date, kind, state, count(*)::bigint AS alerts
+        FROM alerts GROUP BY 1, 2, 3""",
 ]
 
 SERVING_VIEWS = (*(v.name for v in LAMBDA_VIEWS), SERVING_USERS_OVER_QUOTA_1H, SERVING_SPEED_VS_BATCH_1H,
-                 SERVING_DEAD_LETTERS_5M, SERVING_STREAM_FRESHNESS)
+                 SERVING_DEAD_LETTERS_5M, SERVING_STREAM_FRESHNESS, SERVING_ALERTS_1H)
 
 
 # Totals from before TOTAL_BYTES were BIGINT. A view's column cannot change its type, so the serving views

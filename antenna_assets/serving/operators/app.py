@@ -27,6 +27,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from antenna_assets.errors import StackError
 from antenna_assets.postgres import transaction
 from antenna_assets.serving.operators import store
+from antenna_assets.serving.operators.alerts import ALERTS_LIMIT, alerts_available, recent_alerts
 from antenna_assets.serving.operators.auth import (release_sign_in, reserve_sign_in, session_generation, sign_in_keys,
                                                    verify_operator)
 from antenna_assets.serving.operators.body_limit import BodySizeLimit
@@ -244,10 +245,11 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
         with transaction(config.database_url) as conn:
             usage = store.hourly_usage(conn, user.email, now()) if store.usage_available(conn) else None
             history = store.audit_rows(conn, user.id)
+            alerts = recent_alerts(conn, user.email, exact=True) if alerts_available(conn) else None
         context.setdefault("values", {"name": user.name, "email": user.email, "quota": quota_input_text(user.quota)})
         return user_form(request, "user.html", status_code, user=user,
                          chart=usage_chart(usage, user.quota) if usage is not None else None,
-                         history=history, **context)
+                         history=history, alerts=alerts, **context)
 
     def existing_user(user_id: str) -> store.UserRow:
         with transaction(config.database_url) as conn:
@@ -319,6 +321,14 @@ def create_app(config: PageConfig, now: Callable[[], datetime] = utc_now) -> Fas
             return render(request, "import.html", 422, errors=errors)
         return done(request, f"Imported {len(users_in_file)} row(s): {created} user(s) added, {updated} changed.",
                     "/users")
+
+    @app.get("/alerts")
+    def alerts(request: Request, user: str = ""):
+        operator(request)
+        with transaction(config.database_url) as conn:
+            available = alerts_available(conn)
+            rows = recent_alerts(conn, user.strip()[:200]) if available else []
+        return render(request, "alerts.html", rows=rows, user=user, available=available, limit=ALERTS_LIMIT)
 
     @app.get("/audit")
     def audit(request: Request):

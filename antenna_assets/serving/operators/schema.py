@@ -103,8 +103,9 @@ DDL = [
     "CREATE INDEX IF NOT EXISTS operator_sign_in_attempts_by_time ON operator_sign_in_attempts (attempted_at)",
 ]
 
-# The serving data the page shows (usage per user and hour); one that does not exist (yet) is skipped.
-SERVING_RELATIONS = ("serving_user_1h",)
+# The serving data the page shows (usage per user and hour, the alerts outbox); one that does not exist (yet)
+# is skipped.
+SERVING_RELATIONS = ("serving_user_1h", "alerts")
 
 
 def migrate_operators(cur) -> None:

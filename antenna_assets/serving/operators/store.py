@@ -62,7 +62,8 @@ def current_hour(now: datetime) -> datetime:
     return now.replace(minute=0, second=0, microsecond=0)
 
 
-def _like(text: str) -> str:
+def like_pattern(text: str) -> str:
+    """`text` as an ILIKE pattern that matches it anywhere, its wildcards taken literally."""
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
@@ -80,7 +81,7 @@ def list_users(conn, now: datetime, search: str = "", sort: str = "id", descendi
     hour = current_hour(now)
     order = SORTS.get(sort, SORTS["id"]) + (" DESC" if descending else "")
     where = "WHERE u.id ILIKE %(q)s OR u.name ILIKE %(q)s OR u.email ILIKE %(q)s" if search else ""
-    params = {"q": _like(search), "hour": hour, "previous": hour - timedelta(hours=1), "limit": limit}
+    params = {"q": like_pattern(search), "hour": hour, "previous": hour - timedelta(hours=1), "limit": limit}
     # The two hours are read from the view once (a view over every speed-layer row: filter it first).
     usage_rows = ("SELECT email, date, sum_user_bytes, source FROM serving_user_1h WHERE date IN (%(hour)s, %(previous)s)"
                   if usage else "SELECT NULL::text AS email, NULL::timestamp AS date, NULL::numeric AS sum_user_bytes, "
