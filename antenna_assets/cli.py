@@ -88,13 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     # Each layer adds its own sub-commands; their modules import their heavy parts lazily.
     from antenna_assets.alerts.cli import register as register_alerts
     from antenna_assets.demo import register as register_demo
+    from antenna_assets.retention.storage import register as register_storage
     from antenna_assets.serving.operators.cli import register as register_operators
     from antenna_assets.sources.simulator.cli import register as register_simulate
     from antenna_assets.speed.cli import register as register_stream
     from antenna_assets.speed.dead_letter_retention import register as register_dead_letters
 
     for register in (register_simulate, register_stream, register_dead_letters, register_demo, register_operators,
-                     register_alerts):
+                     register_alerts, register_storage):
         register(commands)
     return parser
 

@@ -4,6 +4,7 @@ import dagster as dg
 
 from antenna_assets.alert_sensors import alert_rules_sensor, run_failure_alert_sensor
 from antenna_assets.assets.batch import hourly_tables, raw_devices
+from antenna_assets.assets.retention import retention_job, retention_schedule, storage_retention
 from antenna_assets.assets.serving import ANTENNA_USAGE_DASHBOARD, serving_views
 from antenna_assets.assets.sources import user_metadata
 from antenna_assets.assets.speed import devices_topic, speed_layer
@@ -22,9 +23,11 @@ lake = LakeResource.from_settings(settings)
 
 defs = dg.Definitions(
     assets=catalogued([devices_topic, user_metadata, speed_layer, raw_devices, hourly_tables, serving_views,
-                       ANTENNA_USAGE_DASHBOARD], settings),
+                       ANTENNA_USAGE_DASHBOARD, storage_retention], settings),
     asset_checks=[stream_lag],
-    jobs=[speed_layer_job, hourly_batch_job],
+    jobs=[speed_layer_job, hourly_batch_job, retention_job],
+    schedules=[retention_schedule(settings)],
     sensors=[speed_layer_sensor, hourly_batch_sensor, automation_sensor, alert_rules_sensor, run_failure_alert_sensor],
-    resources={"postgres": PostgresResource.from_settings(settings), "lake": lake, "spark": SparkResource.for_lake(lake)},
+    resources={"postgres": PostgresResource.from_settings(settings), "lake": lake, "spark": SparkResource.for_lake(lake),
+               "retention_postgres": PostgresResource.for_retention(settings)},
 )

@@ -111,6 +111,15 @@ def _demo(args: argparse.Namespace) -> int:
         verdict = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
         print(f"check {evaluation.asset_key.to_user_string()}.{evaluation.check_name}: {verdict}")
 
+    _say("retention: every store's retention applied once (storage_retention; hourly with the UI's schedule)")
+    from antenna_assets.assets.retention import nothing_removed, storage_retention
+
+    retention = dg.materialize([storage_retention], instance=instance, run_config=_INFO_LOGS, resources={
+        "lake": lake, "retention_postgres": PostgresResource.for_retention(settings)})
+    metadata = retention.asset_materializations_for_node("storage_retention")[0].metadata
+    print("nothing to remove: every store is within its retention" if nothing_removed(metadata)
+          else f"removed: {metadata['summary'].value}")
+
     _say("serving tables (PostgreSQL)")
     with postgres.connect() as conn:
         print_table_heads(conn)

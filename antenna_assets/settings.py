@@ -26,6 +26,7 @@ ENV_PREFIX = "ANTENNA_"
 # The embedded PostgreSQL's roles (antenna_assets/stack/postgres.py creates them; README: Security).
 SUPERUSER = "postgres"
 WRITER_ROLE = "antenna_writer"
+RETENTION_ROLE = "antenna_retention"  # the retention job's: deletes what retention removes, and nothing else
 
 _KINDS = {"int_parsing": "an integer", "float_parsing": "a number", "bool_parsing": "1 or 0"}
 
@@ -66,6 +67,17 @@ class Settings(BaseSettings):
     checkpoint_root: str = ""  # empty: <lake_root>/_checkpoints
     # `antenna dead-letters prune` moves dead letters older than this many days to the lake; 0: keeps them all.
     dead_letter_retention_days: int = Field(default=0, ge=0)
+    # Retention (antenna_assets/retention, README: Retention): the retention job's schedule (cron, UTC) and what it
+    # keeps. Landing files of a compacted and checked hour go this long after the hour's end; 5-minute rows of
+    # batch-final hours after so many days; the ledger's batch rows, clocks, failures and heartbeats too.
+    retention_cron: str = "40 * * * *"
+    retention_landing_grace_hours: int = Field(default=24, ge=1)
+    retention_speed_days: int = Field(default=7, ge=1)
+    retention_ledger_days: int = Field(default=30, ge=1)
+    # The devices topic's retention when the product creates it: how long the stream may be stopped before
+    # Kafka deletes records it has not read (README: Retention). Bytes are per partition; -1: no size limit.
+    topic_retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=-1)
+    topic_retention_bytes: int = Field(default=8 * 1024 ** 3, ge=-1)
     partitions_start: str = "2025-01-01-00:00"  # the first hourly partition Dagster offers
     spark_master: str = "local[*]"  # with spark_workers and not set: the stack's cluster, spark_cluster_url
     # A Spark standalone cluster started by the stack (stack/spark_cluster.py): 0 workers, none. Its master
@@ -201,6 +213,10 @@ class Settings(BaseSettings):
         if self.stream_heartbeat_limit_seconds < 2 * self.stream_heartbeat_seconds:
             raise ValueError(f"{ENV_PREFIX}STREAM_HEARTBEAT_LIMIT_SECONDS={self.stream_heartbeat_limit_seconds:g} "
                              f"must be at least twice {ENV_PREFIX}STREAM_HEARTBEAT_SECONDS={self.stream_heartbeat_seconds:g}")
+        if self.retention_ledger_days * 24 <= self.retention_landing_grace_hours:
+            raise ValueError(f"{ENV_PREFIX}RETENTION_LEDGER_DAYS={self.retention_ledger_days} must be longer than "
+                             f"{ENV_PREFIX}RETENTION_LANDING_GRACE_HOURS={self.retention_landing_grace_hours}: the "
+                             "landing prune finds what each batch folder holds in the ledger")
         if not (self.spark_master.startswith(("local", "spark://", "k8s://")) or self.spark_master == "yarn"):
             raise ValueError(f"{ENV_PREFIX}SPARK_MASTER={self.spark_master!r}: expected local[*], spark://host:port, "
                              "yarn or k8s://")
@@ -276,6 +292,11 @@ class Settings(BaseSettings):
         """Who sets the server up (databases, migration, roles): the embedded server's superuser, or
         an external server's own user. The product's running parts never connect with it."""
         return self.postgres_url if self.external_postgres else self.embedded_url(SUPERUSER)
+
+    @property
+    def postgres_retention_url(self) -> str:
+        """The retention job's login: the embedded server's retention role, or an external server's own user."""
+        return self.postgres_url if self.external_postgres else self.embedded_url(RETENTION_ROLE)
 
     @property
     def pgpass_file(self) -> Path:

@@ -10,6 +10,8 @@ from antenna_assets.serving.writes import written_hours
 from antenna_assets.batch.bookkeeping import hourly_sums_from_speed, landing_marks, record_compaction
 from antenna_assets.freshness import hourly_freshness
 from antenna_assets.hours import HOUR, hour_closes_at
+from antenna_assets.lake.gcs import arrow_filesystem
+from antenna_assets.retention.landing import restore_pruned_hours
 from antenna_assets.partitions import hourly_partitions, run_hours
 from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
 from antenna_assets.settings import Settings
@@ -40,8 +42,12 @@ def raw_devices(context: dg.AssetExecutionContext, config: RawDevicesConfig, spa
                          "(end plus ANTENNA_HOUR_CLOSE_GRACE_MINUTES): the stream may still land messages there")
     lake.validate()
     # Read before the files: whatever lands after this is newer than the compaction, and the hourly
-    # sensor runs the hour again for it.
+    # sensor runs the hour again for it. An hour whose landing retention removed gets its compacted
+    # files back in the landing first, so late data is added to the hour rather than replacing it.
     with postgres.connect() as conn:
+        landing_fs, landing_root = arrow_filesystem(lake.settings(), lake.landing_path)
+        restore_pruned_hours(conn, landing_fs, landing_root, arrow_filesystem(lake.settings(), lake.raw_devices_path)[1],
+                             hours)
         landed_through = landing_marks(conn, hours)
     stats = batch_layer.compact_hours(spark.session(), lake.landing_path, lake.raw_devices_path, hours,
                                       config.max_records_per_file)

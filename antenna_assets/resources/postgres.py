@@ -24,6 +24,14 @@ class PostgresResource(ConfigurableResource):
         given = settings.from_environment("postgres_url")
         return cls(url=EnvVar(env_name("postgres_url")) if given else settings.postgres_url)
 
+    @classmethod
+    def for_retention(cls, settings: Settings) -> "PostgresResource":
+        """The retention job's database login: the embedded server's retention role (no password in its URL),
+        or an external server's URL from the environment, as an `EnvVar`."""
+        if settings.from_environment("postgres_url"):
+            return cls(url=EnvVar(env_name("postgres_url")))
+        return cls(url=settings.postgres_retention_url)
+
     def connect(self) -> AbstractContextManager[Any]:
         """A connection whose work commits when the block ends and rolls back on error (`postgres.transaction`)."""
         return transaction(self.url)

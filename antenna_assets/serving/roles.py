@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 from antenna_assets.postgres import ensure_login_role, grant_database_use, role_url, transaction
 from antenna_assets.serving.schema import BATCH_TABLES, STREAMING_TABLES, USERS_OVER_QUOTA_1H
 from antenna_assets.serving.views import SERVING_VIEWS
-from antenna_assets.settings import WRITER_ROLE, Settings
+from antenna_assets.settings import RETENTION_ROLE, WRITER_ROLE, Settings
 from antenna_assets.stack.secrets import stack_secret
 
 READER_ROLE = "antenna_reader"
@@ -39,6 +39,7 @@ WRITER_PRIVILEGES = {
     "streaming_heartbeats": "SELECT, INSERT, UPDATE",  # the streaming run's beats, the sensor's declarations
     "landing_hours": "SELECT, INSERT, UPDATE",
     "compacted_hours": "SELECT, INSERT, UPDATE",
+    "pruned_landing_hours": "SELECT, UPDATE",  # raw_devices copies a pruned hour back before compacting it again
     "dead_letter": "SELECT, INSERT",
     # The alert rules' outbox inserts and the sender's deliveries (antenna_assets/alerts).
     "alerts": "SELECT, INSERT, UPDATE",
@@ -50,12 +51,35 @@ WRITER_PRIVILEGES = {
 }
 
 
+# What the retention job (antenna_assets/retention) removes, and what it reads to decide. Its own role: the
+# writer may not delete dead letters nor the ledger, and this role may write nothing else.
+RETENTION_PRIVILEGES = {
+    **{t.name: "SELECT, DELETE" for t in STREAMING_TABLES},
+    **{name: "SELECT, DELETE" for name in ("dead_letter", "streaming_batches", "streaming_batch_clocks",
+                                           "streaming_failures", "streaming_heartbeats")},
+    **{name: "SELECT" for name in ("batch_hours", "landing_hours", "compacted_hours", "streaming_offsets",
+                                   "schema_version")},
+    "pruned_landing_hours": "SELECT, INSERT, UPDATE",
+    "pruned_speed_hours": "SELECT, INSERT, UPDATE",
+}
+
+
 def grant_writer(conn, role: str = WRITER_ROLE) -> None:
     """Exactly the writer's privileges on this (migrated) database; run by the schema's owner."""
     with conn.cursor() as cur:
         ident = grant_database_use(cur, role, "CONNECT, TEMPORARY")
         cur.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {ident}")
         for relation, privileges in WRITER_PRIVILEGES.items():
+            cur.execute(f"GRANT {privileges} ON {relation} TO {ident}")
+    conn.commit()
+
+
+def grant_retention(conn) -> None:
+    """Exactly the retention role's privileges on this (migrated) database; run by the schema's owner."""
+    with conn.cursor() as cur:
+        ident = grant_database_use(cur, RETENTION_ROLE)
+        cur.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {ident}")
+        for relation, privileges in RETENTION_PRIVILEGES.items():
             cur.execute(f"GRANT {privileges} ON {relation} TO {ident}")
     conn.commit()
 

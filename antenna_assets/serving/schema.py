@@ -223,6 +223,24 @@ ALERT_CONDITIONS = Table("alert_conditions", (
     Column("detail", "JSONB NOT NULL"),
 ), ("name", "subject"))
 
+# Retention (antenna_assets/retention). Hours whose landing files were removed after their compaction: the
+# hour's raw_devices holds data its landing no longer does, so a compaction of the hour (late data) first
+# copies raw_devices back into the landing. And the speed layer's 5-minute rows removed per table and hour,
+# with their total, which serving_speed_vs_batch_1h adds to what the table still holds of the hour.
+PRUNED_LANDING_HOURS = Table("pruned_landing_hours", (
+    Column("hour", "TIMESTAMP NOT NULL"),
+    Column("pruned_at", f"TIMESTAMP NOT NULL {_UTC_NOW}"),
+    Column("removed", "BOOLEAN NOT NULL DEFAULT false"),  # every folder the compaction held is deleted
+    Column("restored_at", "TIMESTAMP"),  # raw_devices copied back into the landing, for a recompaction
+), ("hour",))
+PRUNED_SPEED_HOURS = Table("pruned_speed_hours", (
+    Column("table_name", "TEXT NOT NULL"),
+    Column("date", "TIMESTAMP NOT NULL"),
+    Column("rows_removed", "BIGINT NOT NULL"),
+    Column("total_bytes", f"{TOTAL_BYTES} NOT NULL"),
+    Column("pruned_at", f"TIMESTAMP NOT NULL {_UTC_NOW}"),
+), ("table_name", "date"))
+
 # Which hours each batch table holds the final answer for (created by the views' migration, which
 # also marks the hours a batch table already holds).
 BATCH_HOURS = Table("batch_hours", (
@@ -304,6 +322,8 @@ DDL = [
     # Offset marks from before topic identities: kept, with an empty identity, until a run adopts them.
     _with_topic_identity(STREAMING_OFFSETS),
     STREAMING_BATCH_CLOCKS.ddl(),
+    PRUNED_LANDING_HOURS.ddl(),
+    PRUNED_SPEED_HOURS.ddl(),
     ALERT_CONDITIONS.ddl(),
     # Dead letters from before BYTEA: the text they kept becomes its UTF-8 bytes.
     """DO $$ BEGIN

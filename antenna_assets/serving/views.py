@@ -92,7 +92,10 @@ VIEW_DDL = [
                coalesce((SELECT sum(b.sum_antenna_bytes) FROM bytes_agg_antenna_1h b WHERE b.date = h.date), 0)
                    AS batch_bytes,
                coalesce((SELECT sum(s.sum_antenna_bytes) FROM bytes_agg_antenna s
-                         WHERE s.date >= h.date AND s.date < h.date + interval '1 hour'), 0) AS speed_bytes
+                         WHERE s.date >= h.date AND s.date < h.date + interval '1 hour'), 0)
+               -- the hour's 5-minute rows that retention removed, as their total
+               + coalesce((SELECT p.total_bytes FROM pruned_speed_hours p
+                           WHERE p.table_name = 'bytes_agg_antenna' AND p.date = h.date), 0) AS speed_bytes
         FROM batch_hours h WHERE h.table_name = 'bytes_agg_antenna_1h'""",
     # Dead letters counted per reason and 5-minute window of their ingest time: never the raw value.
     f"""CREATE OR REPLACE VIEW {SERVING_DEAD_LETTERS_5M} AS

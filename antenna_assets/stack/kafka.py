@@ -369,15 +369,22 @@ LOG_APPEND_TIME, CREATE_TIME = "LogAppendTime", "CreateTime"
 
 
 def ensure_topic(settings: Settings, timeout: float = 30.0) -> None:
-    """Create the devices topic with the configured partition count unless it exists."""
-    create_topic(librdkafka_config(settings), settings.topic, settings.topic_partitions, timeout)
+    """Create the devices topic with the configured partition count and retention unless it exists."""
+    create_topic(librdkafka_config(settings), settings.topic, settings.topic_partitions, timeout,
+                 topic_config=topic_retention(settings))
+
+
+def topic_retention(settings: Settings) -> dict[str, str]:
+    """The devices topic's explicit retention (README: Retention): how long, and how many bytes per partition,
+    Kafka keeps records the stream may not have read yet; never the broker's defaults, whatever they are."""
+    return {"retention.ms": str(settings.topic_retention_ms), "retention.bytes": str(settings.topic_retention_bytes)}
 
 
 def create_topic(config: dict, topic: str, partitions: int, timeout: float = 30.0,
-                 timestamp_type: str = LOG_APPEND_TIME) -> None:
+                 timestamp_type: str = LOG_APPEND_TIME, topic_config: dict[str, str] | None = None) -> None:
     """Create `topic` on the cluster of a librdkafka `config`, its records stamped by `timestamp_type`,
-    unless it exists: an existing topic (an external cluster's) is left as it is. An unreachable
-    cluster or refused credentials are a one-line StackError."""
+    and `topic_config` (Kafka topic configs), unless it exists: an existing topic (an external cluster's) is
+    left as it is. An unreachable cluster or refused credentials are a one-line StackError."""
     from confluent_kafka.admin import NewTopic
     from confluent_kafka import KafkaException
 
@@ -387,7 +394,8 @@ def create_topic(config: dict, topic: str, partitions: int, timeout: float = 30.
     # replication_factor -1: the cluster's default.replication.factor (the local cluster's: every node, at most 3,
     # with min.insync.replicas 2 at 3; _server_properties).
     futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=-1,
-                                            config={"message.timestamp.type": timestamp_type})])
+                                            config={"message.timestamp.type": timestamp_type,
+                                                    **(topic_config or {})})])
     for future in futures.values():
         try:
             future.result(timeout)

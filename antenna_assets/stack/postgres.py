@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 from antenna_assets.errors import StackError
 from antenna_assets.postgres import (connect, ensure_database, ensure_login_role, ensure_owned_database, redacted,
                                      scram_sha256, transaction)
-from antenna_assets.settings import SUPERUSER, WRITER_ROLE, Settings
+from antenna_assets.settings import RETENTION_ROLE, SUPERUSER, WRITER_ROLE, Settings
 from antenna_assets.stack.process import pid_alive, port_open, stop_pid, tail, wait_until
 from antenna_assets.stack.secrets import stack_secret, write_pgpass
 
@@ -29,7 +29,7 @@ DAGSTER_ROLE = "antenna_dagster"  # owns Dagster's database, nothing else
 SUPERSET_ROLE = "antenna_superset"  # owns Superset's metadata database, nothing else
 # The embedded server's roles whose passwords are in the stack's passfile (the reader's and the
 # operators' page's are given to their services by URL, in memory).
-PASSFILE_ROLES = (SUPERUSER, WRITER_ROLE, DAGSTER_ROLE, SUPERSET_ROLE)
+PASSFILE_ROLES = (SUPERUSER, WRITER_ROLE, DAGSTER_ROLE, SUPERSET_ROLE, RETENTION_ROLE)
 PG_HBA = """# Written by antenna_assets.stack.postgres: a password for every login (scram-sha-256).
 local   all   all                 scram-sha-256
 host    all   all   127.0.0.1/32  scram-sha-256
@@ -171,7 +171,7 @@ class EmbeddedPostgres:
 
     def _ensure_databases(self) -> None:
         """The databases, the serving schema and, on the embedded server, the roles and their grants."""
-        from antenna_assets.serving.roles import grant_writer
+        from antenna_assets.serving.roles import grant_retention, grant_writer
         from antenna_assets.serving.migration import migrate
 
         admin = self.settings.postgres_admin_url
@@ -183,12 +183,13 @@ class EmbeddedPostgres:
             return
         passwords = self._passwords()
         with transaction(self._server_url) as conn:
-            for role in (WRITER_ROLE, DAGSTER_ROLE, SUPERSET_ROLE):
+            for role in (WRITER_ROLE, DAGSTER_ROLE, SUPERSET_ROLE, RETENTION_ROLE):
                 ensure_login_role(conn, role, passwords[role])
         ensure_owned_database(self._server_url, self.settings.dagster_db, DAGSTER_ROLE)
         with transaction(admin) as conn:
             migrate(conn)
             grant_writer(conn)
+            grant_retention(conn)
             # The roles that need them are granted CONNECT (and the writer TEMPORARY) by name; no other
             # role may create temporary tables (which shadow tables of the same name, and take disk).
             with conn.cursor() as cur:
