@@ -32,8 +32,11 @@ browser:
 demo: jars
 	$(BIN)/antenna demo
 
+# Two workers: the tests that start stacks of their own beside the ones on the session's stack (conftest.py).
+TEST_WORKERS ?= 2
+
 test: jars browser
-	$(BIN)/python -m pytest antenna_assets_tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) antenna_assets_tests $(PYTEST_ARGS)
 
 bench: jars
 	$(BIN)/python -m bench.run_all

@@ -43,7 +43,10 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "duckdb>=1.1", "hypothesis>=6.100", "httpx>=0.27",
+        "dev": ["pytest>=8", "pytest-timeout>=2.3",
+                # `make test` runs the tests with their own stacks in a second worker (conftest.py)
+                "pytest-xdist>=3.6",
+                "duckdb>=1.1", "hypothesis>=6.100", "httpx>=0.27",
                 # drives Debian's /usr/bin/chromium in the browser tests; no browser download
                 "playwright>=1.50,<2",
                 # a real SMTP server on 127.0.0.1 for the alert delivery tests

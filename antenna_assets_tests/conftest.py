@@ -39,9 +39,39 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes minutes; deselect with -m 'not slow'")
 
 
+# Modules that start stacks of their own (own folder and ports) and never touch the session's stack.
+# `make test` runs them in a second pytest-xdist worker beside the rest (`-n 2`): they mostly wait
+# (outages of 20-30 s, recoveries, JVM starts), so the two lanes overlap on 2 cores. Every other test
+# shares the one session stack, whose fixtures start and stop it, so they stay together in one worker.
+OWN_STACK_MODULES = frozenset({"test_faults", "test_cluster_stack", "test_cluster_faults"})
+
+
+def lane(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+    return "own-stacks" if module in OWN_STACK_MODULES else "session-stack"
+
+
+def pytest_xdist_make_scheduler(config, log):
+    # A scheduler of whole lanes, as xdist's by-module one but with the lane as the unit. (Its
+    # `xdist_group` mark does the same through node ids, which pytest 9 no longer lets it rewrite.)
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LaneScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return lane(nodeid)
+
+    return LaneScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
-def settings() -> Settings:
-    settings = Settings.from_env()
+def base_settings() -> Settings:
+    """The session's settings without starting its stack: for tests that start stacks of their own."""
+    return Settings.from_env()
+
+
+@pytest.fixture(scope="session")
+def settings(base_settings) -> Settings:
+    settings = base_settings
     services = [EmbeddedPostgres(settings), KafkaBroker(settings)]
     started = [s for s in services if not s.status()[0]]
     for service in services:
@@ -69,10 +99,10 @@ def gcs_emulator(settings):
 
 
 @pytest.fixture(scope="session")
-def spark(settings):
+def spark(base_settings):
     from antenna_assets.resources.spark import build_spark_session
 
-    session = build_spark_session(settings, app_name="antenna_assets_tests")
+    session = build_spark_session(base_settings, app_name="antenna_assets_tests")
     yield session
     session.stop()
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from datetime import datetime
 
+import pytest
+
 from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP, BYTES_AGG_APP_1H
 from antenna_assets.sources.simulator import GroundTruth
 from antenna_assets_tests.test_dagster_cli import OUTDATED
@@ -35,6 +37,7 @@ def _snapshot(url: str) -> dict[str, object]:
         "dead_letter": query(url, "SELECT count(*) FROM dead_letter")}
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_a_rerun_sends_nothing_twice(settings, topic, serving_db, tmp_path):
     env = {**os.environ, "ANTENNA_TOPIC": topic, "ANTENNA_POSTGRES_URL": serving_db,
            "ANTENNA_LAKE_ROOT": str(tmp_path / "lake")}

@@ -137,6 +137,7 @@ def test_sensor_fails_a_started_run_that_never_wrote_a_heartbeat(settings, topic
     late.close()
 
 
+@pytest.mark.slow
 def test_instance_queues_a_second_streaming_run_behind_a_live_one(settings, tmp_path):
     """Two runs tagged like the streaming job, submitted to the stack's instance: its run coordinator
     (dagster.yaml's tag concurrency limit, applied by a real `dagster-daemon`) starts one and keeps the
@@ -248,6 +249,7 @@ def _run(args, env, timeout=600):
     return proc
 
 
+@pytest.mark.slow
 def test_command_lines_end_to_end(settings, topic, serving_db, tmp_path):
     """simulate -> `antenna stream` -> `dg launch` of every hourly asset, through the
     product's settings only, on a topic, database and lake of its own (so it runs the same every time)."""

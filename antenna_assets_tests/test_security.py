@@ -275,6 +275,7 @@ def live_stack(settings, topic, tmp_path, monkeypatch):
                 instance.report_run_canceled(run, message="stopped by test_security")
 
 
+@pytest.mark.slow
 def test_no_secret_on_command_lines_logs_or_run_events(settings, live_stack):
     """`ps` while the stack, the operators' page, Superset, Dagster and the streaming run are alive;
     every log file (and the runs' captured output) of the stack; and every event (logs and metadata)

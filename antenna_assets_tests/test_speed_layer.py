@@ -174,6 +174,7 @@ def _freeze_mid_batch(process: subprocess.Popen, url: str, query_name: str, time
     raise AssertionError("the stream was never caught between a batch's totals and its lake files")
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_adds_nothing_twice_in_any_time_zone(settings, topic, serving_db, tmp_path):
     truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, users=200, backfill_hours=2,
                                            start=datetime(2025, 3, 30, 0), seed=5, progress=False))
@@ -261,6 +262,7 @@ def test_late_events_skip_closed_windows_but_stay_in_the_lake(settings, topic, s
     assert landed == [3, 5, 7]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_stream_stops_cleanly_on_a_signal_and_resumes(settings, topic, serving_db, tmp_path, stop_signal):
     truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=0.5,

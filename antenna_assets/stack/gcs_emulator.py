@@ -8,6 +8,7 @@ backend mishandles the `dir/` placeholder objects Hadoop's connector makes: rena
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 import urllib.error
@@ -39,6 +40,13 @@ class GcsEmulator(ServerProcess):
 
     def install(self) -> Path:
         """`go install` the pinned version unless that binary is already cached."""
+        self.binary.parent.mkdir(parents=True, exist_ok=True)
+        # Stacks that share this folder (the test suite's two lanes) may ask at once: one builds, the others wait.
+        with open(self.binary.with_name("fake-gcs-server.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._install()
+
+    def _install(self) -> Path:
         marker = self.binary.with_name("fake-gcs-server.version")
         if self.binary.exists() and marker.exists() and marker.read_text() == FAKE_GCS_SERVER_VERSION:
             return self.binary
@@ -46,7 +54,6 @@ class GcsEmulator(ServerProcess):
         if go is None:
             raise StackError("Go is not installed: the GCS emulator (fake-gcs-server) is built with it. "
                              "Install Go 1.26+ and retry.")
-        self.binary.parent.mkdir(parents=True, exist_ok=True)
         # GOTOOLCHAIN=local: fail with the version message rather than fetch another Go toolchain.
         env = child_environment(GOBIN=str(self.binary.parent), GOTOOLCHAIN="local")
         proc = subprocess.run([go, "install", f"{FAKE_GCS_SERVER_MODULE}@{FAKE_GCS_SERVER_VERSION}"],

@@ -12,9 +12,12 @@ it answers, creates the databases the product needs and migrates the schema as t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
+import tempfile
 import warnings
+from pathlib import Path
 from urllib.parse import urlparse
 
 from antenna_assets.errors import StackError
@@ -26,6 +29,7 @@ from antenna_assets.stack.secrets import stack_secret, write_pgpass
 
 SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
 DAGSTER_ROLE = "antenna_dagster"  # owns Dagster's database, nothing else
+SOCKET_PATH_LIMIT = 107  # bytes in a Unix socket's path on Linux (sun_path less its terminating NUL)
 SUPERSET_ROLE = "antenna_superset"  # owns Superset's metadata database, nothing else
 # The embedded server's roles whose passwords are in the stack's passfile (the reader's and the
 # operators' page's are given to their services by URL, in memory).
@@ -44,12 +48,21 @@ def _as_root() -> bool:
     return os.geteuid() == 0
 
 
+def socket_directory(home: Path, port: int) -> Path:
+    """The server's Unix socket folder: in its home, unless that path is too long for a socket (107 bytes on
+    Linux, e.g. a stack in a deep test folder); then a short folder of its own, named after the home."""
+    folder = home / "socket"
+    if len(os.fsencode(folder / f".s.PGSQL.{port}")) <= SOCKET_PATH_LIMIT:
+        return folder
+    return Path(tempfile.gettempdir()) / f"antenna-pg-{hashlib.sha256(os.fsencode(home)).hexdigest()[:16]}"
+
+
 class EmbeddedPostgres:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.home = settings.stack_dir / "postgres"
         self.data_dir = self.home / "data"
-        self.socket_dir = self.home / "socket"
+        self.socket_dir = socket_directory(self.home, settings.postgres_port)
 
     def _run(self, tool: str, args: list[str], **kwargs) -> subprocess.CompletedProcess:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
