@@ -92,7 +92,8 @@ def _fault_stack(root: Path) -> FaultStack:
 
 
 @pytest.fixture(scope="module")
-def fault_stack(settings):
+def fault_stack(base_settings):
+    settings = base_settings  # the session stack's folders only: this stack never needs its services
     # Inside the session stack's folder, not pytest's tmp: pytest makes /tmp/pytest-of-<user> 0700
     # whenever a session starts, which would lock the embedded server's own user out of its data.
     root = settings.stack_dir / "faults"
