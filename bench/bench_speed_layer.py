@@ -47,8 +47,8 @@ from antenna_assets.transforms.devices import (DEVICE_MESSAGE_SCHEMA, FIELD_NAME
                                                with_lake_partitions)
 from antenna_assets.sources.users import APPS, antenna_id, user_id
 from antenna_assets_tests.truth import expected, read_table
-from bench.common import (BackgroundLoop, PeakMemory, RssPeak, delete_topic, fresh_database, fresh_topic,
-                          record_run, time_warm)
+from bench.common import (BackgroundLoop, PeakMemory, RssPeak, cluster_settings, delete_topic, fresh_database,
+                          fresh_topic, record_run, time_warm)
 
 USERS, ANTENNAS = 2_000, 100
 NO_LATE_DROPS = "3650 days"  # a backfill reaches Kafka out of event-time order across partitions
@@ -127,10 +127,14 @@ class Freshness:
 
 
 def spark_session(app_name: str = "bench_speed_layer", **conf: str):
-    """The benchmarks' session: local[2], and `conf` (Spark keys) over the product's configuration."""
+    """The benchmarks' session: local[2], or the Spark standalone cluster the settings name
+    (ANTENNA_SPARK_WORKERS, or a spark:// ANTENNA_SPARK_MASTER; ANTENNA_SPARK_APP_CORES of its cores), and
+    `conf` (Spark keys) over the product's configuration."""
     from antenna_assets.resources.spark import build_spark_session
 
-    return build_spark_session(Settings.from_env(), app_name=app_name, extra={"spark.master": "local[2]", **conf})
+    settings = Settings.from_env()
+    master = settings.spark_master if settings.spark_master.startswith("spark://") else "local[2]"
+    return build_spark_session(settings, app_name=app_name, extra={"spark.master": master, **conf})
 
 
 @contextmanager
@@ -473,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     spark.stop()
 
     peak = max([first, catch_up.second, *fresh], key=lambda r: r.memory.total)
-    command = "python -m bench.bench_speed_layer" + (" --quick" if args.quick else (
+    command = cluster_settings(settings) + "python -m bench.bench_speed_layer" + (" --quick" if args.quick else (
         f" --messages {messages} --max-offsets-per-trigger {args.max_offsets_per_trigger}"
         f" --backlog-rate {args.backlog_rate:g} --rate {args.rate:g}"
         f" --seconds {seconds:g}" + (f" --triggers '{args.triggers}'" if args.triggers != TRIGGERS else "")))

@@ -40,7 +40,7 @@ from antenna_assets.speed.layer import STEPS, SpeedLayer, run_until_stopped
 from antenna_assets_tests.truth import query
 from bench.bench_speed_layer import (AntennaTablePoller, latencies, produce_paced, scratch_folder, scratch_topic,
                                      spark_session, streaming_process_memory, targets)
-from bench.common import BackgroundLoop, RssPeak, fresh_database, record_run
+from bench.common import BackgroundLoop, RssPeak, cluster_settings, fresh_database, record_run
 
 P99_TARGET_SECONDS = 5.0
 LAG_EDGE_SECONDS = 30  # the lag's growth: its mean over the window's last 30 s minus its first 30 s
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     fixed, per_event = fixed_and_per_event(results)
     print(f"sustained: {best.rate if best else 0:,.0f} events/s; batch time = {fixed:.0f} ms + {per_event:.1f} µs "
           f"per event", flush=True)
-    command = "python -m bench.bench_sustained" + (" --quick" if args.quick else (
+    command = cluster_settings(settings) + "python -m bench.bench_sustained" + (" --quick" if args.quick else (
         f" --seconds {args.seconds:g} --settle {args.settle:g}")) + (
         f" --rates {args.rates}" if args.rates != RATES else "") + (f" --warm-up {args.warm_up:g}")
     record_run(SECTION, SECTION_INTRO, TABLE_HEADER, command,

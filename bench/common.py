@@ -54,6 +54,16 @@ def record_run(section: str, intro: str, table_header: str, command: str, cells:
         record(section, intro, table_header, row)
 
 
+def cluster_settings(settings: Settings) -> str:
+    """The settings that put a benchmark's Spark session on a standalone cluster, as the recorded command's
+    prefix (bench_speed_layer.spark_session); empty for local[2]."""
+    if not settings.spark_master.startswith("spark://"):
+        return ""
+    master = (f"ANTENNA_SPARK_WORKERS={settings.spark_workers}" if settings.spark_workers
+              else f"ANTENNA_SPARK_MASTER={settings.spark_master}")
+    return f"{master} ANTENNA_SPARK_APP_CORES={settings.spark_app_cores} "
+
+
 def admin(settings: Settings):
     from confluent_kafka.admin import AdminClient
 
