@@ -5,10 +5,12 @@ Dagster-free, so assets, benchmarks and tests call the same code.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Sequence
 
+from pyspark import inheritable_thread_target
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -135,18 +137,31 @@ def compute_hourly_tables(events: DataFrame, snapshot: hourly.Snapshot, tables: 
     unless a per-user table is requested).
 
     Two Spark jobs read the events (per user id; per antenna and app), only those the requested tables
-    need; the tables derive from their few thousand rows on the driver."""
+    need, submitted together: each one's stage boundaries and collect leave a core idle that the other's
+    tasks fill (8% of the job on 10M events, BENCHMARKS.md, Batch layer). The tables derive from their
+    few thousand rows on the driver."""
     def partial(name: str, columns: Sequence[str]) -> list[tuple]:
         return collect_exact_totals(lambda exact: collect_table(hourly_partials(events, exact)[name], columns),
                                     len(columns) - 1)
 
+    wanted = {"per_antenna_app": (*ANTENNA_APP, "date", "bytes"), "per_user": UNKNOWN_USERS_COLUMNS}
+    if not {"bytes_agg_antenna_1h", "bytes_agg_app_1h"} & set(tables):
+        del wanted["per_antenna_app"]
+    if not {"bytes_agg_user_1h", "users_over_quota_1h"} & set(tables):
+        del wanted["per_user"]
+    # Threads that carry the caller's Spark job properties and tags, as Dagster's run sets them.
+    in_thread = inheritable_thread_target(events.sparkSession)(partial)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="hourly-partial") as pool:
+        futures = {name: pool.submit(in_thread, name, columns) for name, columns in wanted.items()}
+        partials = {name: future.result() for name, future in futures.items()}
+
     result: dict[str, list[tuple]] = {"unknown_users": []}
-    if {"bytes_agg_antenna_1h", "bytes_agg_app_1h"} & set(tables):
-        per_antenna_app = partial("per_antenna_app", (*ANTENNA_APP, "date", "bytes"))
+    if "per_antenna_app" in partials:
+        per_antenna_app = partials["per_antenna_app"]
         result["bytes_agg_antenna_1h"] = hourly.rollup(per_antenna_app, 0, 2, 3)
         result["bytes_agg_app_1h"] = hourly.rollup(per_antenna_app, 1, 2, 3)
-    if {"bytes_agg_user_1h", "users_over_quota_1h"} & set(tables):
-        per_user = partial("per_user", UNKNOWN_USERS_COLUMNS)
+    if "per_user" in partials:
+        per_user = partials["per_user"]
         result["bytes_agg_user_1h"] = hourly.bytes_per_email(per_user, snapshot)
         result["users_over_quota_1h"] = hourly.users_over_quota(result["bytes_agg_user_1h"], snapshot)
         result["unknown_users"] = hourly.unknown_users(per_user, snapshot)

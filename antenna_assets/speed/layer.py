@@ -260,16 +260,7 @@ class SpeedLayer:
             self.stats.skipped_batches += 1
             return
         user_metadata = self.user_metadata()  # one read for the whole batch: its totals and its lake rows agree
-        # The batch's own session (Spark's copy for the query): its few thousand partial sums need no more
-        # partitions than cores, and every partition more was a task in each of its two shuffles.
-        shuffle_partitions = self.config.shuffle_partitions or self.spark.sparkContext.defaultParallelism
-        kafka_rows.sparkSession.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions))
-        kafka_rows.sparkSession.conf.set("spark.sql.adaptive.enabled", str(self.config.adaptive_execution).lower())
-
-        parsed = (as_cached(parse_device_messages(kafka_rows, self.config.message_rules()),
-                            self.config.dead_letter_inline_bytes)
-                  # Deserialized and (spark_session) uncompressed: it lives for one batch; see BENCHMARKS.md.
-                  .persist(StorageLevel.MEMORY_AND_DISK_DESER))
+        parsed = self.cached_batch(kafka_rows)
         landing = _Landing(lambda: self._lake_frame(valid_events(parsed.where(_not_below(marks.landed))), key,
                                                     user_metadata.frame),
                            self._land, self.stats)
@@ -300,6 +291,19 @@ class SpeedLayer:
             parsed.unpersist()
         with self.postgres.transaction() as conn:
             mark_landed(conn, key, identity)
+
+    def cached_batch(self, kafka_rows: DataFrame) -> DataFrame:
+        """The micro-batch parsed once and cached for its steps (the caller unpersists it), with the batch's
+        Spark settings. Shared with bench_speed_layer's floor, which lands it and does nothing else."""
+        # The batch's own session (Spark's copy for the query): its few thousand partial sums need no more
+        # partitions than cores, and every partition more was a task in each of its two shuffles.
+        shuffle_partitions = self.config.shuffle_partitions or self.spark.sparkContext.defaultParallelism
+        kafka_rows.sparkSession.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        kafka_rows.sparkSession.conf.set("spark.sql.adaptive.enabled", str(self.config.adaptive_execution).lower())
+        return (as_cached(parse_device_messages(kafka_rows, self.config.message_rules()),
+                          self.config.dead_letter_inline_bytes)
+                # Deserialized and (spark_session) uncompressed: it lives for one batch; see BENCHMARKS.md.
+                .persist(StorageLevel.MEMORY_AND_DISK_DESER))
 
     def _lake_frame(self, events: DataFrame, key: BatchKey, user_metadata: DataFrame) -> DataFrame:
         """The batch's lake rows: enriched, with their hour and batch partition columns."""

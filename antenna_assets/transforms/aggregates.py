@@ -8,12 +8,14 @@ aggregates on the driver is in `transforms.hourly`.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Sequence
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
+from antenna_assets.speed.config import parse_duration
 
 HOURLY_WINDOW = "1 hour"
 # An exact sum of any number of BIGINT byte counts: 10^38 is more bytes than 10^19 reports of the largest BIGINT.
@@ -32,8 +34,15 @@ def bytes_per_window(events: DataFrame, keys: str | Sequence[str], value: str, w
 
 
 def window_start(window: str, time: Column | str = "event_time") -> Column:
-    """`date`: the start of the event-time window of `time`."""
-    return F.window(time, window).start.alias("date")
+    """`date`: the start of the event-time window of `time` (null for a null time), as Spark's `window()`
+    gives it, by integer arithmetic on microseconds: `window()` builds a struct of start and end for every
+    row, which made the batch layer's job ~6% slower (BENCHMARKS.md, Batch layer)."""
+    micros = F.unix_micros(F.col(time) if isinstance(time, str) else time)
+    return F.timestamp_micros(micros - F.pmod(micros, F.lit(_micros(window)))).alias("date")
+
+
+def _micros(window: str) -> int:
+    return parse_duration(window) // timedelta(microseconds=1)
 
 
 def window_totals(value: str, exact: bool = False) -> list[Column]:

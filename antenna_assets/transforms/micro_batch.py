@@ -96,15 +96,14 @@ def _summary_columns(tables: tuple[tuple[str, str], ...], window: str, exact: bo
     event_time = F.when(valid, F.col("event_time"))
     # Every record is aggregated (its partition's offset), but outside `valid` its keys are null: one
     # group per grouping set holds them all, and is dropped (a rejected record's keys may be any text,
-    # so they would otherwise make a group each). Its window is 1970's first: Spark's window() drops
-    # the rows of a null time.
+    # so they would otherwise make a group each), with its null window.
     inputs = ("topic", "partition", "offset", *(F.when(valid, F.col(key)).alias(key) for key in keys),
               F.when(valid, F.col("bytes")).alias("bytes"), event_time.alias("event_time"),
               F.when(valid, F.col(WATERMARK_TIME)).alias(WATERMARK_TIME),
               (counted & F.col("reason").isNotNull()).alias(REJECTED),
               F.when(counted & F.col("reason").isNotNull(),
                      F.coalesce(F.length("key"), F.lit(0)) + F.coalesce(F.length("value"), F.lit(0))).alias(REJECTED_BYTES),
-              window_start(window, F.coalesce(event_time, F.timestamp_seconds(F.lit(0)))))
+              window_start(window, event_time))
     grouped = [F.grouping(key) == 0 for key in keys]
     (first_name, first_key), *others = tables
     table_name, key_value = F.when(grouped[0], F.lit(first_name)), F.when(grouped[0], F.col(first_key))
