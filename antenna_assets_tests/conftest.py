@@ -37,6 +37,7 @@ from antenna_assets.stack.postgres import EmbeddedPostgres  # noqa: E402
 def pytest_configure(config):
     # `-m "not slow"` leaves out the tests of minutes (e.g. half a GB through the speed layer).
     config.addinivalue_line("markers", "slow: takes minutes; deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "cluster: on a 3-broker Kafka and a Spark standalone cluster; run alone with -m cluster")
 
 
 # Modules that start stacks of their own (own folder and ports) and never touch the session's stack.

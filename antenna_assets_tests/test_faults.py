@@ -45,6 +45,7 @@ from antenna_assets.stack.gcs_emulator import GcsEmulator
 from antenna_assets.stack.kafka import KafkaBroker, ensure_topic
 from antenna_assets.stack.postgres import DAGSTER_ROLE, EmbeddedPostgres
 from antenna_assets.stack.process import pid_alive, wait_until
+from antenna_assets.stack.spark_cluster import SparkCluster
 from antenna_assets_tests.databases import temporary_serving_database
 from antenna_assets_tests.truth import expected, query
 
@@ -52,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Below the ephemeral range (32768+), apart from the session stack's and the demo's ports.
 FAULT_PORTS = {"ANTENNA_KAFKA_PORT": "26192", "ANTENNA_POSTGRES_PORT": "26532", "ANTENNA_GCS_EMULATOR_PORT": "26543"}
 FAULT_BUCKET = "antenna-faults"
+LOCAL_SPARK = {"ANTENNA_SPARK_MASTER": "local[2]"}
 RATE = 300  # events per second
 EVENTS = 4500  # 15 s of traffic per test
 RECOVERY_TIMEOUT = 300  # seconds for the pipeline to catch up after a fault
@@ -65,13 +67,19 @@ QUOTA = {u.email: u.quota for u in PROVISIONED_USERS}
 
 @dataclass
 class FaultStack:
-    """Kafka, PostgreSQL and a GCS emulator of the fault tests only."""
+    """Kafka, PostgreSQL, a GCS emulator and, with ANTENNA_SPARK_WORKERS, a Spark cluster of fault tests only."""
 
     settings: Settings
     env: dict[str, str]
     kafka: KafkaBroker
     postgres: EmbeddedPostgres
     gcs: GcsEmulator
+    spark: SparkCluster | None = None
+
+    @property
+    def services(self) -> list:
+        """Every service, in the order they stop."""
+        return [s for s in (self.spark, self.gcs, self.kafka, self.postgres) if s is not None]
 
 
 @contextmanager
@@ -80,25 +88,33 @@ def environment(env: dict[str, str]):
         yield
 
 
-def _fault_stack(root: Path) -> FaultStack:
+def _fault_stack(root: Path, ports: dict[str, str], engines: dict[str, str]) -> FaultStack:
+    """`engines`: the Spark master (or ANTENNA_SPARK_WORKERS) and ANTENNA_KAFKA_BROKERS."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTENNA_", "DAGSTER_"))}
-    env.update(FAULT_PORTS, ANTENNA_STACK_DIR=str(root), ANTENNA_SPARK_MASTER="local[2]",
-               ANTENNA_SPARK_SHUFFLE_PARTITIONS="2",
-               ANTENNA_GCS_ENDPOINT=f"http://127.0.0.1:{FAULT_PORTS['ANTENNA_GCS_EMULATOR_PORT']}")
+    env.update(ports, **engines, ANTENNA_STACK_DIR=str(root), ANTENNA_SPARK_SHUFFLE_PARTITIONS="2",
+               ANTENNA_GCS_ENDPOINT=f"http://127.0.0.1:{ports['ANTENNA_GCS_EMULATOR_PORT']}")
     with environment(env):
         settings = Settings.from_env()
     env.update(stack_environment(settings))
-    return FaultStack(settings, env, KafkaBroker(settings), EmbeddedPostgres(settings), GcsEmulator(settings))
+    return FaultStack(settings, env, KafkaBroker(settings), EmbeddedPostgres(settings), GcsEmulator(settings),
+                      SparkCluster(settings) if settings.spark_workers else None)
 
 
 @pytest.fixture(scope="module")
 def fault_stack(base_settings):
-    settings = base_settings  # the session stack's folders only: this stack never needs its services
+    with own_stack(base_settings, "faults", FAULT_PORTS, LOCAL_SPARK) as stack:
+        yield stack
+
+
+@contextmanager
+def own_stack(settings: Settings, name: str, ports: dict[str, str], engines: dict[str, str]):
+    """A stack in <session stack>/`name` on `ports`: PostgreSQL, Kafka and any Spark cluster started, the
+    GCS emulator left to the test that needs it; everything stopped afterwards."""
     # Inside the session stack's folder, not pytest's tmp: pytest makes /tmp/pytest-of-<user> 0700
     # whenever a session starts, which would lock the embedded server's own user out of its data.
-    root = settings.stack_dir / "faults"
-    leftover = _fault_stack(root)
-    for service in (leftover.gcs, leftover.kafka, leftover.postgres):
+    root = settings.stack_dir / name
+    leftover = _fault_stack(root, ports, engines)
+    for service in leftover.services:
         service.down()  # of an interrupted earlier run
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -106,18 +122,19 @@ def fault_stack(base_settings):
     (root / "jars").symlink_to(settings.jars_dir)
     (settings.stack_dir / "bin").mkdir(parents=True, exist_ok=True)
     (root / "bin").symlink_to(settings.stack_dir / "bin")
-    stack = _fault_stack(root)
+    stack = _fault_stack(root, ports, engines)
     ensure_dagster_home(stack.settings)
     try:
         with environment(stack.env):
-            for service in (stack.postgres, stack.kafka):
-                service.up()
+            for service in (stack.postgres, stack.kafka, stack.spark):
+                if service is not None:
+                    service.up()
         # This process's Dagster instances reach the fault stack's storage as its Dagster role, whose
         # password libpq reads from the stack's passfile (the product's own URLs name theirs).
         with mock.patch.dict(os.environ, {"PGPASSFILE": stack.env["PGPASSFILE"]}):
             yield stack
     finally:
-        for service in (stack.gcs, stack.kafka, stack.postgres):
+        for service in stack.services:
             service.down()
 
 
@@ -248,6 +265,8 @@ class Traffic:
 
     pipeline: Pipeline
     hour: datetime
+    rate: int = RATE
+    events: int = EVENTS
     truth: GroundTruth | None = None
     error: BaseException | None = None
     thread: threading.Thread = field(init=False)
@@ -258,7 +277,7 @@ class Traffic:
 
     def _send(self) -> None:
         config = SimulatorConfig(bootstrap=self.pipeline.stack.settings.kafka_bootstrap, topic=self.pipeline.topic,
-                                 backfill_hours=1, start=self.hour, rate=RATE, count=EVENTS,
+                                 backfill_hours=1, start=self.hour, rate=self.rate, count=self.events,
                                  seed=self.hour.hour, progress=False)
         try:
             self.truth = run_simulation(config)
@@ -270,14 +289,14 @@ class Traffic:
         assert not self.thread.is_alive(), "the simulator did not finish"
         if self.error is not None:
             raise self.error
-        assert self.truth.messages == EVENTS
+        assert self.truth.messages == self.events
         return self.truth
 
 
-def start_traffic(pipeline: Pipeline) -> Traffic:
+def start_traffic(pipeline: Pipeline, rate: int = RATE, events: int = EVENTS) -> Traffic:
     """Paced traffic for a new hour; returns once the stream has applied some of it: mid-run."""
     before = pipeline.applied_messages()
-    traffic = Traffic(pipeline, pipeline.take_hour())
+    traffic = Traffic(pipeline, pipeline.take_hour(), rate, events)
     assert wait_until(lambda: pipeline.applied_messages() > before, 120, interval=0.2), \
         f"the stream applied none of the traffic: {pipeline.describe()}"
     return traffic
@@ -329,13 +348,17 @@ def assert_hourly_tables_equal_truth(pipeline: Pipeline, hour: datetime, truth: 
         resources={"postgres": PostgresResource(url=pipeline.serving_url), "lake": pipeline.lake,
                    "spark": SparkResource.for_lake(pipeline.lake)})
     assert result.success
+    assert_hourly_rows_equal_truth(pipeline.serving_url, hour, truth)
+
+
+def assert_hourly_rows_equal_truth(url: str, hour: datetime, truth: GroundTruth) -> None:
+    """The hourly tables and the users over quota, after the hour's hourly job, are the truth's."""
     for table, per in HOURLY_TABLES:
-        assert _rows_of_hour(pipeline.serving_url, table, hour) == expected(truth, per, hourly=True), table.name
+        assert _rows_of_hour(url, table, hour) == expected(truth, per, hourly=True), table.name
     by_email = {(EMAIL[k], d): v for (k, d), v in expected(truth, "user", hourly=True).items()}
-    assert _rows_of_hour(pipeline.serving_url, BYTES_AGG_USER_1H, hour) == by_email
+    assert _rows_of_hour(url, BYTES_AGG_USER_1H, hour) == by_email
     over = {(e, d) for (e, d), v in by_email.items() if v > QUOTA[e]}
-    assert set(query(pipeline.serving_url, "SELECT email, date FROM users_over_quota_1h WHERE date = %s",
-                     (hour,))) == over
+    assert set(query(url, "SELECT email, date FROM users_over_quota_1h WHERE date = %s", (hour,))) == over
 
 
 def assert_exact_and_recovered(spark, pipeline: Pipeline, traffic: Traffic) -> dg.DagsterRun:

@@ -30,7 +30,8 @@ def run_worker(plan: SimulationPlan, worker: int, sent_counter, stop_event) -> W
     """
     renderer = MessageRenderer(plan.user_ids, plan.antenna_ids, plan.apps)
     truth = TruthAccumulator(plan.users, len(plan.antenna_ids), len(plan.apps), len(MALFORMED_KINDS))
-    producer = DeliveringProducer(plan.bootstrap, plan.topic, {**plan.kafka_client, **plan.producer_options})
+    producer = DeliveringProducer(plan.bootstrap, plan.topic, {**plan.kafka_client, **plan.producer_options},
+                                  plan.kafka_client)
     users, block_size = plan.users, plan.ticks_per_block * plan.users
     produced, first_send, stopped = 0, None, False
     for block in plan.blocks_of(worker):
