@@ -55,8 +55,8 @@ PROGRESS = RATE * 5  # events applied that show the stream going on after a faul
 
 
 @pytest.fixture(scope="module")
-def cluster_stack(settings):
-    with own_stack(settings, "cluster-faults", CLUSTER_PORTS, CLUSTERS) as stack:
+def cluster_stack(base_settings):
+    with own_stack(base_settings, "cluster-faults", CLUSTER_PORTS, CLUSTERS) as stack:
         stack.gcs.up()
         stack.gcs.ensure_bucket(BUCKET)
         yield stack

@@ -18,6 +18,8 @@ from confluent_kafka import Consumer, Producer
 
 from antenna_assets.stack.process import pid_alive, port_open
 
+pytestmark = pytest.mark.slow  # minutes: a cluster of its own, started, broken and stopped
+
 # Below Linux's ephemeral range (32768-60999), so no client socket can hold them by chance.
 PORTS = {"ANTENNA_KAFKA_PORT": "31392", "ANTENNA_POSTGRES_PORT": "31732", "ANTENNA_SPARK_MASTER_PORT": "31077"}
 CLI = [sys.executable, "-m", "antenna_assets.cli", "stack"]
@@ -70,8 +72,10 @@ def test_status_shows_the_master_and_each_worker_with_its_cores(cluster_env):
 
 def test_product_sessions_run_on_the_cluster_executors(cluster_env):
     env, _ = cluster_env
+    # Every core of the cluster (the stack's default gives an application half of them, so that the
+    # streaming run leaves room for a batch run), hence one executor on each worker.
     run = subprocess.run([sys.executable, "-c", SESSION_ON_THE_CLUSTER], capture_output=True, text=True,
-                         timeout=300, env=env)
+                         timeout=300, env={**env, "ANTENNA_SPARK_APP_CORES": "2"})
     assert run.returncode == 0, run.stderr[-2000:]
     master, executors, total = run.stdout.split()[-3:]
     assert master == "spark://127.0.0.1:31077"

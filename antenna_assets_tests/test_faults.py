@@ -49,6 +49,8 @@ from antenna_assets.stack.spark_cluster import SparkCluster
 from antenna_assets_tests.databases import temporary_serving_database
 from antenna_assets_tests.truth import expected, query
 
+pytestmark = pytest.mark.slow  # minutes: a stack of its own, services broken and brought back
+
 REPO = Path(__file__).resolve().parents[1]
 # Below the ephemeral range (32768+), apart from the session stack's and the demo's ports.
 FAULT_PORTS = {"ANTENNA_KAFKA_PORT": "26192", "ANTENNA_POSTGRES_PORT": "26532", "ANTENNA_GCS_EMULATOR_PORT": "26543"}
