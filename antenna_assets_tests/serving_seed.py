@@ -7,6 +7,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from antenna_assets.alerts.outbox import enqueue_alert
 from antenna_assets.batch.layer import write_hourly_tables
 from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
 from antenna_assets.hours import HOUR
@@ -18,6 +19,7 @@ APPS = ["WHATSAPP", "FACEBOOK", "TWITTER"]
 UNKNOWN_ID = "not-a-provisioned-user"
 RENAMED_EMAIL = "renamed@example.com"
 DEAD_LETTER_REASONS = (BROKEN_JSON, WRONG_TYPE, MISSING_FIELD, NEGATIVE_BYTES)
+ALERT_KINDS = ("quota.provisional", "quota.final", "quota.withdrawn", "health.stream_lag")
 
 
 @dataclass
@@ -46,7 +48,7 @@ class Seeded:
 def fill_serving(conn, now: datetime, seed: int = 7) -> Seeded:
     """Speed rows in 5-minute windows for every hour up to `now`, batch rows for the batch-final hours
     (deliberately different from the speed sums, as after late events), the ledger, dead letters and
-    one user edit after the batch ran. Returns what was written, for the expectations."""
+    one user edit after the batch ran, and alerts in the outbox. Returns what was written, for the expectations."""
     rng = random.Random(seed)
     seeded = Seeded(now=now.replace(second=0, microsecond=0))
     users = PROVISIONED_USERS[:6]
@@ -86,5 +88,11 @@ def fill_serving(conn, now: datetime, seed: int = 7) -> Seeded:
         conn.commit()
     with conn.cursor() as cur:  # an operator's edit after the batch: the speed rows use the live table
         cur.execute("UPDATE user_metadata SET email = %s, quota = 1000 WHERE id = %s", (RENAMED_EMAIL, users[2].id))
+    conn.commit()
+    with conn.cursor() as cur:  # alerts in the outbox, created over the last hours
+        for n, kind in enumerate(ALERT_KINDS * 2):
+            enqueue_alert(cur, kind=kind, subject=f"seeded {kind}", dedup_key=f"seeded:{n}", payload={})
+            cur.execute("UPDATE alerts SET created = %s AT TIME ZONE 'UTC' WHERE dedup_key = %s",
+                        (seeded.now - n * timedelta(minutes=25), f"seeded:{n}"))
     conn.commit()
     return seeded

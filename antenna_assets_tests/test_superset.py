@@ -161,6 +161,8 @@ EXPECTED = {
     "Users over quota per hour: provisional (speed) and final (batch)": lambda url: [
         (d, {"batch": "final (batch)", "speed": "provisional (speed)"}[s], e, q, b)
         for e, d, q, b, s in _direct(url, "SELECT * FROM serving_users_over_quota_1h")],
+    "Alerts per hour by kind (UTC)": lambda url: _direct(
+        url, "SELECT date_trunc('hour', created AT TIME ZONE 'UTC'), kind, count(*) FROM alerts GROUP BY 1, 2"),
 }
 FRESHNESS = "Stream freshness: seconds since the latest applied event (UTC)"
 
