@@ -5,9 +5,11 @@ from __future__ import annotations
 import uuid
 from contextlib import contextmanager
 from typing import Iterator
+from urllib.parse import urlparse
 
 from antenna_assets.postgres import connect, ensure_database
 from antenna_assets.serving.migration import migrate
+from antenna_assets.serving.roles import grant_writer
 from antenna_assets.settings import Settings
 from antenna_assets.sources.user_metadata import provision_users
 
@@ -39,3 +41,14 @@ def temporary_serving_database(settings: Settings, prefix: str, provisioned: boo
         with server.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         server.close()
+
+
+def writer_url(settings: Settings, admin_url: str) -> str:
+    """A temporary serving database (its admin URL) as the pipeline's writer role sees it: what the stream,
+    the alert rules and the sender log in as."""
+    conn = connect(admin_url)
+    try:
+        grant_writer(conn)
+    finally:
+        conn.close()
+    return settings.postgres_url_for(urlparse(admin_url).path.lstrip("/"))

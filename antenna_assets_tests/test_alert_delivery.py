@@ -17,7 +17,6 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlparse
 
 import psycopg2
 import pytest
@@ -28,10 +27,10 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 from antenna_assets.alerts.channels import DELIVERED, DOWN, REFUSED, RETRY, Outcome, configured_channels
 from antenna_assets.alerts.outbox import enqueue_alert
 from antenna_assets.alerts.sender import RetryPolicy, Sender, after_try
-from antenna_assets.postgres import connect, transaction
-from antenna_assets.serving.roles import grant_writer
+from antenna_assets.postgres import transaction
 from antenna_assets.stack.alert_sender import AlertSender, alert_environment
 from antenna_assets.stack.secrets import write_private_file
+from antenna_assets_tests.databases import writer_url
 
 # The test server takes a login without TLS (STARTTLS would need a certificate the client trusts).
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
@@ -137,12 +136,7 @@ class _ReceiverHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def alerts_db(settings, serving_db) -> str:
     """A fresh serving database, as the pipeline's writer role sees it (what the rules and the sender log in as)."""
-    conn = connect(serving_db)
-    try:
-        grant_writer(conn)
-    finally:
-        conn.close()
-    return settings.postgres_url_for(urlparse(serving_db).path.lstrip("/"))
+    return writer_url(settings, serving_db)
 
 
 @pytest.fixture

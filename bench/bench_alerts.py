@@ -38,7 +38,6 @@ import sys
 import threading
 import time
 from contextlib import closing
-from urllib.parse import urlparse
 
 import numpy as np
 import psycopg2
@@ -47,8 +46,7 @@ from antenna_assets.alerts.channels import configured_channels
 from antenna_assets.alerts.evaluate import evaluate
 from antenna_assets.alerts.rules import PROVISIONAL
 from antenna_assets.hours import utc_now
-from antenna_assets.postgres import connect, transaction
-from antenna_assets.serving.roles import grant_writer
+from antenna_assets.postgres import transaction
 from antenna_assets.serving.views import SERVING_USERS_OVER_QUOTA_1H
 from antenna_assets.settings import Settings
 from antenna_assets.sources.simulator.producer import PRODUCER_TUNING
@@ -57,6 +55,7 @@ from antenna_assets.sources.users import APPS, PROVISIONED_USERS, User, antenna_
 from antenna_assets.speed.config import SpeedLayerConfig
 from antenna_assets.speed.layer import SpeedLayer, run_until_stopped
 from antenna_assets.stack.alert_sender import AlertSender
+from antenna_assets_tests.databases import writer_url
 from antenna_assets_tests.test_alert_delivery import Receiver, SmtpServer
 from bench.bench_speed_layer import produce_paced, scratch_folder, scratch_topic, spark_session, targets
 from bench.common import BackgroundLoop, cluster_settings, fresh_database, record_run
@@ -187,16 +186,6 @@ def received_at(messages: list, lock: threading.Lock) -> tuple[list[float], call
     return stamps, stamp
 
 
-def _writer_url(settings: Settings, admin_url: str) -> str:
-    """The fresh database as the pipeline's writer role sees it (what the sensor and the sender log in as)."""
-    conn = connect(admin_url)
-    try:
-        grant_writer(conn)
-    finally:
-        conn.close()
-    return settings.postgres_url_for(urlparse(admin_url).path.lstrip("/"))
-
-
 def _prepare_users(url: str, users: list[User]) -> None:
     """The crossing users added and the contract's users' quotas raised, as an operator would (`url`: an owner's)."""
     with transaction(url) as conn:
@@ -248,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with scratch_topic(settings, "alerts") as topic, fresh_database(settings) as admin_url, \
                 scratch_folder() as folder:
-            url = _writer_url(settings, admin_url)
+            url = writer_url(settings, admin_url)
             _prepare_users(admin_url, users)
             alert_settings = settings.replace(
                 postgres_url=url, alerts_smtp_host="127.0.0.1", alerts_smtp_port=smtp.port,
