@@ -85,7 +85,7 @@ def test_a_users_page_shows_their_alert_history_only(alerted):
 @pytest.mark.skipif(shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists(),
                     reason="Debian chromium missing: `make browser` installs it")
 def test_the_alerts_view_in_chromium(alerted, tmp_path):
-    """ANTENNA_OPERATORS_ALERTS_SCREENSHOT=docs/operators-alerts.png keeps the screenshot (the README's)."""
+    """ANTENNA_OPERATORS_ALERTS_SCREENSHOT=docs/operators-alerts.png keeps the screenshot (docs/alerts.md's)."""
     from playwright.sync_api import sync_playwright
 
     with served(alerted[1]) as base, sync_playwright() as p:

@@ -1,4 +1,4 @@
-"""The sender: delivers the outbox's pending alerts to the configured channels (README: Alerts: delivery).
+"""The sender: delivers the outbox's pending alerts to the configured channels (docs/alerts.md: Delivery).
 
 A pass first gives each new alert its deliveries, one per channel and recipient the settings name now, then
 delivers the due ones one at a time: a transaction claims a delivery (`FOR UPDATE SKIP LOCKED`, so senders
