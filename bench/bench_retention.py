@@ -94,7 +94,7 @@ def _drop_days(conn, start: datetime, days: int) -> int:
             first = start + timedelta(days=day)
             cur.execute(f"""INSERT INTO pruned_speed_hours (table_name, date, rows_removed, total_bytes)
                 SELECT 'bytes_agg_user', date_trunc('hour', date), count(*), sum(sum_user_bytes)
-                FROM bytes_agg_user_{first:%Y%m%d} GROUP BY 1 RETURNING rows_removed""")
+                FROM bytes_agg_user_{first:%Y%m%d} GROUP BY 2 RETURNING rows_removed""")
             removed += sum(row[0] for row in cur.fetchall())
             cur.execute(f"DROP TABLE bytes_agg_user_{first:%Y%m%d}")
             conn.commit()
