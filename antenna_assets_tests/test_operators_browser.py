@@ -128,7 +128,7 @@ def test_change_a_quota_in_the_browser_and_the_pipeline_uses_it(settings, spark,
         tab.fill("#quota", "1.5 GB")
         tab.click("main button[type=submit]")
         assert "Saved 1 change(s)" in tab.inner_text(".flash")
-        history = tab.inner_text("table")
+        history = tab.inner_text("table.history")
         assert re.search(r"alice\s+quota\s+5000 \(5 KB\)\s+1500000000 \(1.5 GB\)", history), history
         tab.goto(f"{base}/users?q=fede")
         assert "1.5 GB" in tab.inner_text("tbody tr")
