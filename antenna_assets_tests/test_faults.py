@@ -299,7 +299,9 @@ def start_traffic(pipeline: Pipeline, rate: int = RATE, events: int = EVENTS) ->
     """Paced traffic for a new hour; returns once the stream has applied some of it: mid-run."""
     before = pipeline.applied_messages()
     traffic = Traffic(pipeline, pipeline.take_hour(), rate, events)
-    assert wait_until(lambda: pipeline.applied_messages() > before, 120, interval=0.2), \
+    # As long as a recovery may take: the run the previous fault left may still be relaunching, on a
+    # machine the suite's other lane keeps busy.
+    assert wait_until(lambda: pipeline.applied_messages() > before, RECOVERY_TIMEOUT, interval=0.2), \
         f"the stream applied none of the traffic: {pipeline.describe()}"
     return traffic
 
