@@ -18,7 +18,6 @@ from antenna_assets.serving.views import SERVING_STREAM_FRESHNESS, SERVING_USERS
 from antenna_assets.settings import Settings
 
 EVALUATION_LOCK_ID = 7_286_031
-_ISO = "%Y-%m-%dT%H:%M:%SZ"  # rules._iso
 
 
 @dataclass(frozen=True)
@@ -48,9 +47,7 @@ def evaluate(conn, settings: Settings, now: datetime) -> Evaluation:
             _observations(cur, settings, now, since), _conditions(cur), now,
             {rules.STREAM_LAG: timedelta(seconds=settings.alerts_stream_lag_hold_seconds)})
         _write_conditions(cur, state.values())
-        enqueued = tuple(alert for alert in (*quota, *health)
-                         if enqueue_alert(cur, kind=alert.kind, subject=alert.subject, dedup_key=alert.dedup_key,
-                                          payload=alert.payload))
+        enqueued = tuple(alert for alert in (*quota, *health) if _enqueue(cur, alert))
     open_now = sorted(f"{c.name} {c.subject}".strip() for c in state.values() if c.opened_at is not None)
     return Evaluation(enqueued, tuple(open_now))
 
@@ -59,8 +56,12 @@ def record_run_failure(conn, run_id: str, job_name: str, message: str, partition
     """Enqueue the alert of a failed run (once per run id) in `conn`'s transaction; True when new."""
     alert = rules.run_failure(run_id, job_name, message, partition)
     with conn.cursor() as cur:
-        return enqueue_alert(cur, kind=alert.kind, subject=alert.subject, dedup_key=alert.dedup_key,
-                             payload=alert.payload)
+        return _enqueue(cur, alert)
+
+
+def _enqueue(cur, alert: rules.Alert) -> bool:
+    return enqueue_alert(cur, kind=alert.kind, subject=alert.subject, dedup_key=alert.dedup_key,
+                         payload=alert.payload)
 
 
 def _alerted(cur, since: datetime) -> list[tuple[str, datetime]]:
@@ -68,7 +69,7 @@ def _alerted(cur, since: datetime) -> list[tuple[str, datetime]]:
     cur.execute("SELECT payload->>'email', payload->>'hour' FROM alerts WHERE kind IN (%s, %s) "
                 "AND payload ? 'email' AND payload ? 'hour' AND created >= %s::timestamp AT TIME ZONE 'UTC'",
                 (rules.PROVISIONAL, rules.FINAL, since))
-    hours = [(email, datetime.strptime(hour, _ISO)) for email, hour in cur.fetchall()]
+    hours = [(email, datetime.strptime(hour, rules.ISO_FORMAT)) for email, hour in cur.fetchall()]
     return [(email, hour) for email, hour in hours if hour >= since]
 
 

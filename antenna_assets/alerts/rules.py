@@ -55,8 +55,12 @@ def _hour_text(hour: datetime) -> str:
     return f"{hour:%Y-%m-%d %H:00}-{hour + HOUR:%H:00} UTC"
 
 
+# Times in payloads and dedup keys: UTC, to the second (evaluate.py parses the quota alerts' hours back).
+ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def _iso(moment: datetime) -> str:
-    return f"{moment:%Y-%m-%dT%H:%M:%S}Z"
+    return moment.strftime(ISO_FORMAT)
 
 
 def quota_key(kind: str, email: str, hour: datetime) -> str:
