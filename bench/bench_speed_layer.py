@@ -18,7 +18,8 @@ speed layer's two drains; the benchmark says the floor is broken if the speed la
 Freshness: with the processing-time trigger (the default, then 1 s), a paced producer sends R events/s for
 S seconds, each stamped with its send time; a poller reads bytes_agg_antenna every ~100 ms and each
 event's latency is the time from its send to the first poll whose running total includes it
-(see `freshness`). Peak RSS: this Python driver plus its Spark JVM (and the JVM's Python workers),
+(see `freshness`). Freshness floor, right after each trigger's run: the same, with the least a micro-batch
+must do to make an event visible (`TotalsOnly`: plain from_json, per-antenna sums, PostgreSQL). Peak RSS: this Python driver plus its Spark JVM (and the JVM's Python workers),
 sampled every 200 ms. Topics, databases and lake folders are deleted afterwards.
 """
 
@@ -44,7 +45,9 @@ from antenna_assets.sources.simulator import GroundTruth, SimulatorConfig, simul
 from antenna_assets.sources.simulator.producer import PRODUCER_TUNING
 from antenna_assets.speed.config import SpeedLayerConfig
 from antenna_assets.speed.ledger import BatchKey
-from antenna_assets.speed.layer import LAKE, POSTGRES, SpeedLayer, SpeedLayerTargets, run_until_stopped
+from antenna_assets.serving.writes import add_to_totals
+from antenna_assets.speed.layer import LAKE, POSTGRES, SPARK_TOTALS, SpeedLayer, SpeedLayerTargets, run_until_stopped
+from antenna_assets.transforms.aggregates import window_start
 from antenna_assets.transforms.devices import DEVICE_MESSAGE_SCHEMA, FIELD_NAMES, valid_events
 from antenna_assets.sources.users import APPS, antenna_id, user_id
 from antenna_assets_tests.truth import expected, read_table
@@ -87,7 +90,8 @@ SECTION_INTRO = (
     "and an event is visible at the first poll whose total reaches its running sum (bytes >= 1, so sums\n"
     "strictly increase). Latency = visible - sent, so it includes producer linger (5 ms), the trigger wait,\n"
     "the micro-batch and the poll period. Target: p99 <= 5 s. Peak RSS: driver Python + Spark JVM (+ its\n"
-    "Python workers), sampled every 200 ms.\n\n"
+    "Python workers), sampled every 200 ms. Freshness floor (since 2026-12-06, after each trigger's run): the\n"
+    "same load on a stream that only parses with from_json, sums per antenna and adds them to PostgreSQL.\n\n"
 )
 TABLE_HEADER = (
     "| date | machine | command | messages | speed layer events/s | reference events/s | ratio "
@@ -233,6 +237,28 @@ class LandOnly(SpeedLayer):
                 self._land(self._lake_frame(valid_events(parsed), key, self.user_metadata().frame), None)
         finally:
             parsed.unpersist()
+        self.stats.batches += 1
+
+
+class TotalsOnly(SpeedLayer):
+    """The freshness floor: the least a micro-batch must do to make an event visible in bytes_agg_antenna.
+    The speed layer's Kafka source, trigger and batch settings; each batch parsed with a plain from_json (the
+    reference's parse, no contract rules), summed per antenna and 5-minute window in one Spark job, collected
+    through Arrow and added by the same PostgreSQL write (`add_to_totals`). No cache, user, app or partition
+    sums, dead letters, ledger, watermark or lake write."""
+
+    def _process(self, kafka_rows, key: BatchKey) -> None:
+        from pyspark.sql import functions as F
+
+        message = F.from_json(F.col("value").cast("string"), DEVICE_MESSAGE_SCHEMA)
+        with self.stats.timing(SPARK_TOTALS):
+            sums = (self.batch_settings(kafka_rows).select(message.alias("m"))
+                    .select(F.col("m.antenna_id").alias("key"), F.col("m.bytes").alias("bytes"),
+                            window_start(self.config.window, F.timestamp_seconds("m.timestamp")))
+                    .groupBy("key", "date").agg(F.sum("bytes").alias("bytes"))
+                    .select("key", F.unix_seconds("date").alias("date"), "bytes").toArrow())
+        with self.stats.timing(POSTGRES), self.postgres.transaction() as conn, conn.cursor() as cur:
+            add_to_totals(cur, BYTES_AGG_ANTENNA, sums)
         self.stats.batches += 1
 
 
@@ -439,10 +465,11 @@ def latencies(sent_path: Path, snapshots: list[tuple[float, dict]]) -> np.ndarra
     return visible_at - sent_at
 
 
-def freshness(spark, settings: Settings, trigger_interval: str, rate: float, seconds: float) -> Freshness:
+def freshness(spark, settings: Settings, trigger_interval: str, rate: float, seconds: float,
+              layer_class: type[SpeedLayer] = SpeedLayer) -> Freshness:
     with scratch_topic(settings, "fresh") as topic, fresh_database(settings) as url, scratch_folder() as folder:
         config = SpeedLayerConfig(trigger_interval=trigger_interval, query_name=topic.replace("-", "_"))
-        layer = SpeedLayer(spark, config, targets(settings, topic, url, folder))
+        layer = layer_class(spark, config, targets(settings, topic, url, folder))
         sent_path = folder / "sent.npz"
         producer = multiprocessing.get_context("spawn").Process(
             target=produce_paced, args=(settings.kafka_bootstrap, topic, rate, seconds, str(sent_path)),
@@ -465,7 +492,7 @@ def freshness(spark, settings: Settings, trigger_interval: str, rate: float, sec
         events = len(np.load(sent_path)["sent_at"])
     result = Freshness(trigger_interval, events, len(latency), float(np.percentile(latency, 50)),
                        float(np.percentile(latency, 99)), float(latency.max()), memory.peak)
-    print(f"  freshness, trigger {trigger_interval}, {rate:,.0f} events/s for {seconds:g} s: {result.visible:,} of "
+    print(f"  {'floor ' if layer_class is TotalsOnly else ''}freshness, trigger {trigger_interval}, {rate:,.0f} events/s for {seconds:g} s: {result.visible:,} of "
           f"{result.events:,} events seen; p50 {result.p50:.2f} s, p99 {result.p99:.2f} s, max {result.max:.2f} s; "
           f"peak RSS {result.memory}", flush=True)
     return result
@@ -494,7 +521,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"speed layer throughput, {messages:,} messages:", flush=True)
     catch_up = throughput(spark, settings, messages, args.max_offsets_per_trigger, args.backlog_rate)
     run, first, reference_rate, floor_rate = catch_up.best, catch_up.first, catch_up.reference_rate, catch_up.floor_rate
-    fresh = [freshness(spark, settings, trigger, args.rate, seconds) for trigger in triggers]
+    fresh, fresh_floors = [], []
+    for trigger in triggers:  # each trigger's floor right after it, in the same warm session
+        fresh.append(freshness(spark, settings, trigger, args.rate, seconds))
+        fresh_floors.append(freshness(spark, settings, trigger, args.rate, seconds, TotalsOnly))
     spark.stop()
 
     peak = max([first, catch_up.second, *fresh], key=lambda r: r.memory.total)
@@ -503,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
         f" --backlog-rate {args.backlog_rate:g} --rate {args.rate:g}"
         f" --seconds {seconds:g}" + (f" --triggers '{args.triggers}'" if args.triggers != TRIGGERS else "")))
     freshness_text = "; ".join(f"{f.p50:.2f} / {f.p99:.2f} s ({f.trigger}, {args.rate:,.0f} ev/s, {f.visible:,} of "
-                               f"{f.events:,} seen)" for f in fresh)
+                               f"{f.events:,} seen; floor {floor.p50:.2f} / {floor.p99:.2f} s)"
+                               for f, floor in zip(fresh, fresh_floors))
     record_run(SECTION, SECTION_INTRO, TABLE_HEADER, command,
                [f"{messages:,}", f"{run.rate:,.0f} (best of 2, first {first.rate:,.0f}; {run.batches} batches; "
                                  f"{run.steps()}; ceiling {run.ceiling(reference_rate):,.0f})",

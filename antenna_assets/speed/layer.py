@@ -292,14 +292,20 @@ class SpeedLayer:
         with self.postgres.transaction() as conn:
             mark_landed(conn, key, identity)
 
-    def cached_batch(self, kafka_rows: DataFrame) -> DataFrame:
-        """The micro-batch parsed once and cached for its steps (the caller unpersists it), with the batch's
-        Spark settings. Shared with bench_speed_layer's floor, which lands it and does nothing else."""
+    def batch_settings(self, kafka_rows: DataFrame) -> DataFrame:
+        """`kafka_rows` with the micro-batch's Spark settings applied to its session. Shared with
+        bench_speed_layer's floors, whose batches must run as the speed layer's do."""
         # The batch's own session (Spark's copy for the query): its few thousand partial sums need no more
         # partitions than cores, and every partition more was a task in each of its two shuffles.
         shuffle_partitions = self.config.shuffle_partitions or self.spark.sparkContext.defaultParallelism
         kafka_rows.sparkSession.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions))
         kafka_rows.sparkSession.conf.set("spark.sql.adaptive.enabled", str(self.config.adaptive_execution).lower())
+        return kafka_rows
+
+    def cached_batch(self, kafka_rows: DataFrame) -> DataFrame:
+        """The micro-batch parsed once and cached for its steps (the caller unpersists it), with the batch's
+        Spark settings. Shared with bench_speed_layer's floor, which lands it and does nothing else."""
+        kafka_rows = self.batch_settings(kafka_rows)
         return (as_cached(parse_device_messages(kafka_rows, self.config.message_rules()),
                           self.config.dead_letter_inline_bytes)
                 # Deserialized and (spark_session) uncompressed: it lives for one batch; see BENCHMARKS.md.
