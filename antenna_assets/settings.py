@@ -92,14 +92,16 @@ class Settings(BaseSettings):
     # and an hourly batch run started beside it would wait for a core forever.
     spark_app_cores: int = Field(default=0, ge=0)
     spark_shuffle_partitions: int = Field(default=4, ge=1)
-    spark_driver_memory: str = "1536m"  # the heap limit; the JVM's native memory comes on top (BENCHMARKS.md, Memory)
+    spark_driver_memory: str = "1280m"  # the heap limit; the JVM's native memory comes on top (BENCHMARKS.md, Memory)
     # JVM options of the Spark driver, after the UTC time zone the product sets. The serial collector:
     # the same throughput and freshness as G1 here, and a lower peak RSS in most runs (BENCHMARKS.md, Memory).
-    # Its young generation fixed at 768 MiB, half of it survivor space: a micro-batch's data lives about a
-    # second and, in the ~100 MiB the collector chose, was promoted and filled the old generation, with a
-    # ~250 ms full collection every ~6 s of live traffic; 768 rather than 384 MiB drained a 5M backlog at
-    # 0.88-0.94 of the floor instead of 0.71-0.82 (BENCHMARKS.md, Speed layer).
-    spark_driver_java_options: str = "-XX:+UseSerialGC -Xmn768m -XX:SurvivorRatio=2"
+    # Its young generation fixed: a micro-batch's data lives about a second and, in the ~100 MiB the collector
+    # chose, was promoted and filled the old generation, with a ~250 ms full collection every ~6 s of live
+    # traffic; 768 rather than 384 MiB drained a 5M backlog at 0.88-0.94 of the floor instead of 0.71-0.82
+    # (BENCHMARKS.md, Speed layer). 640 MiB (the same 384 MiB eden, two 128 MiB survivor spaces) under a 1280m
+    # heap: the catch-up and freshness of 768 MiB under 1536m at a peak RSS under 2 GiB; 768 MiB under 1280m
+    # left too small an old generation, more full collections (BENCHMARKS.md, Performance round 3).
+    spark_driver_java_options: str = "-XX:+UseSerialGC -Xmn640m -XX:SurvivorRatio=3"
     spark_ui: bool = False
     spark_log_level: str = "WARN"
     # Lake on Google Cloud Storage: only read when a root is gs://, or when an emulator is set.
