@@ -479,3 +479,15 @@ def test_durations_are_spelled_as_spark_spells_them_and_a_window_is_whole_second
         with pytest.raises(ValueError, match="whole number of seconds"):
             SpeedLayerConfig(window=window)
     assert SpeedLayerConfig(window="2000 milliseconds").window == "2000 milliseconds"
+
+
+def test_the_streams_kafka_fetches_wait_as_long_as_configured(settings, spark, tmp_path):
+    # Kafka's default (500 ms) held a pooled consumer's next read behind its fetch in flight: ~130 ms of
+    # every batch at low rates, and a 1-1.3 s batch whenever traffic paused (BENCHMARKS.md).
+    def fetch_wait(config: SpeedLayerConfig) -> str:
+        layer = SpeedLayer(spark, config, _targets(settings, settings.topic, "postgresql://unused", tmp_path))
+        source = layer.kafka_stream()._jdf.queryExecution().analyzed()  # Spark's Kafka relation, with its options
+        return source.extraOptions().get("kafka.fetch.max.wait.ms")
+
+    assert fetch_wait(SpeedLayerConfig()) == "10"
+    assert fetch_wait(SpeedLayerConfig(kafka_fetch_max_wait_ms=250)) == "250"

@@ -22,6 +22,8 @@ def register(commands) -> None:
     parser.add_argument("--max-offsets-per-trigger", type=int, help="messages per micro-batch at most")
     parser.add_argument("--kafka-min-partitions", type=int,
                         help="Spark tasks reading Kafka per micro-batch, at least (0: twice Spark's default parallelism)")
+    parser.add_argument("--kafka-fetch-max-wait-ms", type=int,
+                        help="longest the broker holds the stream's Kafka fetches waiting for new records (default 10)")
     parser.add_argument("--shuffle-partitions", type=int,
                         help="partitions of a micro-batch's shuffles (0: Spark's default parallelism)")
     parser.add_argument("--dead-letter-inline-bytes", type=int,

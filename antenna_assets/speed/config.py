@@ -40,6 +40,13 @@ class SpeedLayerConfig(Config):
     max_offsets_per_trigger: int = Field(default=1_000_000, ge=1, description="messages per micro-batch at most")
     kafka_min_partitions: int = Field(
         default=0, ge=0, description="Spark tasks reading Kafka per micro-batch, at least; 0: twice Spark's default parallelism")
+    # Kafka's consumer keeps a fetch in flight after each poll, and the broker holds it while the partition
+    # has nothing new, up to this long; Spark's next task on that (pooled) consumer waits for it before its
+    # own fetch. At Kafka's default, 500 ms: ~130 ms of every batch at 500 events/s, and a 1-1.3 s batch
+    # whenever traffic pauses (BENCHMARKS.md, Performance round 3).
+    kafka_fetch_max_wait_ms: int = Field(
+        default=10, ge=0, description="longest the broker holds a fetch of the stream's Kafka consumers waiting for "
+                                      "new records (Kafka's fetch.max.wait.ms)")
     shuffle_partitions: int = Field(
         default=0, ge=0, description="partitions of a micro-batch's shuffles (its sums); 0: Spark's default parallelism")
     adaptive_execution: bool = Field(

@@ -150,7 +150,8 @@ class SpeedLayer:
                   .option("subscribe", self.targets.topic)
                   .option("startingOffsets", self.config.starting_offsets)
                   .option("failOnDataLoss", str(self.config.fail_on_data_loss).lower())
-                  .option("kafka.max.partition.fetch.bytes", str(8 * 1024 * 1024)))
+                  .option("kafka.max.partition.fetch.bytes", str(8 * 1024 * 1024))
+                  .option("kafka.fetch.max.wait.ms", str(self.config.kafka_fetch_max_wait_ms)))
         # More tasks than topic partitions: 3 partitions on 2 cores left a core idle for a third of each read.
         min_partitions = self.config.kafka_min_partitions or 2 * self.spark.sparkContext.defaultParallelism
         reader = reader.option("minPartitions", str(min_partitions))
