@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -79,11 +80,22 @@ def _kill(pid: int, with_children: bool = False) -> None:
     assert not any(pid_alive(v.pid) for v in victims)
 
 
-def _goes_on(pipeline: Pipeline, what: str) -> None:
-    """The stream applies more of the traffic, whichever streaming run does it."""
-    before = pipeline.applied_messages()
+def _goes_on(stack: FaultStack, pipeline: Pipeline, what: str) -> None:
+    """The stream applies more of the traffic, whichever streaming run does it. How long that took is
+    printed (`-s` shows it; BENCHMARKS.md records it): it includes the PROGRESS events' own 5 s."""
+    before, fault = pipeline.applied_messages(), time.monotonic()
     assert wait_until(lambda: pipeline.applied_messages() >= before + PROGRESS, RECOVERY_TIMEOUT, interval=0.5), \
-        f"the stream applied no more after {what}: {pipeline.describe()}"
+        f"the stream applied no more after {what}: {_cluster_state(stack)}\n{pipeline.describe()}"
+    print(f"{what}: {PROGRESS:,} more events applied after {time.monotonic() - fault:.1f} s")
+
+
+def _cluster_state(stack: FaultStack) -> str:
+    """The master's workers and applications, and which brokers run: who holds the cores when a stream stalls."""
+    state = stack.spark.master.state() or {}
+    workers = [f"{w.get('id')} {w.get('state')} cores used {w.get('coresused')}" for w in state.get("workers", [])]
+    apps = [f"{a.get('id')} {a.get('state')} cores {a.get('cores')}" for a in state.get("activeapps", [])]
+    brokers = [f"{n.name} {'up' if n.pid() else 'down'}" for n in stack.kafka.nodes]
+    return f"spark workers: {workers}; applications: {apps}; kafka: {brokers}"
 
 
 def _run_hourly_batch(stack: FaultStack, pipeline: Pipeline, hour, log_dir) -> None:
@@ -120,13 +132,13 @@ def test_broker_worker_and_quorum_of_replicas_lost_mid_stream_nothing_lost(clust
             # 1. The leader of a partition of the topic: its partitions get new leaders, the same run goes on.
             first = _leader_of_a_partition(stack, pipeline.topic)
             _kill(first.pid())
-            _goes_on(pipeline, f"{first.name} was killed")
+            _goes_on(stack, pipeline, f"{first.name} was killed")
             assert {r.run_id for r in pipeline.streaming_runs()} == runs, pipeline.describe()  # no relaunch
 
             # 2. The worker running the stream's executor, and the executor with it.
             [busy] = [w for w in stack.spark.workers if (w.registration() or {}).get("coresused")]
             _kill(busy.pid(), with_children=True)
-            _goes_on(pipeline, f"{busy.name} was killed")
+            _goes_on(stack, pipeline, f"{busy.name} was killed")
             with environment(stack.env):
                 busy.up()
 

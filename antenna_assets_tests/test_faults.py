@@ -217,9 +217,22 @@ class Pipeline:
         return hour
 
     def describe(self) -> str:
-        runs = ", ".join(f"{r.run_id[:8]} {r.status.value}" for r in self.streaming_runs())
+        runs = self.streaming_runs()
+        listing = ", ".join(f"{r.run_id[:8]} {r.status.value}" for r in runs)
         logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in sorted(self.log_dir.glob("daemon-*.log")))
-        return f"streaming runs: [{runs}]\n{logs}"
+        accounts = "\n".join(self._run_account(run) for run in runs[:3])  # the newest
+        return f"streaming runs: [{listing}]\n{logs}\n{accounts}"
+
+    def _run_account(self, run: dg.DagsterRun) -> str:
+        """A run's last events and its driver's last warnings and errors: what a stalled or failed run
+        was doing, from the logs a CI failure leaves nowhere else."""
+        events = [f"  {e.dagster_event.event_type_value if e.dagster_event else 'log'}: {(e.message or '')[:300]}"
+                  for e in self.instance.all_logs(run.run_id)[-6:]]
+        stderr = [line[:300] for path in sorted(Path(self.env["DAGSTER_HOME"], "storage", run.run_id).glob("*/*.err"))
+                  for line in path.read_text(errors="replace").splitlines()
+                  if re.search(r"\b(WARN|ERROR)\b|Exception|Error:", line)]
+        return "\n".join([f"run {run.run_id[:8]} {run.status.value}, last events:", *events,
+                          "  its stderr's last warnings and errors:", *(f"  {line}" for line in stderr[-25:])])
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -481,13 +481,18 @@ def test_durations_are_spelled_as_spark_spells_them_and_a_window_is_whole_second
     assert SpeedLayerConfig(window="2000 milliseconds").window == "2000 milliseconds"
 
 
-def test_the_streams_kafka_fetches_wait_as_long_as_configured(settings, spark, tmp_path):
-    # Kafka's default (500 ms) held a pooled consumer's next read behind its fetch in flight: ~130 ms of
-    # every batch at low rates, and a 1-1.3 s batch whenever traffic paused (BENCHMARKS.md).
-    def fetch_wait(config: SpeedLayerConfig) -> str:
+def test_the_streams_kafka_clients_wait_as_long_as_configured(settings, spark, tmp_path):
+    # Kafka's default fetch wait (500 ms) held a pooled consumer's next read behind its fetch in flight:
+    # ~130 ms of every batch at low rates, and a 1-1.3 s batch whenever traffic paused. Its default call
+    # timeout (60 s) stopped the stream that long after a broker died (BENCHMARKS.md).
+    def kafka_options(config: SpeedLayerConfig) -> tuple[str, ...]:
         layer = SpeedLayer(spark, config, _targets(settings, settings.topic, "postgresql://unused", tmp_path))
-        source = layer.kafka_stream()._jdf.queryExecution().analyzed()  # Spark's Kafka relation, with its options
-        return source.extraOptions().get("kafka.fetch.max.wait.ms")
+        options = layer.kafka_stream()._jdf.queryExecution().analyzed().extraOptions()  # Spark's Kafka relation's
+        return tuple(options.get(name) for name in ("kafka.fetch.max.wait.ms", "kafka.default.api.timeout.ms",
+                                                    "kafka.request.timeout.ms", "fetchOffset.numRetries"))
 
-    assert fetch_wait(SpeedLayerConfig()) == "10"
-    assert fetch_wait(SpeedLayerConfig(kafka_fetch_max_wait_ms=250)) == "250"
+    assert kafka_options(SpeedLayerConfig()) == ("10", "15000", "15000", "12")
+    assert kafka_options(SpeedLayerConfig(kafka_fetch_max_wait_ms=250, kafka_api_timeout_ms=5000,
+                                          kafka_offset_fetch_attempts=2)) == ("250", "5000", "5000", "2")
+    with pytest.raises(ValueError, match="greater than or equal to 1000"):
+        SpeedLayerConfig(kafka_api_timeout_ms=10)

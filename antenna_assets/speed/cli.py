@@ -24,6 +24,10 @@ def register(commands) -> None:
                         help="Spark tasks reading Kafka per micro-batch, at least (0: twice Spark's default parallelism)")
     parser.add_argument("--kafka-fetch-max-wait-ms", type=int,
                         help="longest the broker holds the stream's Kafka fetches waiting for new records (default 10)")
+    parser.add_argument("--kafka-api-timeout-ms", type=int,
+                        help="longest a Kafka call of the stream waits for its answer (default 15000)")
+    parser.add_argument("--kafka-offset-fetch-attempts", type=int,
+                        help="tries of the driver's request for the latest offsets before the query fails (default 12)")
     parser.add_argument("--shuffle-partitions", type=int,
                         help="partitions of a micro-batch's shuffles (0: Spark's default parallelism)")
     parser.add_argument("--dead-letter-inline-bytes", type=int,

@@ -47,6 +47,17 @@ class SpeedLayerConfig(Config):
     kafka_fetch_max_wait_ms: int = Field(
         default=10, ge=0, description="longest the broker holds a fetch of the stream's Kafka consumers waiting for "
                                       "new records (Kafka's fetch.max.wait.ms)")
+    # The driver's Kafka admin client asks the partitions' leaders for the latest offsets. After a broker
+    # died, a call waited for a node the whole of Kafka's default 60 s before Spark tried again with a new
+    # client: ~70 s without a batch on a three-node cluster, ~28 s at 15 s (BENCHMARKS.md, Faults on the
+    # clusters). More attempts keep the patience of Kafka's defaults (3 x 60 s) for a broker that is down:
+    # the query fails only after about attempts x timeout.
+    kafka_api_timeout_ms: int = Field(
+        default=15_000, ge=1_000, description="longest a Kafka call of the stream waits for its answer (Kafka's "
+                                              "default.api.timeout.ms and request.timeout.ms)")
+    kafka_offset_fetch_attempts: int = Field(
+        default=12, ge=1, description="tries of the driver's request for the latest offsets, each with a new Kafka "
+                                      "client, before the query fails (Spark's fetchOffset.numRetries)")
     shuffle_partitions: int = Field(
         default=0, ge=0, description="partitions of a micro-batch's shuffles (its sums); 0: Spark's default parallelism")
     adaptive_execution: bool = Field(

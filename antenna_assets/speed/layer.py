@@ -151,7 +151,10 @@ class SpeedLayer:
                   .option("startingOffsets", self.config.starting_offsets)
                   .option("failOnDataLoss", str(self.config.fail_on_data_loss).lower())
                   .option("kafka.max.partition.fetch.bytes", str(8 * 1024 * 1024))
-                  .option("kafka.fetch.max.wait.ms", str(self.config.kafka_fetch_max_wait_ms)))
+                  .option("kafka.fetch.max.wait.ms", str(self.config.kafka_fetch_max_wait_ms))
+                  .option("kafka.default.api.timeout.ms", str(self.config.kafka_api_timeout_ms))
+                  .option("kafka.request.timeout.ms", str(self.config.kafka_api_timeout_ms))
+                  .option("fetchOffset.numRetries", str(self.config.kafka_offset_fetch_attempts)))
         # More tasks than topic partitions: 3 partitions on 2 cores left a core idle for a third of each read.
         min_partitions = self.config.kafka_min_partitions or 2 * self.spark.sparkContext.defaultParallelism
         reader = reader.option("minPartitions", str(min_partitions))
