@@ -80,13 +80,13 @@ def _kill(pid: int, with_children: bool = False) -> None:
     assert not any(pid_alive(v.pid) for v in victims)
 
 
-def _goes_on(stack: FaultStack, pipeline: Pipeline, what: str) -> None:
-    """The stream applies more of the traffic, whichever streaming run does it. How long that took is
-    printed (`-s` shows it; BENCHMARKS.md records it): it includes the PROGRESS events' own 5 s."""
+def _goes_on(stack: FaultStack, pipeline: Pipeline, what: str) -> float:
+    """The stream applies more of the traffic, whichever streaming run does it; returns how long that took
+    (it includes the PROGRESS events' own 5 s)."""
     before, fault = pipeline.applied_messages(), time.monotonic()
     assert wait_until(lambda: pipeline.applied_messages() >= before + PROGRESS, RECOVERY_TIMEOUT, interval=0.5), \
         f"the stream applied no more after {what}: {_cluster_state(stack)}\n{pipeline.describe()}"
-    print(f"{what}: {PROGRESS:,} more events applied after {time.monotonic() - fault:.1f} s")
+    return time.monotonic() - fault
 
 
 def _cluster_state(stack: FaultStack) -> str:
@@ -132,13 +132,13 @@ def test_broker_worker_and_quorum_of_replicas_lost_mid_stream_nothing_lost(clust
             # 1. The leader of a partition of the topic: its partitions get new leaders, the same run goes on.
             first = _leader_of_a_partition(stack, pipeline.topic)
             _kill(first.pid())
-            _goes_on(stack, pipeline, f"{first.name} was killed")
+            recoveries = {"leader node killed": _goes_on(stack, pipeline, f"{first.name} was killed")}
             assert {r.run_id for r in pipeline.streaming_runs()} == runs, pipeline.describe()  # no relaunch
 
             # 2. The worker running the stream's executor, and the executor with it.
             [busy] = [w for w in stack.spark.workers if (w.registration() or {}).get("coresused")]
             _kill(busy.pid(), with_children=True)
-            _goes_on(stack, pipeline, f"{busy.name} was killed")
+            recoveries["worker with the executor killed"] = _goes_on(stack, pipeline, f"{busy.name} was killed")
             with environment(stack.env):
                 busy.up()
 
@@ -166,5 +166,8 @@ def test_broker_worker_and_quorum_of_replicas_lost_mid_stream_nothing_lost(clust
             alive = pipeline.wait_for_streaming_run()
             ended = {r.run_id: r.status.value for r in pipeline.streaming_runs() if r.run_id != alive.run_id}
             assert set(ended.values()) <= {"FAILURE"}, ended
+            with capfd.disabled():  # `-s` shows them; BENCHMARKS.md records them
+                print("".join(f"\n{fault}: {PROGRESS:,} more events applied after {seconds:.1f} s"
+                              for fault, seconds in recoveries.items()))
     finally:
         LakeResource.from_settings(Settings.from_env()).configure_session(spark)
