@@ -35,9 +35,10 @@ SECTION_INTRO = (
     "Issue 28, case 3: 100 valid messages, then N records of B bytes that are not UTF-8, then 100 valid\n"
     "messages, in one partition of a fresh topic on the local broker; `antenna stream --available-now` in a\n"
     "process of its own on a fresh serving database and lake folder, Spark `local[2]`, the default driver heap\n"
-    "(`ANTENNA_SPARK_DRIVER_MEMORY` 1536m). Wall time: the process's start to its exit (Spark's start\n"
-    "included). Peak RSS: that process and its descendants (the CLI's Python and the Spark JVM), sampled\n"
-    "every 200 ms. Checked when it exits 0: N dead letters, their `raw_length` summing to N x B, 200 good messages.\n\n"
+    "(`ANTENNA_SPARK_DRIVER_MEMORY`: 1536m until 2026-12-06, 1280m since). Wall time: the process's start to\n"
+    "its exit (Spark's start included). Peak RSS: that process and its descendants (the CLI's Python and the\n"
+    "Spark JVM), sampled every 200 ms. Checked when it exits 0: N dead letters, their `raw_length` summing to\n"
+    "N x B, 200 good messages.\n\n"
 )
 TABLE_HEADER = "| date | machine | command | records x bytes | exit | wall time | peak RSS | result |\n|---|---|---|---|---|---|---|---|\n"
 
