@@ -24,6 +24,7 @@ from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTE
 from antenna_assets.serving.migration import migrate
 from antenna_assets.sources.simulator import SimulatorConfig, run_simulation
 from antenna_assets.speed.config import SpeedLayerConfig
+from antenna_assets.speed.heartbeat import Heartbeat, RunDeclaredDead, declare_dead
 from antenna_assets.speed.layer import (CHECKPOINT_FILE_MANAGER, FILE_SYSTEM_CHECKPOINTS, MicroBatchFailed, SpeedLayer,
                                         SpeedLayerTargets, run_until_stopped)
 from antenna_assets_tests.truth import expected, query, read_table
@@ -479,6 +480,23 @@ def test_durations_are_spelled_as_spark_spells_them_and_a_window_is_whole_second
         with pytest.raises(ValueError, match="whole number of seconds"):
             SpeedLayerConfig(window=window)
     assert SpeedLayerConfig(window="2000 milliseconds").window == "2000 milliseconds"
+
+
+def test_a_run_declared_dead_while_starting_starts_no_query(settings, spark, topic, serving_db, tmp_path):
+    # Spark's start outlasted the heartbeat's limit (seen on a loaded CI host with the tests' 20 s): the
+    # sensor failed the run and launched a successor; the late starter must not stream beside it.
+    with transaction(serving_db) as conn:
+        migrate(conn)
+    heartbeat = Heartbeat(serving_db, f"run-{topic}", topic, interval_seconds=10)
+    heartbeat.beat()  # the run's first beat, before Spark starts
+    with transaction(serving_db) as conn:
+        declare_dead(conn, f"run-{topic}")
+    layer = SpeedLayer(spark, SpeedLayerConfig(query_name=topic), _targets(settings, topic, serving_db, tmp_path))
+    with pytest.raises(RunDeclaredDead, match=f"run-{topic}"):
+        run_until_stopped(layer, heartbeat=heartbeat)
+    heartbeat.close()
+    assert not [q for q in spark.streams.active if q.name == topic]
+    assert not (tmp_path / "checkpoints" / topic).exists()  # not even begun
 
 
 def test_the_streams_kafka_clients_wait_as_long_as_configured(settings, spark, tmp_path):

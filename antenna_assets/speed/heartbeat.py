@@ -5,7 +5,8 @@ Dagster, and the run stays STARTED, which keeps the streaming sensor from launch
 run beats every `stream_heartbeat_seconds` from its wait loop, and the sensor marks a started run whose
 last beat is older than `stream_heartbeat_limit_seconds` as failed, and declares it dead here: a run
 declared dead that still beats (its process stalled, or cut off from PostgreSQL, for longer than the
-limit) stops its query at its next beat, so two streams do not run side by side.
+limit, or its Spark start took longer) stops at its next beat, so two streams do not run side by side; the
+run beats once more just before its query starts.
 
 Times are the PostgreSQL server's clock, so the run's and the sensor's hosts need not agree on the time.
 """

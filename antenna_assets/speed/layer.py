@@ -503,6 +503,10 @@ def run_until_stopped(layer: SpeedLayer, on_progress: Callable[[StreamingQuery, 
     micro-batches, so a long batch is not taken for a dead run (RunDeclaredDead stops the query)."""
     from pyspark.errors import StreamingQueryException
 
+    if heartbeat is not None:
+        # Spark's start (session, application, executors) can outlast the heartbeat's limit on a busy
+        # host: a run declared dead meanwhile has a successor already, and must not start a query beside it.
+        heartbeat.beat()
     query = layer.start()
     next_report = time.monotonic() + layer.config.progress_interval_seconds
     try:
