@@ -90,12 +90,12 @@ def _goes_on(stack: FaultStack, pipeline: Pipeline, what: str) -> float:
 
 
 def _cluster_state(stack: FaultStack) -> str:
-    """The master's workers and applications, and which brokers run: who holds the cores when a stream stalls."""
-    state = stack.spark.master.state() or {}
-    workers = [f"{w.get('id')} {w.get('state')} cores used {w.get('coresused')}" for w in state.get("workers", [])]
-    apps = [f"{a.get('id')} {a.get('state')} cores {a.get('cores')}" for a in state.get("activeapps", [])]
-    brokers = [f"{n.name} {'up' if n.pid() else 'down'}" for n in stack.kafka.nodes]
-    return f"spark workers: {workers}; applications: {apps}; kafka: {brokers}"
+    """`stack status`'s lines for the master, workers (cores in use) and Kafka nodes, and the master's
+    applications: who holds the cores when a stream stalls. (Not the quorum report: it needs a quorum.)"""
+    apps = [f"{a.get('id')} {a.get('state')} cores {a.get('cores')}"
+            for a in (stack.spark.master.state() or {}).get("activeapps", [])]
+    return "\n".join([stack.spark.status()[1], f"spark applications: {apps}",
+                      *(node.status()[1] for node in stack.kafka.nodes)])
 
 
 def _run_hourly_batch(stack: FaultStack, pipeline: Pipeline, hour, log_dir) -> None:

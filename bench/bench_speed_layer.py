@@ -20,7 +20,8 @@ S seconds, each stamped with its send time; a poller reads bytes_agg_antenna eve
 event's latency is the time from its send to the first poll whose running total includes it
 (see `freshness`). Freshness floor, right after each trigger's run: the same, with the least a micro-batch
 must do to make an event visible (`TotalsOnly`: plain from_json, per-antenna sums, PostgreSQL). Peak RSS:
-this Python driver plus its Spark JVM (and the JVM's Python workers), sampled every 200 ms. Topics, databases and lake folders are deleted afterwards.
+this Python driver plus its Spark JVM (and the JVM's Python workers), sampled every 200 ms. Topics,
+databases and lake folders are deleted afterwards.
 """
 
 from __future__ import annotations
