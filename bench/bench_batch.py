@@ -7,7 +7,8 @@ the raw_devices layout `year=/month=/day=/hour=` with numpy and pyarrow (seeded,
 bench/data), and the hour's user_metadata snapshot from `synthetic_users`. Then, in one warm
 local[2] Spark session, times the production code path (`read_hours` + `compute_hourly_tables`,
 results collected to the driver; no PostgreSQL write) and DuckDB SQL computing the same four
-tables, checks both give equal rows, and reports best/median of 3 after a warm-up run and the
+tables, checks both give equal rows, and reports best/median of 5 rounds after a warm-up run (every
+timed work once per round, in turn, so a shared host's slow minutes fall on all of them) and the
 ratio Spark / DuckDB. It also times, in Spark, the per-user sum alone (the least work any plan of
 the four tables does; issue 17's target is the job at most 1.5x it) against DuckDB's whole job, and
 the per-(antenna, app) sum alone, the batch layer's other scan. The scaling runs repeat the comparison for each size to show cost per million events.
@@ -27,13 +28,14 @@ from antenna_assets.batch.layer import compute_hourly_tables, read_hours
 from antenna_assets.lake.layout import hour_partition_dir
 from antenna_assets.settings import Settings
 from antenna_assets.sources.users import APPS, antenna_id, synthetic_users
-from bench.common import DATA_DIR, Timings, record_run, time_warm
+from bench.common import DATA_DIR, Timings, record_run, time_interleaved
 
 HOUR = datetime(2026, 11, 28, 13)
 HOUR_EPOCH = int((HOUR - datetime(1970, 1, 1)).total_seconds())
 USERS, ANTENNAS = 20_000, 500
 ROWS_PER_FILE = 1_000_000
 SEED = 7
+REPEATS = 5
 TABLES = ("bytes_agg_antenna_1h", "bytes_agg_user_1h", "bytes_agg_app_1h", "users_over_quota_1h")
 
 SECTION = "## Batch layer"
@@ -43,7 +45,8 @@ SECTION_INTRO = (
     "Spark: the batch layer's own `read_hours` + `compute_hourly_tables` in a warm `local[2]` session,\n"
     "the four tables (and unknown_users) collected to the driver as production does, without the\n"
     "PostgreSQL write. DuckDB (2 threads): the same four tables in SQL from the same files. Both results\n"
-    "are checked equal in every run. Times: best / median of 3 after one warm-up run. Ratio: Spark best /\n"
+    "are checked equal in every run. Times: best / median of 5 rounds after one warm-up run, every timed work\n"
+    "once per round, in turn (since 2026-12-06; before, 3 runs of each, one work after the other). Ratio: Spark best /\n"
     "DuckDB best. Target: ratio <= 2.0. Floor: Spark's per-user sum alone (`groupBy(id).sum(bytes)` on the\n"
     "same files), which any plan of the four tables includes, and its ratio to DuckDB's whole job.\n"
     "Scaling: the same at several sizes, as seconds per million events.\n\n"
@@ -192,10 +195,12 @@ def check_equal(spark_result: dict[str, list[tuple]], duckdb_result: dict[str, l
 
 def compare(spark, con, snapshot, events: int) -> Comparison:
     root = generate_hour(events)
-    spark_timings, spark_result = time_warm(lambda: spark_tables(spark, root, snapshot))
-    duckdb_timings, duckdb_result = time_warm(lambda: duckdb_tables(con, root))
-    per_user_timings, _ = time_warm(lambda: spark_per_user_alone(spark, root))
-    per_antenna_app_timings, _ = time_warm(lambda: spark_per_antenna_app_alone(spark, root))
+    timed = time_interleaved({"spark": lambda: spark_tables(spark, root, snapshot),
+                              "duckdb": lambda: duckdb_tables(con, root),
+                              "per_user": lambda: spark_per_user_alone(spark, root),
+                              "per_antenna_app": lambda: spark_per_antenna_app_alone(spark, root)}, REPEATS)
+    (spark_timings, spark_result), (duckdb_timings, duckdb_result) = timed["spark"], timed["duckdb"]
+    per_user_timings, per_antenna_app_timings = timed["per_user"][0], timed["per_antenna_app"][0]
     check_equal(spark_result, duckdb_result, events)
     result = Comparison(events, spark_timings, duckdb_timings, per_user_timings, per_antenna_app_timings)
     print(f"  {events:,} events: Spark {spark_timings}; DuckDB {duckdb_timings}; ratio {result.ratio:.2f}; "

@@ -107,13 +107,22 @@ class Timings:
 
 def time_warm(work: Callable[[], object], repeats: int = 3) -> tuple[Timings, object]:
     """Run `work` once to warm caches and JIT, then `repeats` timed times; returns timings and the last result."""
-    result = work()
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = work()
-        seconds.append(time.perf_counter() - started)
-    return Timings(tuple(seconds)), result
+    return time_interleaved({"work": work}, repeats)["work"]
+
+
+def time_interleaved(works: dict[str, Callable[[], object]], repeats: int = 3) -> dict[str, tuple[Timings, object]]:
+    """Each work once to warm up, then `repeats` rounds of each once, in turn (every other round backwards):
+    timings and the last result per name. Ratios of works timed in the same rounds hold while the machine's
+    speed drifts; one after the other, a shared host's slow minutes fell on one side (BENCHMARKS.md, Batch
+    layer: the floor timed in a slow spell made the job 1.54x it, the next two runs said 1.94x and 2.14x)."""
+    results = {name: work() for name, work in works.items()}
+    seconds: dict[str, list[float]] = {name: [] for name in works}
+    for round_number in range(repeats):
+        for name in (list(works) if round_number % 2 == 0 else list(reversed(works))):
+            started = time.perf_counter()
+            results[name] = works[name]()
+            seconds[name].append(time.perf_counter() - started)
+    return {name: (Timings(tuple(seconds[name])), results[name]) for name in works}
 
 
 class BackgroundLoop:
