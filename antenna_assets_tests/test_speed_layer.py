@@ -17,6 +17,8 @@ import psycopg2
 import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Producer
+from pyspark import StorageLevel
+from pyspark.sql import functions as F
 
 from antenna_assets.postgres import transaction
 from antenna_assets.speed.ledger import APPLIED, LANDED, BatchKey, apply_micro_batch, batch_state
@@ -25,8 +27,9 @@ from antenna_assets.serving.migration import migrate
 from antenna_assets.sources.simulator import SimulatorConfig, run_simulation
 from antenna_assets.speed.config import SpeedLayerConfig
 from antenna_assets.speed.heartbeat import Heartbeat, RunDeclaredDead, declare_dead
-from antenna_assets.speed.layer import (CHECKPOINT_FILE_MANAGER, FILE_SYSTEM_CHECKPOINTS, MicroBatchFailed, SpeedLayer,
-                                        SpeedLayerTargets, run_until_stopped)
+from antenna_assets.speed.layer import (CHECKPOINT_FILE_MANAGER, FILE_SYSTEM_CHECKPOINTS, SPEED_TABLES, MicroBatchFailed,
+                                        SpeedLayer, SpeedLayerTargets, run_until_stopped)
+from antenna_assets.transforms.micro_batch import PER_PARTITION, micro_batch_summary
 from antenna_assets_tests.truth import expected, query, read_table
 
 # Backfilled history reaches Kafka out of event-time order across partitions; these tests check
@@ -514,3 +517,33 @@ def test_the_streams_kafka_clients_wait_as_long_as_configured(settings, spark, t
                                           kafka_offset_fetch_attempts=2)) == ("250", "5000", "5000", "2")
     with pytest.raises(ValueError, match="greater than or equal to 1000"):
         SpeedLayerConfig(kafka_api_timeout_ms=10)
+
+
+def test_a_batch_planned_while_it_is_cached_reads_the_cache_and_a_failed_plan_leaves_nothing_cached(settings, spark,
+                                                                                                    tmp_path):
+    # The summary's DataFrame is built while Spark registers the batch's cache (~60 ms sooner to its job):
+    # its job must still read the cache, not Kafka again, and a failed attempt must not keep its batch.
+    session = spark.newSession()  # the batch's settings go to its session, as to the query's own in the stream
+    kafka_rows = session.createDataFrame(
+        [(None, json.dumps(_message(1_600_545_287, "u1", nbytes=7)).encode(), "devices", 0, 0, datetime(2026, 1, 1))],
+        "key binary, value binary, topic string, partition int, offset long, timestamp timestamp")
+    layer = SpeedLayer(spark, SpeedLayerConfig(), _targets(settings, settings.topic, "postgresql://unused", tmp_path))
+    batch, summary = layer.cached_batch(
+        kafka_rows, lambda cached: micro_batch_summary(cached, F.lit(True), SPEED_TABLES, "5 minutes"))
+    try:
+        assert batch.storageLevel == StorageLevel.MEMORY_AND_DISK_DESER
+        assert "InMemoryTableScan" in summary._jdf.queryExecution().executedPlan().toString()
+        assert sorted((r.table, r.key, r.bytes) for r in summary.collect() if r.table != PER_PARTITION) == [
+            ("bytes_agg_antenna", "antenna-x", 7), ("bytes_agg_app", "SKYPE", 7), ("bytes_agg_user", "u1", 7)]
+    finally:
+        batch.unpersist()
+
+    planned = []
+
+    def failing_plan(cached):
+        planned.append(cached)
+        raise RuntimeError("the plan failed")
+
+    with pytest.raises(RuntimeError, match="the plan failed"):
+        layer.cached_batch(kafka_rows, failing_plan)
+    assert planned[0].storageLevel == StorageLevel.NONE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -10,8 +11,8 @@ from pyspark.sql import functions as F
 from antenna_assets.batch.layer import HOURLY_TABLES, collect_table, compute_hourly_tables
 from antenna_assets.speed.layer import SPEED_TABLES
 from antenna_assets.transforms.aggregates import bytes_per_window
-from antenna_assets.transforms.devices import (WATERMARK_TIME, parse_device_messages, raw_bytes_of_rejected_only,
-                                               valid_events, with_lake_partitions)
+from antenna_assets.speed.dead_letters import as_cached
+from antenna_assets.transforms.devices import WATERMARK_TIME, parse_device_messages, valid_events, with_lake_partitions
 from antenna_assets.transforms.micro_batch import PER_PARTITION, micro_batch_summary, rejected_bytes, rejected_count
 
 GOOD = '{"bytes":9082,"timestamp":1600545287,"app":"SKYPE","id":"u1","antenna_id":"a0"}'
@@ -45,12 +46,16 @@ def test_parse_classifies_every_message(spark, value, reason):
     assert row.value == (value.encode() if value is not None else None) and row.offset == 0
 
 
-def test_only_rejected_records_keep_their_raw_bytes(spark):
-    kafka_rows = _kafka_rows(spark, [GOOD, "not json", GOOD]).withColumn("key", F.lit(b"k"))
-    rows = raw_bytes_of_rejected_only(parse_device_messages(kafka_rows)).orderBy("offset").collect()
-    assert [(r.reason, r.key, r.value) for r in rows] == [
-        (None, None, None), ("broken_json", b"k", b"not json"), (None, None, None)]
-    assert [r.bytes for r in rows] == [9082, None, 9082]
+def test_the_cache_keeps_raw_bytes_of_small_rejected_records_only(spark):
+    large = "x" * 300  # with its key, over the 100 bytes a cached row may hold: only its head and digest stay
+    kafka_rows = _kafka_rows(spark, [GOOD, "not json", GOOD, large]).withColumn("key", F.lit(b"k"))
+    rows = as_cached(parse_device_messages(kafka_rows), inline_bytes=100).orderBy("offset").collect()
+    assert [(r.reason, r.key, r.value, r.raw_length, r.in_lake) for r in rows] == [
+        (None, None, None, None, False), ("broken_json", b"k", b"not json", 8, False), (None, None, None, None, False),
+        ("broken_json", None, None, 300, True)]
+    assert [r.bytes for r in rows] == [9082, None, 9082, None]
+    assert rows[3].raw_head == large.encode() and rows[1].raw_head is None
+    assert rows[1].raw_sha256 == hashlib.sha256(b"not json").hexdigest() and rows[0].raw_sha256 is None
 
 
 def test_event_time_and_lake_partitions_are_utc(spark):

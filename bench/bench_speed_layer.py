@@ -232,7 +232,7 @@ class LandOnly(SpeedLayer):
     heap it found, and the speed layer once beat it (BENCHMARKS.md, Performance round 3)."""
 
     def _process(self, kafka_rows, key: BatchKey) -> None:
-        parsed = self.cached_batch(kafka_rows)
+        parsed, _ = self.cached_batch(kafka_rows)
         try:
             with self.stats.timing(LAKE):
                 self._land(self._lake_frame(valid_events(parsed), key, self.user_metadata().frame), None)

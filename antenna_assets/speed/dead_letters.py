@@ -29,7 +29,7 @@ from antenna_assets.hours import utc_from_epoch_millis, utc_now
 from antenna_assets.kafka_client import TopicIdentity
 from antenna_assets.serving.schema import DEAD_LETTER
 from antenna_assets.sources.contract import ASCII_CONTROL
-from antenna_assets.transforms.devices import raw_bytes_of_rejected_only, rejected_messages
+from antenna_assets.transforms.devices import rejected_messages
 
 PREVIEW_CHARACTERS = 200
 _PREVIEW_BYTES = PREVIEW_CHARACTERS * 4  # a UTF-8 character has at most four bytes
@@ -55,18 +55,20 @@ def _statement_bytes(record_bytes):
 
 def as_cached(parsed: DataFrame, inline_bytes: int) -> DataFrame:
     """`parse_device_messages`' rows as a micro-batch caches them: a rejected record's raw key and value
-    only (`raw_bytes_of_rejected_only`), and only when together they fit `inline_bytes`; for every
-    rejected record the length and SHA-256 of its value, for a larger one its first bytes."""
+    only, and only when together they fit `inline_bytes` (a valid message's value is most of its row);
+    for every rejected record the length and SHA-256 of its value, for a larger one its first bytes.
+    One step: Spark analyses each DataFrame step on the driver, ~10 ms of every micro-batch apiece."""
     rejected = F.col("reason").isNotNull()
     key, value = F.col("key"), F.col("value")
     in_lake = rejected & (_record_bytes(key, value) > inline_bytes)
-    return raw_bytes_of_rejected_only(parsed).withColumns({
+    inline = rejected & ~in_lake
+    return parsed.withColumns({
         RAW_LENGTH: F.when(rejected, F.length(value)),
         RAW_SHA256: F.when(rejected, F.sha2(value, 256)),
         _IN_LAKE: in_lake,
         _RAW_HEAD: F.when(in_lake, F.substring(value, 1, _PREVIEW_BYTES)),
-        "key": F.when(~in_lake, key),
-        "value": F.when(~in_lake, value),
+        "key": F.when(inline, key),
+        "value": F.when(inline, value),
     })
 
 

@@ -151,13 +151,6 @@ def _parse_expressions(rules: MessageRules, spark_context) -> _ParseExpressions:
                              watermark_time=watermark_time.alias(WATERMARK_TIME))
 
 
-def raw_bytes_of_rejected_only(parsed: DataFrame) -> DataFrame:
-    """`parse_device_messages`' rows with `key` and `value` null for valid messages: only dead letters need
-    the raw bytes, so a cached batch stays small (a valid message's value is most of its row)."""
-    rejected = F.col("reason").isNotNull()
-    return parsed.withColumn("key", F.when(rejected, F.col("key"))).withColumn("value", F.when(rejected, F.col("value")))
-
-
 def valid_events(parsed: DataFrame) -> DataFrame:
     """The valid messages: the contract's five fields and `event_time` (UTC)."""
     return parsed.where(F.col("reason").isNull()).select(*FIELD_NAMES, "event_time")
