@@ -268,8 +268,8 @@ class SpeedLayer:
         user_metadata = self.user_metadata()  # one read for the whole batch: its totals and its lake rows agree
         not_applied = _not_below(marks.applied)
         parsed, summary_plan = self.cached_batch(
-            kafka_rows, (lambda batch: micro_batch_summary(batch, not_applied, SPEED_TABLES, self.config.window))
-            if state is None else None)
+            kafka_rows, (lambda batch: micro_batch_summary(batch, not_applied, SPEED_TABLES, self.config.window)
+                         if state is None else None))
         landing = _Landing(lambda: self._lake_frame(valid_events(parsed.where(_not_below(marks.landed))), key,
                                                     user_metadata.frame),
                            self._land, self.stats)
@@ -311,8 +311,8 @@ class SpeedLayer:
         kafka_rows.sparkSession.conf.set("spark.sql.adaptive.enabled", str(self.config.adaptive_execution).lower())
         return kafka_rows
 
-    def cached_batch(self, kafka_rows: DataFrame, plan: Callable[[DataFrame], Planned] | None = None
-                     ) -> tuple[DataFrame, Planned | None]:
+    def cached_batch(self, kafka_rows: DataFrame, plan: Callable[[DataFrame], Planned] = lambda batch: None
+                     ) -> tuple[DataFrame, Planned]:
         """The micro-batch parsed once and cached for its steps (the caller unpersists it), with the batch's
         Spark settings, and `plan(batch)`: built while Spark registers the cache, which plans the batch's
         whole parse. A plan needs no cache to be built (its job, run later, reads it): a 10,000-record batch's
@@ -321,13 +321,10 @@ class SpeedLayer:
         lands the batch and does nothing else."""
         batch = as_cached(parse_device_messages(self.batch_settings(kafka_rows), self.config.message_rules()),
                           self.config.dead_letter_inline_bytes)
-        # Deserialized and (spark_session) uncompressed: it lives for one batch; see BENCHMARKS.md.
-        storage = StorageLevel.MEMORY_AND_DISK_DESER
-        if plan is None:
-            return batch.persist(storage), None
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-batch") as pool:
-                persisting = pool.submit(batch.persist, storage)
+                # Deserialized and (spark_session) uncompressed: it lives for one batch; see BENCHMARKS.md.
+                persisting = pool.submit(batch.persist, StorageLevel.MEMORY_AND_DISK_DESER)
                 planned = plan(batch)
             persisting.result()
         except BaseException:
