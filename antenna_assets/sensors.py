@@ -107,7 +107,7 @@ def speed_layer_decision(instance: dg.DagsterInstance, conn, settings: Settings,
 
 @dg.sensor(
     job=speed_layer_job,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=Settings.from_env().stream_sensor_seconds,
     default_status=_default_status(Settings.from_env().autostart_streaming),
     description="Keeps one speed-layer run alive: launches it when none is queued or running, backs off after "
                 "failures; fails a started run whose heartbeat stopped.",
@@ -151,7 +151,7 @@ def hourly_batch_decision(instance: dg.DagsterInstance, conn, settings: Settings
 
 @dg.sensor(
     job=hourly_batch_job,
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=Settings.from_env().batch_sensor_seconds,
     default_status=_default_status(Settings.from_env().automation),
     description="Runs each closed hour with landed data once, again when its run failed (with back-off) "
                 "or when data landed for it after its run.",

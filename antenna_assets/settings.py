@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     # clock), how far back the hourly sensor looks, and the back-off of relaunches after failures.
     hour_close_grace_minutes: int = Field(default=5, ge=0)
     batch_lookback_hours: int = Field(default=48, ge=1)
+    # How often the streaming and hourly sensors tick: the longest a dead stream or a closed hour waits for
+    # its run to be launched, besides the back-off. Each tick is a few PostgreSQL and run-storage queries.
+    stream_sensor_seconds: int = Field(default=30, ge=1)
+    batch_sensor_seconds: int = Field(default=60, ge=1)
     stream_backoff_seconds: float = 30.0
     stream_backoff_max_seconds: float = 900.0
     # The streaming run's heartbeat (speed/heartbeat.py): how often it beats, and how old its last beat may

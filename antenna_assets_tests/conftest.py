@@ -26,6 +26,10 @@ os.environ.setdefault("ANTENNA_LAKE_ROOT", str(Path(os.environ["ANTENNA_STACK_DI
 os.environ.setdefault("ANTENNA_GCS_EMULATOR_PORT", "24443")
 os.environ.setdefault("ANTENNA_OPERATORS_PORT", "28080")
 os.environ.setdefault("ANTENNA_GCS_ENDPOINT", f"http://127.0.0.1:{os.environ['ANTENNA_GCS_EMULATOR_PORT']}")
+# The sensors tick every 5 s (30 s and 60 s by default): a test that waits for a daemon to launch
+# or relaunch a run waits for a tick, not for the product's idle cost.
+os.environ.setdefault("ANTENNA_STREAM_SENSOR_SECONDS", "5")
+os.environ.setdefault("ANTENNA_BATCH_SENSOR_SECONDS", "5")
 GCS_BUCKET = "antenna-lake-test"
 
 from antenna_assets.settings import Settings  # noqa: E402

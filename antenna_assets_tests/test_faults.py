@@ -152,6 +152,7 @@ class Pipeline:
         self.env = {**stack.env, "ANTENNA_TOPIC": f"devices-{name}", "ANTENNA_POSTGRES_URL": serving_url,
                     "ANTENNA_LAKE_ROOT": lake.effective_root, "DAGSTER_PG_DB": dagster_db,
                     "ANTENNA_AUTOSTART_STREAMING": "1", "ANTENNA_STREAM_BACKOFF_SECONDS": "1",
+                    "ANTENNA_STREAM_SENSOR_SECONDS": os.environ["ANTENNA_STREAM_SENSOR_SECONDS"],
                     "ANTENNA_STREAM_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
                     "ANTENNA_STREAM_HEARTBEAT_LIMIT_SECONDS": str(HEARTBEAT_LIMIT_SECONDS)}
         ensure_topic(stack.settings.replace(topic=self.topic))

@@ -21,6 +21,7 @@ from antenna_assets.jobs import STREAMING_TAG, speed_layer_job
 from antenna_assets.serving.schema import BYTES_AGG_ANTENNA_1H, BYTES_AGG_APP_1H, BYTES_AGG_USER_1H
 from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
 from antenna_assets.hours import hour_closes_at
+from antenna_assets.settings import Settings
 from antenna_assets.sensors import hourly_batch_sensor, speed_layer_decision, speed_layer_sensor
 from antenna_assets.sources.simulator import SimulatorConfig, run_simulation
 from antenna_assets.sources.users import PROVISIONED_USERS
@@ -206,6 +207,18 @@ def _stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
+
+
+def test_the_sensors_tick_as_often_as_configured():
+    code = ("from antenna_assets.sensors import hourly_batch_sensor, speed_layer_sensor; "
+            "print(speed_layer_sensor.minimum_interval_seconds, hourly_batch_sensor.minimum_interval_seconds)")
+    names = ("ANTENNA_STREAM_SENSOR_SECONDS", "ANTENNA_BATCH_SENSOR_SECONDS")
+    unset = {k: v for k, v in os.environ.items() if k not in names}
+    for env, ticks in (({**unset, names[0]: "7", names[1]: "11"}, ["7", "11"]), (unset, ["30", "60"])):
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.split() == ticks, out.stderr[-2000:]
+    with pytest.raises(ValueError, match="stream_sensor_seconds"):
+        Settings(stream_sensor_seconds=0)
 
 
 def test_an_hour_closes_at_its_end_plus_the_grace():
