@@ -95,6 +95,7 @@ def test_change_a_quota_in_the_browser_and_the_pipeline_uses_it(settings, spark,
     stream = layer.start()
     try:
         stream.processAllAvailable()
+        layer.wait_for_lake()  # a batch's files may land behind the next
         resources = {"postgres": PostgresResource(url=url), "lake": lake, "spark": SparkResource.for_lake(lake)}
 
         def materialize(hour: datetime):
@@ -143,6 +144,7 @@ def test_change_a_quota_in_the_browser_and_the_pipeline_uses_it(settings, spark,
         producer.produce(topic, message(_epoch(utc_now())))
         producer.flush(10)
         stream.processAllAvailable()
+        layer.wait_for_lake()
         tab.goto(f"{base}/users/new")
         tab.fill("#id", NEWCOMER)
         tab.fill("#name", "nuria")
@@ -156,6 +158,7 @@ def test_change_a_quota_in_the_browser_and_the_pipeline_uses_it(settings, spark,
             producer.produce(topic, message(_epoch(utc_now())))
             producer.flush(10)
             stream.processAllAvailable()
+            layer.wait_for_lake()
             emails = {r.email for r in spark.read.parquet(lake.landing_path).where(f"id = '{NEWCOMER}'").collect()}
             if "nuria@example.com" in emails:
                 seen_after = time.monotonic() - added

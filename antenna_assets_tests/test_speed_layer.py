@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -97,8 +98,9 @@ class _CrashBeforeLanding(SpeedLayer):
 def test_crash_between_totals_and_lake_write_lands_the_batch_on_replay(settings, spark, topic, serving_db, tmp_path):
     truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=0.5,
                                            start=datetime(2025, 3, 2, 10), seed=12, progress=False))
+    # Every batch lands before the next (the path of catch-up batches): the failure is the batch's own.
     config = SpeedLayerConfig(trigger="available_now", watermark=NO_LATE_DROPS, max_offsets_per_trigger=100,
-                              query_name=topic, batch_attempts=1)
+                              query_name=topic, batch_attempts=1, lake_write_behind_max_messages=0)
     with pytest.raises(MicroBatchFailed, match="micro-batch 0 .* failed 1 times: RuntimeError: crash between the totals and the lake write"):
         run_until_stopped(_CrashBeforeLanding(spark, config, _targets(settings, topic, serving_db, tmp_path)))
     assert query(serving_db, "SELECT batch_id, landed_at IS NULL FROM streaming_batches WHERE query = %s",
@@ -112,6 +114,67 @@ def test_crash_between_totals_and_lake_write_lands_the_batch_on_replay(settings,
     assert spark.read.parquet(str(tmp_path / "landing")).count() == truth.messages
     assert query(serving_db, "SELECT count(*) FROM streaming_batches WHERE query = %s AND landed_at IS NULL",
                  (topic,)) == [(0,)]
+
+
+class _FilesFailBehind(SpeedLayer):
+    """Every lake write behind the next batch fails (the thread's); `dies` leaves the last one as a killed run
+    leaves it: nothing settles it."""
+
+    dies = False
+
+    def _land(self, lake_rows, files):
+        if threading.current_thread().name == "lake-write":
+            self.failed_behind = getattr(self, "failed_behind", 0) + 1
+            raise RuntimeError("the lake write behind the next batch failed")
+        super()._land(lake_rows, files)
+
+    def finish_landing(self):
+        return None if self.dies else super().finish_landing()
+
+
+def _landing_count(spark, lake: Path) -> int:
+    return spark.read.parquet(str(lake / "landing")).count() if (lake / "landing").exists() else 0
+
+
+def test_files_that_fail_behind_the_next_batch_are_written_by_it_and_at_the_end(settings, spark, topic, serving_db,
+                                                                                tmp_path):
+    truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=0.25,
+                                           start=datetime(2025, 3, 4, 10), seed=13, progress=False))
+    config = SpeedLayerConfig(trigger="available_now", watermark=NO_LATE_DROPS, max_offsets_per_trigger=100,
+                              query_name=topic)
+    layer = _FilesFailBehind(spark, config, _targets(settings, topic, serving_db, tmp_path))
+    run_until_stopped(layer)
+    # Each batch's failed files written again by the next batch, the last one's after the query.
+    assert layer.failed_behind == layer.stats.batches >= 3
+    _assert_tables_equal_truth(serving_db, truth)
+    assert _landing_count(spark, tmp_path) == truth.messages
+    assert _unlanded_batches(serving_db, topic) == 0
+
+
+def test_files_a_stopped_run_left_unwritten_are_written_from_kafka_at_the_next_start(settings, spark, topic,
+                                                                                     serving_db, tmp_path):
+    truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=0.25,
+                                           start=datetime(2025, 3, 5, 10), seed=14, progress=False))
+    config = SpeedLayerConfig(trigger="available_now", watermark=NO_LATE_DROPS, max_offsets_per_trigger=100,
+                              query_name=topic)
+    killed = _FilesFailBehind(spark, config, _targets(settings, topic, serving_db, tmp_path))
+    killed.dies = True
+    run_until_stopped(killed)
+    # Every batch committed in the checkpoint, the last one's totals too, but not its files: no replay lands them.
+    _assert_tables_equal_truth(serving_db, truth)
+    assert _unlanded_batches(serving_db, topic) == 1
+    missing = truth.messages - _landing_count(spark, tmp_path)
+    assert missing > 0
+
+    resumed = SpeedLayer(spark, config, _targets(settings, topic, serving_db, tmp_path))
+    run_until_stopped(resumed)  # nothing new in the topic: no batch runs
+    assert (resumed.stats.recovered_batches, resumed.stats.batches, resumed.stats.skipped_batches) == (1, 0, 0)
+    assert _landing_count(spark, tmp_path) == truth.messages  # the missing ones, once
+    assert _unlanded_batches(serving_db, topic) == 0
+    _assert_tables_equal_truth(serving_db, truth)
+    batch_folders = {folder.name for folder in (tmp_path / "landing").rglob("batch=*")}
+    [(batches,)] = query(serving_db, "SELECT count(*) FROM streaming_batches WHERE query = %s", (topic,))
+    assert len(batch_folders) == batches  # the recovered files in their own batch's folder, as it would have
 
 
 class _AppliedElsewhereFirst(SpeedLayer):
@@ -231,7 +294,12 @@ def live_layer(settings, spark, topic, serving_db, tmp_path):
     config = SpeedLayerConfig(metadata_refresh_seconds=0, trigger_interval="1 seconds", query_name=topic)
     layer = SpeedLayer(spark, config, _targets(settings, topic, serving_db, tmp_path))
     query_handle = layer.start()
-    layer.sync = query_handle.processAllAvailable
+
+    def sync():
+        query_handle.processAllAvailable()
+        layer.wait_for_lake()  # a live batch's files may land behind the next batch
+
+    layer.sync = sync
     yield layer
     query_handle.stop()
 
@@ -345,6 +413,7 @@ def test_no_record_stops_the_stream_or_changes_a_total(settings, topic, serving_
             _produce(settings, topic, good)
             handle.processAllAvailable()
             sent_good += good
+        layer.wait_for_lake()
         assert handle.isActive and handle.exception() is None
     finally:
         handle.stop()

@@ -350,4 +350,7 @@ DDL = [
     # The sender's two questions: which alerts have no deliveries yet, which deliveries are due.
     "CREATE INDEX IF NOT EXISTS alerts_pending ON alerts (id) WHERE state = 'pending'",
     "CREATE INDEX IF NOT EXISTS alert_deliveries_due ON alert_deliveries (next_attempt) WHERE state = 'pending'",
+    # The speed layer's question at each start: which applied batches have no lake files yet (a month of batches
+    # is millions of rows, nearly all landed).
+    "CREATE INDEX IF NOT EXISTS streaming_batches_unlanded ON streaming_batches (query) WHERE landed_at IS NULL",
 ]

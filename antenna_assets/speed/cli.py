@@ -37,6 +37,9 @@ def register(commands) -> None:
                         help="most INSERT text of dead letters per statement, about (default 16 MiB)")
     parser.add_argument("--lake-rows-per-file", type=int,
                         help="valid messages per lake file a micro-batch writes, about (default 250,000)")
+    parser.add_argument("--lake-write-behind-max-messages", type=int,
+                        help="a micro-batch of at most this many valid messages writes its lake files while the next "
+                             "batch runs (default 100,000; 0: every batch lands before the next)")
     parser.add_argument("--starting-offsets", help="earliest or latest, for a query without checkpoint")
     parser.add_argument("--metadata-refresh-seconds", type=float, help="re-read user_metadata at most this often")
     parser.add_argument("--progress-interval-seconds", type=float, help="how often progress is printed")

@@ -66,6 +66,15 @@ class SpeedLayerConfig(Config):
     lake_rows_per_file: int = Field(
         default=250_000, ge=1, description="valid messages per lake file a micro-batch writes, about: a small batch "
                                            "writes one file in one task")
+    # A live batch's lake write (~0.1-0.2 s at 20,000 events/s) was a fifth of the time between batches, and
+    # an event waits for the next batch: freshness p99 1.7-2.5 s with it, 1.2-1.5 s without it in alternated
+    # runs (BENCHMARKS.md, Performance round 3). A catch-up batch of a million lands before the next, so two
+    # are never cached at once.
+    lake_write_behind_max_messages: int = Field(
+        default=100_000, ge=0, description="a micro-batch of at most this many valid messages writes its lake files "
+                                           "while the next batch runs (its totals are committed first; files a "
+                                           "stopped run did not finish are written from Kafka at the next start); "
+                                           "0: every batch lands before the next starts")
     # 64 KiB: a device's message is ~150 bytes, so every rejected record of an ordinary kind stays in
     # PostgreSQL, readable with SQL; a record larger than that is not a message gone wrong but a wrong
     # producer, and its bytes are cheaper in the lake. Also what the batch's cache holds at most of a record.

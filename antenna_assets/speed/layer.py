@@ -6,14 +6,18 @@ in memory, and from it
      records the batch id as applied, all in one PostgreSQL transaction;
   2. writes the valid events to the lake, into a `batch=<id>` partition under their UTC
      year/month/day/hour (a replay overwrites exactly that partition), then records the batch
-     as landed.
+     as landed. A live-sized batch (`lake_write_behind_max_messages`) does this while the next
+     batch runs, which writes its own files only after: batches land in order.
 A crash at any point replays the batch with the same offsets: an applied batch is only landed
-again, a landed one is skipped, so nothing is added twice and nothing is missing from the lake.
+again, a landed one is skipped, so nothing is added twice and nothing is missing from the lake. A
+batch whose files were being written behind the next is no longer in the checkpoint to replay:
+the next start writes them from Kafka first, from the ledger's offsets (`_land_unlanded`).
 A window's running total is visible as soon as its batch commits (seconds), not when it closes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import posixpath
@@ -39,7 +43,8 @@ from pyspark.sql.streaming import StreamingQuery
 from antenna_assets.kafka_client import TopicIdentity, describe_topic
 from antenna_assets.speed.ledger import (LANDED, BatchKey, MicroBatchResult, Offsets, TopicMismatch, apply_micro_batch,
                                       batch_planned_at, batch_state, claim_unidentified_marks, describe_offsets,
-                                      mark_landed, max_event_time, offset_marks, record_failure, verify_topic)
+                                      mark_landed, max_event_time, offset_marks, record_failure, unlanded_batches,
+                                      verify_topic)
 from antenna_assets.serving.schema import BYTES_AGG_ANTENNA, BYTES_AGG_APP, BYTES_AGG_USER
 from antenna_assets.sources.user_metadata import read_live
 from antenna_assets.postgres import KeptConnection
@@ -119,6 +124,7 @@ class SpeedLayerStats:
     unknown_user_messages: int = 0
     max_event_time: datetime | None = None
     topic_checks: int = 0  # the topic's identity asked of Kafka: at the first batch, then only below a mark
+    recovered_batches: int = 0  # applied batches an earlier run left without lake files, written from Kafka
     # Wall seconds per step of the micro-batches (SPARK_TOTALS, POSTGRES, LAKE): where the time goes.
     step_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STEPS, 0.0))
 
@@ -142,20 +148,28 @@ class SpeedLayer:
         self._identity: TopicIdentity | None = None  # the topic's, checked at the query's first batch
         self.stats = SpeedLayerStats()
         self.postgres = KeptConnection(targets.postgres_url)  # three transactions a batch, one login
+        # The landed mark of a batch landing behind the next, written from its thread while the batch's own
+        # thread uses `postgres`.
+        self._landing_postgres = KeptConnection(targets.postgres_url)
+        self._behind: _LandingBehind | None = None
         self._user_metadata: UserDirectory | None = None
         self._user_metadata_read_at = float("-inf")
         self.failure: str | None = None  # set when a micro-batch failed every attempt
 
+    def _kafka(self, reader):
+        """`reader` (Spark's stream or batch reader) on the topic's cluster, with the stream's client options."""
+        return (reader.format("kafka")
+                .options(**{"kafka.bootstrap.servers": self.targets.kafka_bootstrap, **self.targets.kafka_options})
+                .option("kafka.max.partition.fetch.bytes", str(8 * 1024 * 1024))
+                .option("kafka.fetch.max.wait.ms", str(self.config.kafka_fetch_max_wait_ms))
+                .option("kafka.default.api.timeout.ms", str(self.config.kafka_api_timeout_ms))
+                .option("kafka.request.timeout.ms", str(self.config.kafka_api_timeout_ms)))
+
     def kafka_stream(self) -> DataFrame:
-        reader = (self.spark.readStream.format("kafka")
-                  .options(**{"kafka.bootstrap.servers": self.targets.kafka_bootstrap, **self.targets.kafka_options})
+        reader = (self._kafka(self.spark.readStream)
                   .option("subscribe", self.targets.topic)
                   .option("startingOffsets", self.config.starting_offsets)
                   .option("failOnDataLoss", str(self.config.fail_on_data_loss).lower())
-                  .option("kafka.max.partition.fetch.bytes", str(8 * 1024 * 1024))
-                  .option("kafka.fetch.max.wait.ms", str(self.config.kafka_fetch_max_wait_ms))
-                  .option("kafka.default.api.timeout.ms", str(self.config.kafka_api_timeout_ms))
-                  .option("kafka.request.timeout.ms", str(self.config.kafka_api_timeout_ms))
                   .option("fetchOffset.numRetries", str(self.config.kafka_offset_fetch_attempts)))
         # More tasks than topic partitions: 3 partitions on 2 cores left a core idle for a third of each read.
         min_partitions = self.config.kafka_min_partitions or 2 * self.spark.sparkContext.defaultParallelism
@@ -168,6 +182,8 @@ class SpeedLayer:
         elif self.spark.conf.get(CHECKPOINT_FILE_MANAGER, None) == FILE_SYSTEM_CHECKPOINTS:
             self.spark.conf.unset(CHECKPOINT_FILE_MANAGER)  # a bucket's checkpoint keeps Spark's default
         self._identity = None  # the new query checks the topic at its first batch
+        self._behind = None
+        self._land_unlanded()  # before any batch lands: the landed marks advance in order
         writer = (self.kafka_stream().writeStream
                   .queryName(self.config.query_name)
                   .option("checkpointLocation", self.targets.checkpoint_path)
@@ -220,14 +236,17 @@ class SpeedLayer:
             attempt, error = exc.last_attempt.attempt_number, _one_line(exc.last_attempt.exception())
         except TopicMismatch as exc:  # no retry can help: an operator chooses, as its line says
             attempt, error = 1, _one_line(exc)
-        offsets = self._offsets_of(kafka_rows)
-        self.failure = f"{key}, offsets {offsets}, failed {attempt} times: {error}"
+        raise self._failed(key, attempt, self._offsets_of(kafka_rows), error)
+
+    def _failed(self, key: BatchKey, attempts: int, offsets: str, error: str) -> "MicroBatchFailed":
+        """The batch's one-line failure, recorded in streaming_failures if the database takes it."""
+        self.failure = f"{key}, offsets {offsets}, failed {attempts} times: {error}"
         try:
             with self.postgres.transaction() as conn:
-                record_failure(conn, key, attempt, offsets, error)
+                record_failure(conn, key, attempts, offsets, error)
         except Exception as exc:  # noqa: BLE001 - the database may be what fails; the run still says why
             logging.getLogger(__name__).warning("could not record the failure in streaming_failures: %s", exc)
-        raise MicroBatchFailed(self.failure)
+        return MicroBatchFailed(self.failure)
 
     @staticmethod
     def _offsets_of(kafka_rows: DataFrame) -> str:
@@ -273,6 +292,7 @@ class SpeedLayer:
         landing = _Landing(lambda: self._lake_frame(valid_events(parsed.where(_not_below(marks.landed))), key,
                                                     user_metadata.frame),
                            self._land, self.stats)
+        behind: _LandingBehind | None = None
         try:
             # Totals first, lake files second: the totals are visible a Parquet write sooner. A crash
             # in between replays the batch as APPLIED, which lands it and adds nothing.
@@ -286,20 +306,125 @@ class SpeedLayer:
                 # Spark's rule: the watermark a batch uses comes from the batches before it, so a replay sees the same.
                 watermark = BatchWatermark(latest, planned_at, self.watermark_delay, self.max_watermark_advance)
                 result = self._micro_batch_result(key, summary, dead_letters, watermark, identity, user_metadata.ids)
+                self._settle_landing()  # the batch before lands first: the landed marks advance in order
                 landing.start(math.ceil(result.good_messages / self.config.lake_rows_per_file))
                 # The batch's one commit point: its sums, dead letters, ledger row and offsets together.
                 with self.stats.timing(POSTGRES), self.postgres.transaction() as conn:
                     applied = apply_micro_batch(conn, result)
                 self._count(result, applied)
+                if applied and result.good_messages <= self.config.lake_write_behind_max_messages:
+                    behind = _LandingBehind(landing, key, identity, parsed, kafka_rows)
+                    landing.hand_off(lambda: self._record_landed(behind, self._landing_postgres))
+                    self._behind = behind
+                    return
             else:
                 self.stats.skipped_batches += 1
+                self._settle_landing()
                 landing.start(None)  # the count is not known without a Spark job; as many files as the batch has tasks
             landing.wait()
         finally:
-            landing.cancel()
-            parsed.unpersist()
+            if behind is None:
+                landing.cancel()
+                parsed.unpersist()
         with self.postgres.transaction() as conn:
             mark_landed(conn, key, identity)
+
+    def _record_landed(self, behind: "_LandingBehind", postgres: KeptConnection) -> None:
+        with postgres.transaction() as conn:
+            mark_landed(conn, behind.key, behind.identity)
+        behind.batch.unpersist()
+
+    def _settle_landing(self) -> None:
+        """The batch landing behind this one: wait for its files and its landed mark; if either failed, both
+        again, here (LakeFilesFailed if that fails too: this batch's attempt fails, the next settles again)."""
+        behind = self._behind
+        if behind is None:
+            return
+        try:
+            behind.landing.wait()
+        except Exception as exc:  # noqa: BLE001 - written again below; that one raises
+            logging.getLogger(__name__).warning("%s: its lake files failed (%s); writing them again", behind.key,
+                                                _one_line(exc))
+            try:
+                behind.landing.write_again()
+                self._record_landed(behind, self.postgres)
+            except Exception as again:  # noqa: BLE001 - named after the batch whose files they are
+                raise LakeFilesFailed(behind.key, again) from again
+            behind.landing.settled()
+        self._behind = None
+
+    def finish_landing(self) -> "MicroBatchFailed | None":
+        """After the query: the last batch's lake files, if it landed behind, tried `batch_attempts` times in all
+        (at least twice). If they still fail: the batch's failure (recorded; the next start writes its files
+        from Kafka)."""
+        behind = self._behind
+        try:
+            if behind is None:
+                return None
+            again = max(1, self.config.batch_attempts - 1)
+            try:
+                tenacity.Retrying(stop=tenacity.stop_after_attempt(again), wait=tenacity.wait_exponential(max=30),
+                                  reraise=True)(self._settle_landing)
+                return None
+            except LakeFilesFailed as exc:
+                self._behind = None
+                behind.batch.unpersist()
+                return self._failed(behind.key, 1 + again, self._offsets_of(behind.kafka_rows),
+                                    f"{_one_line(exc.cause)}; the next start writes its lake files from Kafka")
+        finally:
+            self._landing_postgres.close()
+
+    def wait_for_lake(self) -> None:
+        """Returns once the last batch's lake files are written (it may land behind the next batch)."""
+        behind = self._behind
+        if behind is not None:
+            behind.landing.join()
+
+    def _land_unlanded(self) -> None:
+        """Write the lake files of the applied batches that earlier runs left without them (their files were
+        being written behind the next batch when the run stopped), read again from Kafka between the landed
+        mark and the batch's end, oldest first, each into its own batch partition, and record them landed.
+        A batch the checkpoint replays is landed here too, and then skipped. Kafka is asked only when there
+        is one."""
+        with self.postgres.transaction() as conn:
+            pending = unlanded_batches(conn, self.config.query_name)
+        if not pending:
+            return
+        identity = describe_topic(self.targets.admin_config, self.targets.topic).identity
+        with self.postgres.transaction() as conn:
+            marks = offset_marks(conn, self.config.query_name, identity)
+        landed = dict(marks.landed)
+        for key, end_offsets in pending:
+            ranges = {tp: (landed.get(tp, 0), end) for tp, end in end_offsets.items() if end > landed.get(tp, 0)}
+            if any(tp[0] != self.targets.topic or end > marks.applied.get(tp, -1) for tp, (_, end) in ranges.items()):
+                # Offsets of another topic (or of this name before it was recreated): not this stream's to land.
+                logging.getLogger(__name__).warning("%s is not landed, but its offsets %s are not of topic %r as "
+                                                    "the ledger's marks know it: left as it is", key,
+                                                    describe_offsets({tp: (a, b - 1) for tp, (a, b) in ranges.items()}),
+                                                    self.targets.topic)
+                continue
+            if ranges:
+                events = valid_events(parse_device_messages(self._kafka_range(ranges), self.config.message_rules()))
+                with self.stats.timing(LAKE):
+                    self._land(self._lake_frame(events, key, self.user_metadata().frame), None)
+            with self.postgres.transaction() as conn:
+                mark_landed(conn, key, identity)
+            landed.update({tp: end for tp, (_, end) in ranges.items()})
+            self.stats.recovered_batches += 1
+            logging.getLogger(__name__).warning("%s was applied but not landed: its lake files written from Kafka "
+                                                "(%s)", key, describe_offsets({tp: (a, b - 1) for tp, (a, b) in ranges.items()}))
+
+    def _kafka_range(self, ranges: dict[tuple[str, int], tuple[int, int]]) -> DataFrame:
+        """The topic's records in [start, end) of each partition, as the stream reads them. A partition's
+        first mark is 0: records Kafka deleted before the stream read them were never the stream's."""
+        topic = self.targets.topic
+        partitions = {str(p): bounds for (_, p), bounds in ranges.items()}
+        return (self._kafka(self.spark.read)
+                .option("assign", json.dumps({topic: [int(p) for p in partitions]}))
+                .option("startingOffsets", json.dumps({topic: {p: start for p, (start, _) in partitions.items()}}))
+                .option("endingOffsets", json.dumps({topic: {p: end for p, (_, end) in partitions.items()}}))
+                .option("failOnDataLoss", "false")
+                .load())
 
     def batch_settings(self, kafka_rows: DataFrame) -> DataFrame:
         """`kafka_rows` with the micro-batch's Spark settings applied to its session. Shared with
@@ -419,41 +544,96 @@ class _Landing:
     """A batch's lake write in a thread of its own: its Spark plan is built while the sums' Spark job
     runs, and its job starts as soon as the batch's result is made from that job's sums, while the driver
     commits them to PostgreSQL (BENCHMARKS.md, Speed layer). Not earlier: two jobs at once share two cores,
-    and the sums, which the freshness waits for, were a third slower."""
+    and the sums, which the freshness waits for, were a third slower. Then either the batch waits for it
+    (`wait`), or it goes on behind the next batch and records the batch landed itself (`hand_off`)."""
 
     def __init__(self, lake_frame: Callable[[], DataFrame], land: Callable[[DataFrame, int | None], None],
                  stats: SpeedLayerStats):
+        self._lake_frame, self._land, self._stats = lake_frame, land, stats
+        self._frame: DataFrame | None = None
         self._files: queue.Queue = queue.Queue(maxsize=1)
+        self._then: queue.Queue = queue.Queue(maxsize=1)  # after the files: a callable, or None
+        self._requested: int | None = None
+        self._started = self._told = False
         self._error: BaseException | None = None
         # Inheritable: the batch's Spark properties (its streaming query and batch) follow it into the thread.
-        self._thread = InheritableThread(target=self._run, args=(lake_frame, land, stats), name="lake-write")
+        self._thread = InheritableThread(target=self._run, name="lake-write")
         self._thread.start()
 
-    def _run(self, lake_frame, land, stats: SpeedLayerStats) -> None:
+    def _run(self) -> None:
         try:
-            frame = lake_frame()  # overlaps the sums' Spark job, so not counted in LAKE
+            self._frame = self._lake_frame()  # overlaps the sums' Spark job, so not counted in LAKE
             files = self._files.get()
             if files is _CANCELLED:
                 return
-            with stats.timing(LAKE):
-                land(frame, files)
+            self._write(files)
+            then = self._then.get()
+            if then is not None:
+                then()
         except BaseException as exc:  # noqa: BLE001 - raised in the batch's own thread by wait()
             self._error = exc
 
+    def _write(self, files: int | None) -> None:
+        with self._stats.timing(LAKE):
+            self._land(self._frame, files)
+
     def start(self, files: int | None) -> None:
         """Write the lake files now, in about `files` files (None: one per task)."""
+        self._requested, self._started = files, True
         self._files.put(files)
 
+    def hand_off(self, landed: Callable[[], None]) -> None:
+        """Let the write go on after this batch: `landed` is called in the thread once the files are written."""
+        self._told = True
+        self._then.put(landed)
+
+    def join(self) -> None:
+        self._thread.join()
+
     def wait(self) -> None:
+        if not self._told:
+            self._told = True
+            self._then.put(None)
         self._thread.join()
         if self._error is not None:
             raise self._error
 
+    def write_again(self) -> None:
+        """After a failed `wait`: the same files, written in the caller's thread. `wait` raises until `settled`."""
+        self._thread.join()
+        try:
+            if self._frame is None:
+                self._frame = self._lake_frame()
+            self._write(self._requested)
+        except BaseException as exc:
+            self._error = exc
+            raise
+
+    def settled(self) -> None:
+        """The files written again and the batch recorded landed by the caller."""
+        self._error = None
+
     def cancel(self) -> None:
         """Nothing is written if `start` was not called; returns once the thread has ended."""
-        if self._files.empty() and self._thread.is_alive():
+        if not self._started:
+            self._started = True
             self._files.put(_CANCELLED)
+        if not self._told:
+            self._told = True
+            self._then.put(None)
         self._thread.join()
+
+
+@dataclass(frozen=True)
+class _LandingBehind:
+    """An applied batch whose lake files are being written while the next batch runs; its cache is kept
+    until they are."""
+
+    landing: _Landing
+    key: BatchKey
+    identity: TopicIdentity
+    batch: DataFrame
+    kafka_rows: DataFrame  # for its offsets, should its files fail for good
 
 
 _CANCELLED = object()
@@ -461,6 +641,14 @@ _CANCELLED = object()
 
 class MicroBatchFailed(RuntimeError):
     """A micro-batch failed every attempt; the message names it, its offsets and the last error."""
+
+
+class LakeFilesFailed(RuntimeError):
+    """The lake files of a batch that landed behind the next could not be written again."""
+
+    def __init__(self, key: BatchKey, cause: BaseException):
+        super().__init__(f"the lake files of {key}: {_one_line(cause)}")
+        self.cause = cause
 
 
 class StreamFailed(RuntimeError):
@@ -544,7 +732,10 @@ def run_until_stopped(layer: SpeedLayer, on_progress: Callable[[StreamingQuery, 
         raise StreamFailed(f"speed layer query {layer.config.query_name!r} failed: {first_line}") from exc
     finally:
         _stop(query)
+        unlanded = layer.finish_landing()
         layer.postgres.close()
+    if unlanded is not None:
+        raise unlanded
     if on_progress is not None:
         on_progress(query, layer)
     return query

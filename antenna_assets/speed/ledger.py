@@ -102,6 +102,15 @@ def batch_state(conn, key: BatchKey) -> str | None:
     return None if row is None else LANDED if row[0] else APPLIED
 
 
+def unlanded_batches(conn, query: str) -> list[tuple[BatchKey, Offsets]]:
+    """The query's applied batches without their lake files, oldest first, with their end offsets."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT checkpoint_id, batch_id, end_offsets FROM streaming_batches "
+                    "WHERE query = %s AND landed_at IS NULL ORDER BY applied_at, batch_id", (query,))
+        return [(BatchKey(query, checkpoint_id, batch_id), _decode(end_offsets))
+                for checkpoint_id, batch_id, end_offsets in cur.fetchall()]
+
+
 def offset_marks(conn, query: str, identity: TopicIdentity) -> OffsetMarks:
     """The query's marks of the topic with this identity (`verify_topic` checked them)."""
     with conn.cursor() as cur:
