@@ -396,11 +396,11 @@ class SpeedLayer:
         landed = dict(marks.landed)
         for key, end_offsets in pending:
             ranges = {tp: (landed.get(tp, 0), end) for tp, end in end_offsets.items() if end > landed.get(tp, 0)}
+            shown = describe_offsets({tp: (first, end - 1) for tp, (first, end) in ranges.items()})
             if any(tp[0] != self.targets.topic or end > marks.applied.get(tp, -1) for tp, (_, end) in ranges.items()):
                 # Offsets of another topic (or of this name before it was recreated): not this stream's to land.
                 logging.getLogger(__name__).warning("%s is not landed, but its offsets %s are not of topic %r as "
-                                                    "the ledger's marks know it: left as it is", key,
-                                                    describe_offsets({tp: (a, b - 1) for tp, (a, b) in ranges.items()}),
+                                                    "the ledger's marks know it: left as it is", key, shown,
                                                     self.targets.topic)
                 continue
             if ranges:
@@ -412,7 +412,7 @@ class SpeedLayer:
             landed.update({tp: end for tp, (_, end) in ranges.items()})
             self.stats.recovered_batches += 1
             logging.getLogger(__name__).warning("%s was applied but not landed: its lake files written from Kafka "
-                                                "(%s)", key, describe_offsets({tp: (a, b - 1) for tp, (a, b) in ranges.items()}))
+                                                "(%s)", key, shown)
 
     def _kafka_range(self, ranges: dict[tuple[str, int], tuple[int, int]]) -> DataFrame:
         """The topic's records in [start, end) of each partition, as the stream reads them. A partition's
@@ -732,10 +732,10 @@ def run_until_stopped(layer: SpeedLayer, on_progress: Callable[[StreamingQuery, 
         raise StreamFailed(f"speed layer query {layer.config.query_name!r} failed: {first_line}") from exc
     finally:
         _stop(query)
-        unlanded = layer.finish_landing()
+        landing_failed = layer.finish_landing()
         layer.postgres.close()
-    if unlanded is not None:
-        raise unlanded
+    if landing_failed is not None:
+        raise landing_failed
     if on_progress is not None:
         on_progress(query, layer)
     return query
