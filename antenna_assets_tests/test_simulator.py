@@ -14,7 +14,9 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 
+from antenna_assets.sources.simulator.producer import STALL_SECONDS, AcknowledgementWatch
 from antenna_assets.sources.simulator import (MALFORMED_KINDS, GroundTruth, SimulationError, SimulatorConfig,
                                       SimulatorConfigError, Totals, run_simulation)
 from antenna_assets.stack.kafka import ensure_topic
@@ -166,6 +168,48 @@ def test_undelivered_messages_raise(settings):
     admin.create_topics([NewTopic(name, 1, 1, config={"max.message.bytes": "64"})])[name].result(30)
     with pytest.raises(SimulationError, match="were not delivered"):
         run_simulation(SimulatorConfig(settings.kafka_bootstrap, name, backfill_hours=1, count=40, progress=False))
+
+
+# The out-queue librdkafka counts also holds its events (a failed reconnect to a dead broker is one),
+# so at each report it may count that many more than the unacknowledged messages.
+QUEUED_EVENTS = st.lists(st.integers(min_value=0, max_value=50), max_size=90)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(healthy_events=QUEUED_EVENTS, outage_events=QUEUED_EVENTS, after=st.integers(min_value=1, max_value=5))
+def test_an_outage_is_said_once_and_only_the_brokers_return_ends_it(healthy_events, outage_events, after):
+    """Two of three brokers answer, then one (min.insync.replicas 2), then two again: one waiting line
+    however the out-queue's events move the estimate meanwhile, then one line when acknowledgements
+    come back. A statistics report a second, 300 messages a second."""
+    watch = AcknowledgementWatch("devices", 2, now=0.0)
+    lines, produced, acknowledged, now = [], 0, 0, 0.0
+
+    def report(up: int, events: int = 0) -> None:
+        nonlocal now, produced
+        now, produced = now + 1, produced + 300
+        outstanding = produced - acknowledged + events
+        lines.append(watch.observe(now, produced - outstanding, outstanding, up, 3 if up >= 2 else 2))
+
+    for events in [0] + healthy_events:
+        acknowledged = produced + 300 - 30  # all but the last batch of this second
+        report(up=2, events=events)
+    # The outage, long enough after its last event for acknowledgements to count as stopped.
+    for events in outage_events + [0] * (int(STALL_SECONDS) + 2):
+        report(up=1, events=events)
+    for _ in range(after):
+        acknowledged = produced + 300 - 30
+        report(up=2)
+    said = [line for line in lines if line]
+    assert len(said) == 2, said
+    assert said[0].startswith("simulator: waiting, NOT_ENOUGH_REPLICAS: 1 of 2 Kafka brokers answer")
+    assert said[1].startswith("simulator: Kafka acknowledges again after")
+
+
+def test_no_waiting_line_while_enough_brokers_answer_or_without_min_insync():
+    """Acknowledgements that stop with every broker up (a slow broker, a full disk) are not this
+    condition; nor is a cluster that would not say its min.insync.replicas."""
+    for watch, up in ((AcknowledgementWatch("devices", 2, now=0.0), 2), (AcknowledgementWatch("devices", None, now=0.0), 1)):
+        assert [watch.observe(float(t), 0, 500, up, 3) for t in range(1, 30)] == [None] * 29
 
 
 @pytest.mark.parametrize("field, value", [("malformed_fraction", 1.5), ("count", 0), ("users", -1), ("rate", 0.0),

@@ -74,6 +74,41 @@ def _min_insync_replicas(config: dict, topic: str) -> int | None:
         return None
 
 
+class AcknowledgementWatch:
+    """Says in one line when acknowledgements stop because fewer brokers answer than the topic's
+    min.insync.replicas, and in one line when they come back.
+
+    `acknowledged` is an estimate: produced minus the producer's out-queue, and that queue also holds
+    librdkafka's events (each failed reconnect to a dead broker is one), so it moves without any
+    acknowledgement. Only brokers answering again can end the wait; the estimate alone never does.
+    """
+
+    def __init__(self, topic: str, min_insync: int | None, now: float):
+        self.topic, self.min_insync = topic, min_insync
+        self._acknowledged, self._acknowledged_at = 0, now
+        self._waiting_since: float | None = None
+
+    def observe(self, now: float, acknowledged: int, outstanding: int, brokers_up: int,
+                brokers_known: int) -> str | None:
+        """One statistics report's figures; returns the line to say, if any."""
+        moved = acknowledged > self._acknowledged or outstanding == 0
+        if moved:
+            self._acknowledged, self._acknowledged_at = max(acknowledged, self._acknowledged), now
+        if self._waiting_since is not None:
+            if not moved or brokers_up < self.min_insync:
+                return None
+            since, self._waiting_since = self._waiting_since, None
+            return f"simulator: Kafka acknowledges again after {now - since:.0f} s; the waiting messages are delivered"
+        if (moved or self.min_insync is None or brokers_up >= self.min_insync
+                or now - self._acknowledged_at < STALL_SECONDS):
+            return None
+        self._waiting_since = self._acknowledged_at
+        # Kafka's name for the condition: a write with acks=all needs min.insync.replicas replicas in sync.
+        return (f"simulator: waiting, NOT_ENOUGH_REPLICAS: {brokers_up} of {brokers_known} Kafka brokers answer, "
+                f"{self.topic} needs {self.min_insync} in sync (min.insync.replicas) to acknowledge a write; "
+                f"{outstanding:,} messages wait unacknowledged and are counted only once acknowledged")
+
+
 class DeliveringProducer:
     """A producer that counts undelivered messages; `close()` flushes and returns that count. When Kafka
     stops acknowledging because fewer of its brokers answer than the topic's min.insync.replicas, it
@@ -87,11 +122,9 @@ class DeliveringProducer:
         self.failed = 0
         self.last_error: str | None = None
         self._produced = 0
-        self._acknowledged = 0
-        self._acknowledged_at = time.monotonic()
         # Asked while the cluster answers: when it stops, a broker that could be asked may be gone.
-        self._min_insync = _min_insync_replicas({**(kafka_client or {}), "bootstrap.servers": bootstrap}, topic)
-        self._waiting_since: float | None = None
+        min_insync = _min_insync_replicas({**(kafka_client or {}), "bootstrap.servers": bootstrap}, topic)
+        self._watch = AcknowledgementWatch(topic, min_insync, time.monotonic())
         self._producer = Producer({**PRODUCER_TUNING, **DELIVERY_GUARANTEES, **options, "bootstrap.servers": bootstrap,
                                    "on_delivery": self._on_failure, "statistics.interval.ms": STATISTICS_INTERVAL_MS,
                                    "stats_cb": self._on_statistics})
@@ -102,28 +135,13 @@ class DeliveringProducer:
             self.last_error = err.str()
 
     def _on_statistics(self, report: str) -> None:
-        """Called from poll/flush every STATISTICS_INTERVAL_MS: notices acknowledgements stopping for lack
-        of brokers, and their return."""
-        now = time.monotonic()
+        """Called from poll/flush every STATISTICS_INTERVAL_MS."""
         outstanding = len(self._producer)
-        acknowledged = self._produced - outstanding - self.failed
-        if acknowledged > self._acknowledged or outstanding == 0:
-            self._acknowledged, self._acknowledged_at = acknowledged, now
-            if self._waiting_since is not None:
-                print(f"simulator: Kafka acknowledges again after {now - self._waiting_since:.0f} s; the waiting "
-                      "messages are delivered", file=sys.stderr, flush=True)
-                self._waiting_since = None
-            return
-        if self._waiting_since is not None or self._min_insync is None or now - self._acknowledged_at < STALL_SECONDS:
-            return
         brokers = [b for b in json.loads(report)["brokers"].values() if b["nodeid"] >= 0]  # not the bootstrap entries
-        up = sum(b["state"] == "UP" for b in brokers)
-        if up < self._min_insync:
-            self._waiting_since = self._acknowledged_at
-            # Kafka's name for the condition: a write with acks=all needs min.insync.replicas replicas in sync.
-            print(f"simulator: waiting, NOT_ENOUGH_REPLICAS: {up} of {len(brokers)} Kafka brokers answer, {self.topic} "
-                  f"needs {self._min_insync} in sync (min.insync.replicas) to acknowledge a write; {outstanding:,} "
-                  "messages wait unacknowledged and are counted only once acknowledged", file=sys.stderr, flush=True)
+        line = self._watch.observe(time.monotonic(), self._produced - outstanding - self.failed, outstanding,
+                                   sum(b["state"] == "UP" for b in brokers), len(brokers))
+        if line:
+            print(line, file=sys.stderr, flush=True)
 
     def send(self, values: list[str]) -> None:
         produce, poll, topic = self._producer.produce, self._producer.poll, self.topic
