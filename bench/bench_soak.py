@@ -71,7 +71,7 @@ def poll_freshness(url: str, sent_path: str, result_path: str, stop) -> None:
         while not Path(sent_path).exists():
             time.sleep(0.5)
         time.sleep(5)  # the last events of the producer become visible
-    np.save(result_path, latencies(Path(sent_path), poller.snapshots))
+    np.save(result_path, latencies(Path(sent_path), poller.polls()))
 
 
 class Minutely(BackgroundLoop):

@@ -423,13 +423,31 @@ def produce_paced(bootstrap: str, topic: str, rate: float, seconds: float, sent_
     np.savez(sent_path, sent_at=sent_at, antenna=antennas, user=users, app=apps, bytes=nbytes, event_time=event_time)
 
 
+@dataclass(frozen=True)
+class AntennaPolls:
+    """bytes_agg_antenna as each poll saw it: `totals[poll, column]` of (antenna, window epoch) `columns[key]`
+    (0 before the key's first row)."""
+
+    times: np.ndarray
+    totals: np.ndarray
+    columns: dict[tuple[str, int], int]
+
+    def of(self, key: tuple[str, int]) -> np.ndarray:
+        column = self.columns.get(key)
+        return self.totals[:, column] if column is not None else np.zeros(len(self.times), np.int64)
+
+
 class AntennaTablePoller(BackgroundLoop):
-    """Reads bytes_agg_antenna every POLL_SECONDS in a thread, keeping (time, {(antenna, window epoch): total})."""
+    """Reads bytes_agg_antenna every POLL_SECONDS in a thread; `polls()` once stopped. Each poll is kept as two
+    small arrays: as a dict of its rows it was ~70 MiB of this process in 90 s at 10 polls a second, counted in
+    the benchmarks' peak RSS of the stream (their driver is this process)."""
 
     def __init__(self, postgres_url: str):
         super().__init__("antenna-poller")
         self.url = postgres_url
-        self.snapshots: list[tuple[float, dict[tuple[str, int], int]]] = []
+        self._times: list[float] = []
+        self._rows: list[tuple[np.ndarray, np.ndarray]] = []  # per poll: columns, totals
+        self._columns: dict[tuple[str, int], int] = {}
 
     def _run(self, stop: threading.Event) -> None:
         with closing(psycopg2.connect(self.url)) as conn:
@@ -439,11 +457,20 @@ class AntennaTablePoller(BackgroundLoop):
                     cur.execute("SELECT antenna_id, EXTRACT(EPOCH FROM date)::bigint, sum_antenna_bytes "
                                 "FROM bytes_agg_antenna")
                     rows = cur.fetchall()
-                    self.snapshots.append((time.time(), {(a, d): v for a, d, v in rows}))
+                    polled_at = time.time()
+                    columns = [self._columns.setdefault((a, d), len(self._columns)) for a, d, _ in rows]
+                    self._rows.append((np.array(columns, np.int32), np.array([v for *_, v in rows], np.int64)))
+                    self._times.append(polled_at)
                     stop.wait(POLL_SECONDS)
 
+    def polls(self) -> AntennaPolls:
+        totals = np.zeros((len(self._rows), len(self._columns)), np.int64)
+        for poll, (columns, values) in enumerate(self._rows):
+            totals[poll, columns] = values
+        return AntennaPolls(np.array(self._times), totals, dict(self._columns))
 
-def latencies(sent_path: Path, snapshots: list[tuple[float, dict]]) -> np.ndarray:
+
+def latencies(sent_path: Path, polls: AntennaPolls) -> np.ndarray:
     """Seconds from send to first visibility of each event, in send order (inf: never seen)."""
     sent = np.load(sent_path)
     sent_at, nbytes = sent["sent_at"], sent["bytes"].astype(np.int64)
@@ -454,15 +481,14 @@ def latencies(sent_path: Path, snapshots: list[tuple[float, dict]]) -> np.ndarra
     starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
     ends = np.r_[starts[1:], len(order)]
     running -= np.repeat(running[starts] - nbytes[order][starts], ends - starts)  # each window's running sum
-    poll_times = np.array([t for t, _ in snapshots])
     antenna_ids = [antenna_id(n) for n in range(ANTENNAS)]
     visible_at = np.full(len(sent_at), np.inf)
     for first, end in zip(starts.tolist(), ends.tolist()):
         a, w = divmod(int(grouped[first]), 1 << 40)
-        totals = np.maximum.accumulate([snapshot.get((antenna_ids[a], w), 0) for _, snapshot in snapshots])
+        totals = np.maximum.accumulate(polls.of((antenna_ids[a], w)))
         first_poll = np.searchsorted(totals, running[first:end], side="left")
-        seen = first_poll < len(poll_times)
-        visible_at[order[first:end][seen]] = poll_times[first_poll[seen]]
+        seen = first_poll < len(polls.times)
+        visible_at[order[first:end][seen]] = polls.times[first_poll[seen]]
     return visible_at - sent_at
 
 
@@ -488,7 +514,7 @@ def freshness(spark, settings: Settings, trigger_interval: str, rate: float, sec
             run_until_stopped(layer, should_stop=should_stop, poll_seconds=0.5)
         if producer.exitcode != 0:
             sys.exit(f"the freshness producer failed (exit code {producer.exitcode})")
-        latency = latencies(sent_path, poller.snapshots)
+        latency = latencies(sent_path, poller.polls())
         latency = latency[np.isfinite(latency)]
         events = len(np.load(sent_path)["sent_at"])
     result = Freshness(trigger_interval, events, len(latency), float(np.percentile(latency, 50)),

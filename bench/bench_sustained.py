@@ -150,7 +150,7 @@ def run_rate(spark, settings: Settings, rate: float, settle: float, seconds: flo
         start, end = window["start"], window["end"]
         sent_at = np.load(sent_path)["sent_at"]
         in_window = (sent_at >= start) & (sent_at < end)
-        latency = latencies(sent_path, poller.snapshots)[in_window]
+        latency = latencies(sent_path, poller.polls())[in_window]
         seen = latency[np.isfinite(latency)]
         lag_times, lag_values = (np.array(column) for column in zip(*lag.samples))
         measured_lag = lag_values[(lag_times >= start) & (lag_times < end)]
