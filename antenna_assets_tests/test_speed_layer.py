@@ -177,6 +177,41 @@ def test_files_a_stopped_run_left_unwritten_are_written_from_kafka_at_the_next_s
     assert len(batch_folders) == batches  # the recovered files in their own batch's folder, as it would have
 
 
+class _MarkFailsOnceBehind(SpeedLayer):
+    """The landing thread's first landed mark fails, as the first transaction on a connection PostgreSQL
+    dropped (restarted) does."""
+
+    mark_failed = False
+
+    def _record_landed(self, behind, postgres):
+        if threading.current_thread().name == "lake-write" and not self.mark_failed:
+            self.mark_failed = True
+            raise psycopg2.OperationalError("server closed the connection unexpectedly")
+        super()._record_landed(behind, postgres)
+
+
+def test_a_landed_mark_that_fails_behind_is_recorded_while_the_topic_stays_quiet(settings, spark, topic, serving_db,
+                                                                               tmp_path):
+    """No next batch comes to settle it: the landing's own thread records it (test_faults' PostgreSQL outage
+    left such a batch unlanded for as long as the stream idled)."""
+    truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=0.25,
+                                           start=datetime(2025, 3, 6, 10), seed=15, progress=False))
+    config = SpeedLayerConfig(watermark=NO_LATE_DROPS, query_name=topic)  # a live stream: it idles once read
+    layer = _MarkFailsOnceBehind(spark, config, _targets(settings, topic, serving_db, tmp_path))
+    deadline, landed_while_running = time.monotonic() + 60, []
+
+    def landed_or_late() -> bool:
+        if layer.stats.batches and _unlanded_batches(serving_db, topic) == 0:
+            landed_while_running.append(layer.stats.batches)
+        return bool(landed_while_running) or time.monotonic() > deadline
+
+    run_until_stopped(layer, should_stop=landed_or_late, poll_seconds=0.5)
+    assert layer.mark_failed
+    assert landed_while_running == [1], "the batch was not recorded landed while the stream ran"
+    _assert_tables_equal_truth(serving_db, truth)
+    assert _landing_count(spark, tmp_path) == truth.messages
+
+
 class _AppliedElsewhereFirst(SpeedLayer):
     """Another run commits each batch between this run's ledger check and its own commit."""
 

@@ -22,6 +22,7 @@ import logging
 import math
 import posixpath
 import queue
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -314,7 +315,7 @@ class SpeedLayer:
                 self._count(result, applied)
                 if applied and result.good_messages <= self.config.lake_write_behind_max_messages:
                     behind = _LandingBehind(landing, key, identity, parsed, kafka_rows)
-                    landing.hand_off(lambda: self._record_landed(behind, self._landing_postgres))
+                    landing.hand_off(lambda: self._record_landed_behind(behind))
                     self._behind = behind
                     return
             else:
@@ -334,6 +335,20 @@ class SpeedLayer:
             mark_landed(conn, behind.key, behind.identity)
         behind.batch.unpersist()
 
+    def _record_landed_behind(self, behind: "_LandingBehind") -> None:
+        """In the landing's thread, once the files are written: the landed mark, tried until it is recorded
+        or the next batch or the query's end takes it over (`_settle_landing`). A stream with nothing new
+        to read runs no next batch, so one failed try (the first transaction on a connection PostgreSQL
+        dropped while restarting) left the batch unlanded for as long as the topic stayed quiet."""
+        def log_failure(state: tenacity.RetryCallState) -> None:
+            logging.getLogger(__name__).warning("%s: its lake files are written, recording it landed failed (%s); "
+                                                "trying again in %.0f s", behind.key,
+                                                _one_line(state.outcome.exception()), state.upcoming_sleep)
+
+        tenacity.Retrying(stop=tenacity.stop_when_event_set(behind.landing.taken_over),
+                          wait=tenacity.wait_exponential(max=30), sleep=behind.landing.taken_over.wait,
+                          before_sleep=log_failure, reraise=True)(self._record_landed, behind, self._landing_postgres)
+
     def _settle_landing(self) -> None:
         """The batch landing behind this one: wait for its files and its landed mark; if either failed, both
         again, here (LakeFilesFailed if that fails too: this batch's attempt fails, the next settles again)."""
@@ -342,11 +357,14 @@ class SpeedLayer:
             return
         try:
             behind.landing.wait()
-        except Exception as exc:  # noqa: BLE001 - written again below; that one raises
-            logging.getLogger(__name__).warning("%s: its lake files failed (%s); writing them again", behind.key,
-                                                _one_line(exc))
+        except Exception as exc:  # noqa: BLE001 - done again below; that one raises
+            written = behind.landing.written.is_set()
+            logging.getLogger(__name__).warning("%s: %s (%s); %s", behind.key,
+                                                "recording it landed failed" if written else "its lake files failed",
+                                                _one_line(exc), "again" if written else "writing them again")
             try:
-                behind.landing.write_again()
+                if not written:
+                    behind.landing.write_again()
                 self._record_landed(behind, self.postgres)
             except Exception as again:  # noqa: BLE001 - named after the batch whose files they are
                 raise LakeFilesFailed(behind.key, again) from again
@@ -378,7 +396,7 @@ class SpeedLayer:
         """Returns once the last batch's lake files are written (it may land behind the next batch)."""
         behind = self._behind
         if behind is not None:
-            behind.landing.join()
+            behind.landing.join_files()
 
     def _land_unlanded(self) -> None:
         """Write the lake files of the applied batches that earlier runs left without them (their files were
@@ -556,6 +574,8 @@ class _Landing:
         self._requested: int | None = None
         self._started = self._told = False
         self._error: BaseException | None = None
+        self.written = threading.Event()
+        self.taken_over = threading.Event()  # the batch's thread waits for this one: what still fails is its to do
         # Inheritable: the batch's Spark properties (its streaming query and batch) follow it into the thread.
         self._thread = InheritableThread(target=self._run, name="lake-write")
         self._thread.start()
@@ -567,6 +587,7 @@ class _Landing:
             if files is _CANCELLED:
                 return
             self._write(files)
+            self.written.set()
             then = self._then.get()
             if then is not None:
                 then()
@@ -587,13 +608,16 @@ class _Landing:
         self._told = True
         self._then.put(landed)
 
-    def join(self) -> None:
-        self._thread.join()
+    def join_files(self) -> None:
+        """Returns once the files are written, or the thread has ended without them."""
+        while not self.written.wait(0.1) and self._thread.is_alive():
+            pass
 
     def wait(self) -> None:
         if not self._told:
             self._told = True
             self._then.put(None)
+        self.taken_over.set()
         self._thread.join()
         if self._error is not None:
             raise self._error
@@ -608,6 +632,7 @@ class _Landing:
         except BaseException as exc:
             self._error = exc
             raise
+        self.written.set()
 
     def settled(self) -> None:
         """The files written again and the batch recorded landed by the caller."""
