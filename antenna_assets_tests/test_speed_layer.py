@@ -117,8 +117,8 @@ def test_crash_between_totals_and_lake_write_lands_the_batch_on_replay(settings,
 
 
 class _FilesFailBehind(SpeedLayer):
-    """Every lake write behind the next batch fails (the thread's); `dies` leaves the last one as a killed run
-    leaves it: nothing settles it."""
+    """Every lake write behind the next batch fails (the thread's, each time it tries); `dies` leaves the last
+    one as a killed run leaves it: its thread stops, nothing settles it."""
 
     dies = False
 
@@ -129,7 +129,11 @@ class _FilesFailBehind(SpeedLayer):
         super()._land(lake_rows, files)
 
     def finish_landing(self):
-        return None if self.dies else super().finish_landing()
+        if not self.dies:
+            return super().finish_landing()
+        self._behind.landing.taken_over.set()
+        self._behind.landing.join_files()
+        return None
 
 
 def _landing_count(spark, lake: Path) -> int:
@@ -144,8 +148,9 @@ def test_files_that_fail_behind_the_next_batch_are_written_by_it_and_at_the_end(
                               query_name=topic)
     layer = _FilesFailBehind(spark, config, _targets(settings, topic, serving_db, tmp_path))
     run_until_stopped(layer)
-    # Each batch's failed files written again by the next batch, the last one's after the query.
-    assert layer.failed_behind == layer.stats.batches >= 3
+    # Each batch's failed files (tried again in their thread meanwhile) written by the next batch, the last
+    # one's after the query.
+    assert layer.failed_behind >= layer.stats.batches >= 3
     _assert_tables_equal_truth(serving_db, truth)
     assert _landing_count(spark, tmp_path) == truth.messages
     assert _unlanded_batches(serving_db, topic) == 0
@@ -177,27 +182,37 @@ def test_files_a_stopped_run_left_unwritten_are_written_from_kafka_at_the_next_s
     assert len(batch_folders) == batches  # the recovered files in their own batch's folder, as it would have
 
 
-class _MarkFailsOnceBehind(SpeedLayer):
-    """The landing thread's first landed mark fails, as the first transaction on a connection PostgreSQL
-    dropped (restarted) does."""
+class _FailsOnceBehind(SpeedLayer):
+    """The landing thread's first try of `step` fails: its files (a storage outage) or its landed mark (the
+    first transaction on a connection PostgreSQL dropped while restarting)."""
 
-    mark_failed = False
+    failed = False
+
+    def _fail_once(self, step: str) -> None:
+        if step == self.step and threading.current_thread().name == "lake-write" and not self.failed:
+            self.failed = True
+            raise psycopg2.OperationalError("server closed the connection unexpectedly") if step == "mark" \
+                else OSError("the lake's storage did not answer")
+
+    def _land(self, lake_rows, files):
+        self._fail_once("files")
+        super()._land(lake_rows, files)
 
     def _record_landed(self, behind, postgres):
-        if threading.current_thread().name == "lake-write" and not self.mark_failed:
-            self.mark_failed = True
-            raise psycopg2.OperationalError("server closed the connection unexpectedly")
+        self._fail_once("mark")
         super()._record_landed(behind, postgres)
 
 
-def test_a_landed_mark_that_fails_behind_is_recorded_while_the_topic_stays_quiet(settings, spark, topic, serving_db,
-                                                                               tmp_path):
-    """No next batch comes to settle it: the landing's own thread records it (test_faults' PostgreSQL outage
+@pytest.mark.parametrize("step", ["files", "mark"])
+def test_a_landing_that_fails_behind_is_done_while_the_topic_stays_quiet(step, settings, spark, topic, serving_db,
+                                                                       tmp_path):
+    """No next batch comes to settle it: the landing's own thread tries again (test_faults' PostgreSQL outage
     left such a batch unlanded for as long as the stream idled)."""
     truth = run_simulation(SimulatorConfig(bootstrap=settings.kafka_bootstrap, topic=topic, backfill_hours=0.25,
                                            start=datetime(2025, 3, 6, 10), seed=15, progress=False))
     config = SpeedLayerConfig(watermark=NO_LATE_DROPS, query_name=topic)  # a live stream: it idles once read
-    layer = _MarkFailsOnceBehind(spark, config, _targets(settings, topic, serving_db, tmp_path))
+    layer = _FailsOnceBehind(spark, config, _targets(settings, topic, serving_db, tmp_path))
+    layer.step = step
     deadline, landed_while_running = time.monotonic() + 60, []
 
     def landed_or_late() -> bool:
@@ -206,8 +221,8 @@ def test_a_landed_mark_that_fails_behind_is_recorded_while_the_topic_stays_quiet
         return bool(landed_while_running) or time.monotonic() > deadline
 
     run_until_stopped(layer, should_stop=landed_or_late, poll_seconds=0.5)
-    assert layer.mark_failed
-    assert landed_while_running == [1], "the batch was not recorded landed while the stream ran"
+    assert layer.failed
+    assert landed_while_running == [1], "the batch was not landed while the stream ran"
     _assert_tables_equal_truth(serving_db, truth)
     assert _landing_count(spark, tmp_path) == truth.messages
 

@@ -292,7 +292,7 @@ class SpeedLayer:
                          if state is None else None))
         landing = _Landing(lambda: self._lake_frame(valid_events(parsed.where(_not_below(marks.landed))), key,
                                                     user_metadata.frame),
-                           self._land, self.stats)
+                           self._land, self.stats, key)
         behind: _LandingBehind | None = None
         try:
             # Totals first, lake files second: the totals are visible a Parquet write sooner. A crash
@@ -315,7 +315,7 @@ class SpeedLayer:
                 self._count(result, applied)
                 if applied and result.good_messages <= self.config.lake_write_behind_max_messages:
                     behind = _LandingBehind(landing, key, identity, parsed, kafka_rows)
-                    landing.hand_off(lambda: self._record_landed_behind(behind))
+                    landing.hand_off(lambda: self._record_landed(behind, self._landing_postgres))
                     self._behind = behind
                     return
             else:
@@ -334,20 +334,6 @@ class SpeedLayer:
         with postgres.transaction() as conn:
             mark_landed(conn, behind.key, behind.identity)
         behind.batch.unpersist()
-
-    def _record_landed_behind(self, behind: "_LandingBehind") -> None:
-        """In the landing's thread, once the files are written: the landed mark, tried until it is recorded
-        or the next batch or the query's end takes it over (`_settle_landing`). A stream with nothing new
-        to read runs no next batch, so one failed try (the first transaction on a connection PostgreSQL
-        dropped while restarting) left the batch unlanded for as long as the topic stayed quiet."""
-        def log_failure(state: tenacity.RetryCallState) -> None:
-            logging.getLogger(__name__).warning("%s: its lake files are written, recording it landed failed (%s); "
-                                                "trying again in %.0f s", behind.key,
-                                                _one_line(state.outcome.exception()), state.upcoming_sleep)
-
-        tenacity.Retrying(stop=tenacity.stop_when_event_set(behind.landing.taken_over),
-                          wait=tenacity.wait_exponential(max=30), sleep=behind.landing.taken_over.wait,
-                          before_sleep=log_failure, reraise=True)(self._record_landed, behind, self._landing_postgres)
 
     def _settle_landing(self) -> None:
         """The batch landing behind this one: wait for its files and its landed mark; if either failed, both
@@ -563,11 +549,17 @@ class _Landing:
     runs, and its job starts as soon as the batch's result is made from that job's sums, while the driver
     commits them to PostgreSQL (BENCHMARKS.md, Speed layer). Not earlier: two jobs at once share two cores,
     and the sums, which the freshness waits for, were a third slower. Then either the batch waits for it
-    (`wait`), or it goes on behind the next batch and records the batch landed itself (`hand_off`)."""
+    (`wait`), or it goes on behind the next batch and records the batch landed itself (`hand_off`).
+
+    Behind the next batch, a step that fails (the files, the landed mark) is tried again in the thread (waits
+    of 1, 2, 4 ... up to 30 s) until it succeeds or the next batch, or the query's end, takes it over (`wait`):
+    a stream whose topic stays quiet runs no next batch, and one failed try (the first transaction on a
+    connection PostgreSQL dropped while restarting, a storage outage) had left the batch unlanded for as long.
+    A batch that waits for its files fails with them, and its attempt is tried again."""
 
     def __init__(self, lake_frame: Callable[[], DataFrame], land: Callable[[DataFrame, int | None], None],
-                 stats: SpeedLayerStats):
-        self._lake_frame, self._land, self._stats = lake_frame, land, stats
+                 stats: SpeedLayerStats, key: BatchKey):
+        self._lake_frame, self._land, self._stats, self._key = lake_frame, land, stats, key
         self._frame: DataFrame | None = None
         self._files: queue.Queue = queue.Queue(maxsize=1)
         self._then: queue.Queue = queue.Queue(maxsize=1)  # after the files: a callable, or None
@@ -586,13 +578,33 @@ class _Landing:
             files = self._files.get()
             if files is _CANCELLED:
                 return
-            self._write(files)
-            self.written.set()
-            then = self._then.get()
+            try:
+                self._write(files)
+                self.written.set()
+            except Exception as exc:  # noqa: BLE001 - the batch decides below whose it is to try again
+                failed: Exception | None = exc
+            else:
+                failed = None
+            then = self._then.get()  # the batch waits for the files (None), or goes on behind the next
+            if failed is not None:
+                if then is None:
+                    raise failed  # the batch's own failure: its attempt fails and is tried again
+                logging.getLogger(__name__).warning("%s: writing its lake files failed (%s); trying again", self._key,
+                                                    _one_line(failed))
+                self._until_taken_over("writing its lake files", self._write, files)
+                self.written.set()
             if then is not None:
-                then()
+                self._until_taken_over("recording it landed", then)
         except BaseException as exc:  # noqa: BLE001 - raised in the batch's own thread by wait()
             self._error = exc
+
+    def _until_taken_over(self, step: str, work: Callable, *args) -> None:
+        def log_failure(state: tenacity.RetryCallState) -> None:
+            logging.getLogger(__name__).warning("%s: %s failed (%s); trying again in %.0f s", self._key, step,
+                                                _one_line(state.outcome.exception()), state.upcoming_sleep)
+
+        tenacity.Retrying(stop=tenacity.stop_when_event_set(self.taken_over), wait=tenacity.wait_exponential(max=30),
+                          sleep=self.taken_over.wait, before_sleep=log_failure, reraise=True)(work, *args)
 
     def _write(self, files: int | None) -> None:
         with self._stats.timing(LAKE):
@@ -646,6 +658,7 @@ class _Landing:
         if not self._told:
             self._told = True
             self._then.put(None)
+        self.taken_over.set()
         self._thread.join()
 
 
