@@ -187,3 +187,4 @@ def test_change_a_quota_in_the_browser_and_the_pipeline_uses_it(settings, spark,
         assert Path(screenshot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         stream.stop()
+        layer.finish_landing()

@@ -352,6 +352,7 @@ def live_layer(settings, spark, topic, serving_db, tmp_path):
     layer.sync = sync
     yield layer
     query_handle.stop()
+    layer.finish_landing()  # as run_until_stopped: the last batch's landing thread ends before its database
 
 
 def test_operator_edit_is_seen_without_restart(settings, topic, serving_db, spark, tmp_path, live_layer):
@@ -467,6 +468,7 @@ def test_no_record_stops_the_stream_or_changes_a_total(settings, topic, serving_
         assert handle.isActive and handle.exception() is None
     finally:
         handle.stop()
+        layer.finish_landing()
 
     expected_users: dict = {}
     for message in sent_good:
@@ -567,6 +569,7 @@ def test_any_records_through_the_real_stream_leave_exact_totals_and_dead_letters
         check()
     finally:
         handle.stop()
+        layer.finish_landing()
     [(dead,)] = query(serving_db, "SELECT count(*) FROM dead_letter")
     assert dead == sent["bad"]
 
