@@ -9,10 +9,10 @@ client in memory only; it is never put on a command line, in a log line or in an
 
 from __future__ import annotations
 
-import itertools
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import tenacity
 
 from antenna_assets.errors import StackError
 from antenna_assets.settings import Settings, SettingsError, env_name
@@ -163,23 +163,32 @@ def describe_topic(config: dict, topic: str, timeout: float = 30.0) -> TopicStat
 
     errors: list = []
     admin = admin_client(config, errors)
-    for attempt in itertools.count(1):
-        try:
-            cluster = admin.describe_cluster(request_timeout=timeout).result()
-            described = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic].result()
-            ends = admin.list_offsets({TopicPartition(topic, p.id): OffsetSpec.latest() for p in described.partitions},
-                                      request_timeout=timeout)
-            end_offsets = {partition.partition: future.result().offset for partition, future in ends.items()}
-            return TopicState(TopicIdentity(cluster.cluster_id, str(described.topic_id)), end_offsets)
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if error is not None and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise KafkaUnavailable(f"Kafka at {config['bootstrap.servers']} has no topic {topic!r}") from None
-            # A topic just (re)created has no known leaders for a moment (seen in CI: "Not leader for partition").
-            leaderless = error is not None and error.code() in (KafkaError.NOT_LEADER_FOR_PARTITION,
-                                                                KafkaError.LEADER_NOT_AVAILABLE)
-            if leaderless and attempt < DESCRIBE_ATTEMPTS:
-                time.sleep(0.25 * 2 ** (attempt - 1))
-                continue
-            admin.poll(0)  # serves error_cb: an authentication failure is only reported there
-            raise KafkaUnavailable(describe_failure(config, exc, errors)) from None
+
+    def requests() -> TopicState:
+        cluster = admin.describe_cluster(request_timeout=timeout).result()
+        described = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic].result()
+        ends = admin.list_offsets({TopicPartition(topic, p.id): OffsetSpec.latest() for p in described.partitions},
+                                  request_timeout=timeout)
+        end_offsets = {partition.partition: future.result().offset for partition, future in ends.items()}
+        return TopicState(TopicIdentity(cluster.cluster_id, str(described.topic_id)), end_offsets)
+
+    def leaderless(exc: BaseException) -> bool:
+        # A topic just (re)created has no known leaders for a moment (seen in CI: "Not leader for partition").
+        return _kafka_error_code(exc) in (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+
+    try:
+        return tenacity.Retrying(retry=tenacity.retry_if_exception(leaderless),
+                                 stop=tenacity.stop_after_attempt(DESCRIBE_ATTEMPTS),
+                                 wait=tenacity.wait_exponential(multiplier=0.25), reraise=True)(requests)
+    except KafkaException as exc:
+        if _kafka_error_code(exc) == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise KafkaUnavailable(f"Kafka at {config['bootstrap.servers']} has no topic {topic!r}") from None
+        admin.poll(0)  # serves error_cb: an authentication failure is only reported there
+        raise KafkaUnavailable(describe_failure(config, exc, errors)) from None
+
+
+def _kafka_error_code(exc: BaseException) -> int | None:
+    from confluent_kafka import KafkaError
+
+    error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+    return error.code() if error is not None else None
