@@ -22,6 +22,7 @@ import argparse
 import shutil
 import tempfile
 
+import pyarrow.compute as pc
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -31,7 +32,8 @@ from antenna_assets.speed.config import SpeedLayerConfig
 from antenna_assets.speed.dead_letters import as_cached
 from antenna_assets.speed.layer import SPEED_TABLES
 from antenna_assets.transforms.aggregates import window_start
-from antenna_assets.transforms.devices import parse_device_messages, valid_events, with_lake_partitions
+from antenna_assets.transforms.devices import (LAKE_PARTITION_COLUMNS, parse_device_messages, valid_events,
+                                               with_lake_partitions)
 from antenna_assets.transforms.micro_batch import PER_PARTITION, micro_batch_summary
 from bench.bench_speed_layer import preload, read_topic, scratch_topic, spark_session
 from bench.common import record_run, time_interleaved
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 result = totals(batch) if totals else None
                 (with_lake_partitions(valid_events(batch)).write.mode("overwrite")
-                 .partitionBy("year", "month", "day", "hour").parquet(lake))
+                 .partitionBy(*LAKE_PARTITION_COLUMNS).parquet(lake))
                 return result
             finally:
                 batch.unpersist()
@@ -87,9 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         }, args.rounds)
     shutil.rmtree(lake, ignore_errors=True)
     summary, tables = timed["land + summary"][1], timed["land + three tables"][1]
-    summary_bytes = sum(b for t, b in zip(summary.column("table").to_pylist(), summary.column("bytes").to_pylist())
-                        if t != PER_PARTITION)
-    tables_bytes = sum(tables.column("bytes").to_pylist())
+    summary_bytes = pc.sum(summary.filter(pc.not_equal(summary.column("table"), PER_PARTITION)).column("bytes")).as_py()
+    tables_bytes = pc.sum(tables.column("bytes")).as_py()
     if summary_bytes != tables_bytes:
         raise SystemExit(f"the three tables' sums ({tables_bytes:,}) differ from the summary's ({summary_bytes:,})")
     land = timed["land"][0].best
