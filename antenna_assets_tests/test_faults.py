@@ -144,8 +144,7 @@ class Pipeline:
     """A topic, a serving database, a lake and a Dagster instance of their own on the fault stack, and
     the `dagster-daemon` whose streaming sensor keeps one speed-layer run alive on them."""
 
-    def __init__(self, stack: FaultStack, name: str, serving_url: str, lake: LakeResource, log_dir: Path,
-                 heartbeat_limit_seconds: int = HEARTBEAT_LIMIT_SECONDS):
+    def __init__(self, stack: FaultStack, name: str, serving_url: str, lake: LakeResource, log_dir: Path):
         self.stack, self.serving_url, self.lake, self.log_dir = stack, serving_url, lake, log_dir
         dagster_db = f"dagster_{name}"
         # Dagster's storage as the stack keeps it: a database of its own, owned by its own role.
@@ -155,7 +154,7 @@ class Pipeline:
                     "ANTENNA_AUTOSTART_STREAMING": "1", "ANTENNA_STREAM_BACKOFF_SECONDS": "1",
                     "ANTENNA_STREAM_SENSOR_SECONDS": os.environ["ANTENNA_STREAM_SENSOR_SECONDS"],
                     "ANTENNA_STREAM_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
-                    "ANTENNA_STREAM_HEARTBEAT_LIMIT_SECONDS": str(heartbeat_limit_seconds)}
+                    "ANTENNA_STREAM_HEARTBEAT_LIMIT_SECONDS": str(HEARTBEAT_LIMIT_SECONDS)}
         ensure_topic(stack.settings.replace(topic=self.topic))
         with environment(self.env):
             self.instance = dg.DagsterInstance.from_config(self.env["DAGSTER_HOME"])
@@ -257,12 +256,11 @@ def _group_members(pgid: int) -> list[psutil.Process]:
 
 
 @contextmanager
-def running_pipeline(stack: FaultStack, name: str, lake_root: str, log_dir: Path,
-                     heartbeat_limit_seconds: int = HEARTBEAT_LIMIT_SECONDS):
+def running_pipeline(stack: FaultStack, name: str, lake_root: str, log_dir: Path):
     with ExitStack() as cleanup:
         serving_url = cleanup.enter_context(temporary_serving_database(stack.settings, f"faults_{name}"))
         lake = LakeResource(root=lake_root, endpoint=stack.env["ANTENNA_GCS_ENDPOINT"] if lake_root.startswith("gs://") else "")
-        pipeline = Pipeline(stack, name, serving_url, lake, log_dir, heartbeat_limit_seconds)
+        pipeline = Pipeline(stack, name, serving_url, lake, log_dir)
         cleanup.callback(pipeline.stop)
         pipeline.start_daemon()
         pipeline.wait_for_streaming_run()

@@ -25,7 +25,7 @@ from antenna_assets.settings import Settings
 from antenna_assets.sensors import hourly_batch_sensor, speed_layer_decision, speed_layer_sensor
 from antenna_assets.sources.simulator import SimulatorConfig, run_simulation
 from antenna_assets.sources.users import PROVISIONED_USERS
-from antenna_assets.speed.heartbeat import Heartbeat, RunDeclaredDead
+from antenna_assets.speed.heartbeat import Heartbeat, RunDeclaredDead, declare_dead
 from antenna_assets_tests.truth import execute, expected, query
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,6 +118,48 @@ def test_sensor_fails_a_started_run_whose_heartbeat_stopped_then_relaunches_afte
     with pytest.raises(RunDeclaredDead, match=run.run_id):
         heartbeat.beat()
     heartbeat.close()
+
+
+def test_a_start_longer_than_the_limit_beats_throughout_and_learns_it_was_declared_dead(settings, topic, serving_db):
+    """Spark's start (on a cluster, its executors) and the landing of what earlier runs left unlanded are
+    calls with no wait loop to beat from: a thread beats while they run. On a real instance and database,
+    with a 1 s limit: a block of three limits keeps its run alive, the same silence outside one fails it,
+    and a run declared dead during a block raises when the block ends, its beats stopped."""
+    instance = dg.DagsterInstance.ephemeral()
+    on_topic = settings.replace(topic=topic, stream_heartbeat_seconds=0.25, stream_heartbeat_limit_seconds=1.0,
+                                stream_backoff_seconds=0)
+
+    def decide():
+        with PostgresResource(url=serving_db).connect() as conn:
+            return speed_layer_decision(instance, conn, on_topic, time.time())
+
+    def beat_at(run_id: str):
+        return query(serving_db, "SELECT beat_at FROM streaming_heartbeats WHERE run_id = %s", (run_id,))[0][0]
+
+    starting = _add_run(instance, dg.DagsterRunStatus.STARTED)
+    heartbeat = Heartbeat(serving_db, starting.run_id, topic, on_topic.stream_heartbeat_seconds)
+    with heartbeat.beating():
+        for _ in range(3):
+            time.sleep(on_topic.stream_heartbeat_limit_seconds)
+            alive = decide()
+            assert isinstance(alive, dg.SkipReason) and starting.run_id in alive.skip_message, alive
+    assert instance.get_run_by_id(starting.run_id).status == dg.DagsterRunStatus.STARTED
+    time.sleep(on_topic.stream_heartbeat_limit_seconds + 0.5)  # the same silence, with no thread beating
+    decide()
+    assert instance.get_run_by_id(starting.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert "last wrote its heartbeat" in _failure_message(instance, starting.run_id)
+
+    declared = _add_run(instance, dg.DagsterRunStatus.STARTED)
+    late = Heartbeat(serving_db, declared.run_id, topic, on_topic.stream_heartbeat_seconds)
+    with pytest.raises(RunDeclaredDead, match=declared.run_id):
+        with late.beating():
+            with PostgresResource(url=serving_db).connect() as conn:
+                declare_dead(conn, declared.run_id)  # as the sensor does for a run it fails
+            last = beat_at(declared.run_id)
+            time.sleep(4 * on_topic.stream_heartbeat_seconds)
+    assert beat_at(declared.run_id) == last  # the database takes no beat of a run declared dead
+    heartbeat.close()
+    late.close()
 
 
 def test_sensor_fails_a_started_run_that_never_wrote_a_heartbeat(settings, topic, serving_db):

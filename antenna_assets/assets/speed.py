@@ -48,9 +48,9 @@ def speed_layer(context: dg.AssetExecutionContext, config: SpeedLayerConfig, spa
 
     heartbeat = Heartbeat(postgres.url, context.run_id, config.query_name, settings.stream_heartbeat_seconds)
     try:
-        heartbeat.beat()  # before Spark starts: the sensor sees the run alive from its first seconds
-        layer = SpeedLayer(spark.session(), config,
-                           speed_layer_targets(settings, lake, postgres.url, config))
+        # From its first seconds, and while Spark starts (on a cluster, its executors): a slow start is no dead run.
+        with heartbeat.beating():
+            layer = SpeedLayer(spark.session(), config, speed_layer_targets(settings, lake, postgres.url, config))
         query = run_until_stopped(layer, on_progress=report, heartbeat=heartbeat)
     except MicroBatchFailed as exc:
         # Seen on the asset's page as well as on the failed run; the sensor relaunches with back-off.

@@ -5,8 +5,13 @@ Dagster, and the run stays STARTED, which keeps the streaming sensor from launch
 run beats every `stream_heartbeat_seconds` from its wait loop, and the sensor marks a started run whose
 last beat is older than `stream_heartbeat_limit_seconds` as failed, and declares it dead here: a run
 declared dead that still beats (its process stalled, or cut off from PostgreSQL, for longer than the
-limit, or its Spark start took longer) stops at its next beat, so two streams do not run side by side; the
-run beats once more just before its query starts.
+limit) stops at its next beat, so two streams do not run side by side; the run beats once more just
+before its query starts.
+
+Before that query there is no wait loop: Spark's start (its application, and on a cluster its executors)
+and the landing of batches an earlier run left unlanded are calls that can outlast the limit on a busy
+host or after a long outage. A thread beats meanwhile (`beating`), so a slow start is not taken for a
+dead run, relaunched, and slow again in its successor.
 
 Times are the PostgreSQL server's clock, so the run's and the sensor's hosts need not agree on the time.
 """
@@ -16,7 +21,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from antenna_assets.postgres import KeptConnection
 from antenna_assets.serving.schema import STREAMING_HEARTBEATS
@@ -61,6 +69,33 @@ class Heartbeat:
     def beat_if_due(self) -> None:
         if time.monotonic() >= self._next_beat:
             self.beat()
+
+    @contextmanager
+    def beating(self) -> Iterator[None]:
+        """Beats now, then every interval from a thread of its own until the block ends; raises
+        RunDeclaredDead at its end if the sensor declared the run dead meanwhile (a call the block is in,
+        e.g. Spark's start, cannot be interrupted). The block must not beat itself: the beats share a
+        connection."""
+        self.beat()
+        done, declared_dead = threading.Event(), []
+
+        def beat_until_done() -> None:
+            while not done.wait(self.interval_seconds):
+                try:
+                    self.beat()
+                except RunDeclaredDead as exc:
+                    declared_dead.append(exc)
+                    return
+
+        beater = threading.Thread(target=beat_until_done, name=f"heartbeat-{self.run_id}", daemon=True)
+        beater.start()
+        try:
+            yield
+        finally:
+            done.set()
+            beater.join()
+        if declared_dead:
+            raise declared_dead[0]
 
     def close(self) -> None:
         self._postgres.close()

@@ -11,7 +11,7 @@ in memory, and from it
 A crash at any point replays the batch with the same offsets: an applied batch is only landed
 again, a landed one is skipped, so nothing is added twice and nothing is missing from the lake. A
 batch whose files were being written behind the next is no longer in the checkpoint to replay:
-the next start writes them from Kafka first, from the ledger's offsets (`_land_unlanded`).
+the next start writes them from Kafka first, from the ledger's offsets (`land_unlanded`).
 A window's running total is visible as soon as its batch commits (seconds), not when it closes.
 """
 
@@ -184,7 +184,7 @@ class SpeedLayer:
             self.spark.conf.unset(CHECKPOINT_FILE_MANAGER)  # a bucket's checkpoint keeps Spark's default
         self._identity = None  # the new query checks the topic at its first batch
         self._behind = None
-        self._land_unlanded()  # before any batch lands: the landed marks advance in order
+        self.land_unlanded()  # before any batch lands: the landed marks advance in order
         writer = (self.kafka_stream().writeStream
                   .queryName(self.config.query_name)
                   .option("checkpointLocation", self.targets.checkpoint_path)
@@ -384,12 +384,12 @@ class SpeedLayer:
         if behind is not None:
             behind.landing.join_files()
 
-    def _land_unlanded(self) -> None:
+    def land_unlanded(self) -> None:
         """Write the lake files of the applied batches that earlier runs left without them (their files were
         being written behind the next batch when the run stopped), read again from Kafka between the landed
         mark and the batch's end, oldest first, each into its own batch partition, and record them landed.
         A batch the checkpoint replays is landed here too, and then skipped. Kafka is asked only when there
-        is one."""
+        is one. `start` calls it; called before, it leaves `start` one ledger query to find none."""
         with self.postgres.transaction() as conn:
             pending = unlanded_batches(conn, self.config.query_name)
         if not pending:
@@ -747,8 +747,9 @@ def run_until_stopped(layer: SpeedLayer, on_progress: Callable[[StreamingQuery, 
     from pyspark.errors import StreamingQueryException
 
     if heartbeat is not None:
-        # Spark's start (session, application, executors) can outlast the heartbeat's limit on a busy
-        # host: a run declared dead meanwhile has a successor already, and must not start a query beside it.
+        with heartbeat.beating():  # after an outage, landing what earlier runs left can outlast the limit
+            layer.land_unlanded()
+        # A run declared dead since its last beat has a successor already, and must not start a query beside it.
         heartbeat.beat()
     query = layer.start()
     next_report = time.monotonic() + layer.config.progress_interval_seconds
