@@ -64,7 +64,7 @@ def test_bigint_overflowing_totals_are_exact_in_stream_batch_and_views(settings,
     events = read_hours(spark, landing, [HOUR_START])
     tables = compute_hourly_tables(events, [(USER.id, USER.email, USER.quota, HOUR_START)],
                                    ["bytes_agg_antenna_1h", "bytes_agg_user_1h", "bytes_agg_app_1h",
-                                    "users_over_quota_1h"])
+                                    "users_over_quota_1h"], [HOUR_START])  # one hour, as its run sums it
     assert tables["bytes_agg_app_1h"] == [("SKYPE", HOUR_START, total)]
     assert tables["users_over_quota_1h"] == [(USER.email, HOUR_START, USER.quota, total)]
     with transaction(serving_db) as conn:

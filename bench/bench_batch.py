@@ -129,7 +129,7 @@ def spark_session():
 
 
 def spark_tables(spark, root: Path, snapshot) -> dict[str, list[tuple]]:
-    return compute_hourly_tables(read_hours(spark, str(root), [HOUR]), snapshot, TABLES)
+    return compute_hourly_tables(read_hours(spark, str(root), [HOUR]), snapshot, TABLES, [HOUR])
 
 
 def spark_per_user_alone(spark, root: Path) -> int:

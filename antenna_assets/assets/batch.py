@@ -91,7 +91,7 @@ def hourly_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake:
     events = batch_layer.read_hours(session, lake.raw_devices_path, hours)
     with postgres.connect() as conn:
         snapshots = batch_layer.user_metadata_snapshots(conn, hours)
-        tables = batch_layer.compute_hourly_tables(events, snapshots, selected)
+        tables = batch_layer.compute_hourly_tables(events, snapshots, selected, hours)
         raw = batch_layer.hour_stats(events, hours)
         written = batch_layer.write_hourly_tables(conn, tables, start, end)
         # The checks judge what PostgreSQL received, read back in the same transaction.

@@ -46,7 +46,7 @@ def speed_layer(context: dg.AssetExecutionContext, config: SpeedLayerConfig, spa
         context.log.info(f"speed layer progress: {summary}")
         context.log_event(dg.AssetObservation(asset_key="devices_landing", metadata=summary))
 
-    heartbeat = Heartbeat(postgres.url, context.run_id, config.query_name, settings.stream_heartbeat_seconds)
+    heartbeat = Heartbeat(postgres.url, context.run.run_id, config.query_name, settings.stream_heartbeat_seconds)
     try:
         # From its first seconds, and while Spark starts (on a cluster, its executors): a slow start is no dead run.
         with heartbeat.beating():

@@ -137,18 +137,21 @@ def collect_table(frame: DataFrame, columns: Sequence[str]) -> list[tuple]:
     return list(zip(*values))
 
 
-def compute_hourly_tables(events: DataFrame, snapshot: hourly.Snapshot, tables: Sequence[str]) -> dict[str, list[tuple]]:
+def compute_hourly_tables(events: DataFrame, snapshot: hourly.Snapshot, tables: Sequence[str],
+                          hours: Sequence[datetime] | None = None) -> dict[str, list[tuple]]:
     """The rows of the requested hourly tables, plus `unknown_users` (id, date, sum_user_bytes; empty
-    unless a per-user table is requested).
+    unless a per-user table is requested). `hours`: those `events` were read from (`read_hours`); with one,
+    its events are summed per key alone (`hourly_partials`), the hourly sensor's runs and the common case.
 
     Two Spark jobs read the events (per user id; per antenna and app), only those the requested tables
     need, submitted together: each one's stage boundaries and collect leave a core idle that the other's
     tasks fill (8% of the job on 10M events, BENCHMARKS.md, Batch layer). The tables derive from their
     few thousand rows on the driver."""
     def partial(name: str, columns: Sequence[str]) -> list[tuple]:
-        return collect_exact_totals(lambda exact: collect_table(hourly_partials(events, exact)[name], columns),
+        return collect_exact_totals(lambda exact: collect_table(hourly_partials(events, exact, hour)[name], columns),
                                     len(columns) - 1)
 
+    hour = hours[0] if hours is not None and len(hours) == 1 else None
     wanted = {"per_antenna_app": (*ANTENNA_APP, "date", "bytes"), "per_user": UNKNOWN_USERS_COLUMNS}
     if not {"bytes_agg_antenna_1h", "bytes_agg_app_1h"} & set(tables):
         del wanted["per_antenna_app"]
