@@ -36,6 +36,9 @@ from antenna_assets.settings import Settings  # noqa: E402
 from antenna_assets.stack.env import apply_stack_environment  # noqa: E402
 from antenna_assets.stack.kafka import KafkaBroker  # noqa: E402
 from antenna_assets.stack.postgres import EmbeddedPostgres  # noqa: E402
+from antenna_assets.alerts.channels import configured_channels  # noqa: E402
+from antenna_assets.stack.secrets import write_private_file  # noqa: E402
+from antenna_assets_tests.alert_servers import SMTP_LOGIN, Receiver, SmtpServer  # noqa: E402
 
 
 def pytest_configure(config):
@@ -163,3 +166,38 @@ def page(settings):
         with transaction(url) as conn:
             add_operator(conn, "alice", OPERATOR_PASSWORD)
         yield url, PageConfig.from_settings(settings, url)
+
+
+@pytest.fixture
+def smtp():
+    """A real SMTP server on 127.0.0.1 that takes SMTP_LOGIN (alert_servers.py)."""
+    server = SmtpServer(login=SMTP_LOGIN)
+    server.start()
+    yield server
+    if server.controller.server is not None:
+        server.stop()
+
+
+@pytest.fixture
+def receiver():
+    """A real webhook receiver on 127.0.0.1 that checks each request's signature (alert_servers.py)."""
+    server = Receiver()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def alert_settings(settings, tmp_path, smtp, receiver):
+    """Both channels on, at the test servers, with the test's own secrets folder and quick retries."""
+    tmp_path.joinpath("secrets").mkdir(mode=0o700)
+    write_private_file(tmp_path / "secrets" / "alerts-smtp-password", SMTP_LOGIN[1] + "\n")
+    configured = settings.replace(
+        stack_dir=tmp_path, alerts_smtp_host="127.0.0.1", alerts_smtp_port=smtp.port,
+        alerts_smtp_username=SMTP_LOGIN[0], alerts_email_from="alerts@antenna.example",
+        alerts_email_to="ops@antenna.example", alerts_email_users=True, alerts_webhook_url=receiver.url,
+        alerts_send_timeout_seconds=3.0, alerts_retry_seconds=0.2, alerts_retry_max_seconds=1.0,
+        alerts_max_attempts=50, alerts_poll_seconds=0.5)
+    configured_channels(configured)  # generates the webhook's key
+    receiver.key = (tmp_path / "secrets" / "alerts-webhook-key").read_text().strip().encode()
+    return configured

@@ -4,177 +4,35 @@ documents it (its own code, not the product's)."""
 
 from __future__ import annotations
 
-import email
-import hashlib
-import hmac
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psycopg2
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
-from antenna_assets.alerts.channels import DELIVERED, DOWN, REFUSED, RETRY, Outcome, configured_channels
+from antenna_assets.alerts.channels import DELIVERED, DOWN, REFUSED, RETRY, Outcome
 from antenna_assets.alerts.outbox import enqueue_alert
-from antenna_assets.alerts.sender import RetryPolicy, Sender, after_try
+from antenna_assets.alerts.sender import RetryPolicy, after_try
 from antenna_assets.postgres import transaction
 from antenna_assets.stack.alert_sender import AlertSender, alert_environment
-from antenna_assets.stack.secrets import write_private_file
+from antenna_assets_tests.alert_servers import REFUSED_ADDRESS, SLOW, SMTP_LOGIN, SmtpServer, make_sender
 from antenna_assets_tests.databases import writer_url
 
 # The test server takes a login without TLS (STARTTLS would need a certificate the client trusts).
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
-REFUSED_ADDRESS = "nobody@refusing.example"
-SMTP_LOGIN = ("antenna-alerts", "smtp password 1234")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Mailbox:
-    """An aiosmtpd handler that keeps what it accepts and refuses REFUSED_ADDRESS as a real server would."""
-
-    def __init__(self):
-        self.messages: list[tuple[str, email.message.Message]] = []
-        self.on_message = None
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if address == REFUSED_ADDRESS:
-            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        message = email.message_from_bytes(envelope.original_content)
-        self.messages.extend((rcpt, message) for rcpt in envelope.rcpt_tos)
-        if self.on_message:
-            self.on_message()
-        return "250 Message accepted for delivery"
-
-    def received(self) -> list[tuple[str, str]]:
-        """(alert id, recipient) of every message, duplicates included."""
-        return sorted((m["X-Antenna-Alert-Id"], rcpt) for rcpt, m in self.messages)
-
-
-class SmtpServer:
-    def __init__(self, login: tuple[str, str] | None = None, smtputf8: bool = True):
-        self.port, self.mailbox, self.login, self.controller = _free_port(), Mailbox(), login, None
-        self.smtputf8 = smtputf8
-
-    def _authenticate(self, server, session, envelope, mechanism, auth_data):
-        return AuthResult(success=(auth_data.login.decode(), auth_data.password.decode()) == self.login)
-
-    def start(self) -> None:
-        auth = dict(auth_required=True, auth_require_tls=False, authenticator=self._authenticate) if self.login else {}
-        self.controller = Controller(self.mailbox, hostname="127.0.0.1", port=self.port,
-                                     enable_SMTPUTF8=self.smtputf8, **auth)
-        self.controller.start()
-
-    def stop(self) -> None:
-        self.controller.stop()
-
-
-SLOW = 0  # a scripted answer: 200, after longer than the sender waits
-
-
-class Receiver(ThreadingHTTPServer):
-    """A webhook receiver: verifies each request's signature with the key, answers the scripted statuses (then 200)."""
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", _free_port()), _ReceiverHandler)
-        self.key: bytes = b""
-        self.script: list[int] = []
-        self.requests: list[dict] = []  # alert id, status answered, signature valid, body
-        self.before_answer = None
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hooks/antenna?token=path-secret"
-
-    def delivered(self) -> list[str]:
-        return sorted(r["alert_id"] for r in self.requests if r["status"] == 200)
-
-
-class _ReceiverHandler(BaseHTTPRequestHandler):
-    def do_POST(self):
-        server: Receiver = self.server
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        fields = dict(part.split("=", 1) for part in self.headers["Antenna-Signature"].split(","))
-        expected = hmac.new(server.key, fields["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
-        valid = hmac.compare_digest(expected, fields["v1"]) and abs(time.time() - int(fields["t"])) < 300
-        status = server.script.pop(0) if server.script else 200
-        slow, status = status == SLOW, status or 200
-        server.requests.append({"alert_id": self.headers["Antenna-Alert-Id"], "status": status, "valid": valid,
-                                "body": json.loads(body), "path": self.path})
-        if server.before_answer:
-            server.before_answer()
-        if slow:
-            time.sleep(1.0)
-        self.send_response(status)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture
 def alerts_db(settings, serving_db) -> str:
     """A fresh serving database, as the pipeline's writer role sees it (what the rules and the sender log in as)."""
     return writer_url(settings, serving_db)
-
-
-@pytest.fixture
-def smtp():
-    server = SmtpServer(login=SMTP_LOGIN)
-    server.start()
-    yield server
-    if server.controller.server is not None:
-        server.stop()
-
-
-@pytest.fixture
-def receiver():
-    server = Receiver()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def alert_settings(settings, tmp_path, smtp, receiver):
-    """Both channels on, at the test servers, with the test's own secrets folder and quick retries."""
-    tmp_path.joinpath("secrets").mkdir(mode=0o700)
-    write_private_file(tmp_path / "secrets" / "alerts-smtp-password", SMTP_LOGIN[1] + "\n")
-    configured = settings.replace(
-        stack_dir=tmp_path, alerts_smtp_host="127.0.0.1", alerts_smtp_port=smtp.port,
-        alerts_smtp_username=SMTP_LOGIN[0], alerts_email_from="alerts@antenna.example",
-        alerts_email_to="ops@antenna.example", alerts_email_users=True, alerts_webhook_url=receiver.url,
-        alerts_send_timeout_seconds=3.0, alerts_retry_seconds=0.2, alerts_retry_max_seconds=1.0,
-        alerts_max_attempts=50, alerts_poll_seconds=0.5)
-    configured_channels(configured)  # generates the webhook's key
-    receiver.key = (tmp_path / "secrets" / "alerts-webhook-key").read_text().strip().encode()
-    return configured
-
-
-def _sender(alert_settings, url: str, lines: list[str] | None = None) -> Sender:
-    return Sender(url, configured_channels(alert_settings), RetryPolicy.of(alert_settings),
-                  log=(lines.append if lines is not None else lambda line: None))
 
 
 def _enqueue(url: str, *alerts: tuple[str, str | None]) -> list[int]:
@@ -228,7 +86,7 @@ def test_enqueue_is_once_per_dedup_key_and_in_the_callers_transaction(alerts_db)
 def test_email_and_signed_webhook_once_and_a_refused_recipient_fails_alone(alert_settings, alerts_db, smtp, receiver):
     refused_alert, good_alert = _enqueue(alerts_db, ("u1", REFUSED_ADDRESS), ("u2", "u2@antenna.example"))
     lines: list[str] = []
-    sender = _sender(alert_settings, alerts_db, lines)
+    sender = make_sender(alert_settings, alerts_db, lines)
     report = sender.deliver_due()
     assert (report.delivered, report.failed, report.retrying) == (5, 1, 0)
     for _ in range(3):  # later passes send nothing again, the refusal included
@@ -271,7 +129,7 @@ def test_addresses_no_message_can_carry_fail_alone(alert_settings, alerts_db):
     ascii_only.start()
     try:
         ids = _enqueue(alerts_db, ("u1", injected), ("u2", international))
-        sender = _sender(alert_settings.replace(alerts_webhook_url="", alerts_smtp_port=ascii_only.port,
+        sender = make_sender(alert_settings.replace(alerts_webhook_url="", alerts_smtp_port=ascii_only.port,
                                                 alerts_smtp_username=""), alerts_db)
         sender.deliver_due()
         sender.close()
@@ -325,7 +183,7 @@ def test_starttls_then_login(alert_settings, alerts_db, tmp_path, monkeypatch):
         secure = alert_settings.replace(alerts_smtp_host="localhost", alerts_smtp_port=tls.port,
                                         alerts_smtp_starttls=True, alerts_webhook_url="")
         [alert] = _enqueue(alerts_db, ("u1", None))
-        sender = _sender(secure, alerts_db)
+        sender = make_sender(secure, alerts_db)
         assert sender.deliver_due().delivered == 1
         sender.close()
     finally:
@@ -335,7 +193,7 @@ def test_starttls_then_login(alert_settings, alerts_db, tmp_path, monkeypatch):
 
 def test_smtp_down_for_a_while_then_back_delivers_each_once(alert_settings, alerts_db, smtp, receiver):
     smtp.stop()
-    sender = _sender(alert_settings, alerts_db)
+    sender = make_sender(alert_settings, alerts_db)
     stopping = threading.Event()
     loop = threading.Thread(target=sender.run, args=(alert_settings.alerts_poll_seconds, stopping.is_set))
     loop.start()
@@ -364,7 +222,7 @@ def test_webhook_retries_5xx_until_accepted_and_fails_4xx_without_retry(alert_se
     webhook_only = alert_settings.replace(alerts_smtp_host="")
     first, second = _enqueue(alerts_db, ("u1", None), ("u2", None))
     receiver.script = [500, 503, 200, 404]  # the first alert: 500, 503, then accepted; the second refused
-    sender = _sender(webhook_only, alerts_db)
+    sender = make_sender(webhook_only, alerts_db)
     sender.deliver_due()  # first: 500; the pass moves on to second: 503
     assert _wait_for(lambda: (sender.deliver_due(), len(receiver.requests) >= 4)[1], 10)
     for _ in range(5):
@@ -382,7 +240,7 @@ def test_webhook_timeout_is_retried(alert_settings, alerts_db, receiver):
     """A receiver slower than the timeout: tried again (it may have acted on the first request: the same id says so)."""
     [alert] = _enqueue(alerts_db, ("u1", None))
     receiver.script = [SLOW]
-    sender = _sender(alert_settings.replace(alerts_smtp_host="", alerts_send_timeout_seconds=0.3), alerts_db)
+    sender = make_sender(alert_settings.replace(alerts_smtp_host="", alerts_send_timeout_seconds=0.3), alerts_db)
     report = sender.deliver_due()
     assert (report.delivered, report.retrying) == (0, 1) and "timed out" in report.channels_down["webhook"]
     assert _wait_for(lambda: sender.deliver_due().delivered == 1, 5)

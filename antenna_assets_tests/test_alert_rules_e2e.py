@@ -27,8 +27,7 @@ from antenna_assets.speed.config import SpeedLayerConfig
 from antenna_assets.speed.layer import SpeedLayer, SpeedLayerTargets, run_until_stopped
 from antenna_assets_tests.conftest import fresh_database
 from antenna_assets_tests.test_alert_rules import _alert_ids, _alerts, _evaluate
-# The delivery half's local SMTP server, webhook receiver and sender.
-from antenna_assets_tests.test_alert_delivery import _sender, alert_settings, receiver, smtp  # noqa: F401
+from antenna_assets_tests.alert_servers import make_sender
 
 
 
@@ -81,7 +80,7 @@ def test_end_to_end_provisional_final_and_withdrawn_once_each(settings, spark, t
             mail = [(i, "ops@antenna.example") for i in ids.values()] + [(ids[k], users[k]) for k in ids if k in users]
             return smtp.mailbox.received() == sorted(mail) and receiver.delivered() == sorted(ids.values())
 
-        sender = _sender(alert_settings, writer)
+        sender = make_sender(alert_settings, writer)
         sender.deliver_due()
         assert sent_once() and all(r["valid"] for r in receiver.requests)
         assert {" ".join(m["Subject"].split()) for _, m in smtp.mailbox.messages} >= {  # unfolded

@@ -17,7 +17,7 @@ benchmarks. On a fresh topic, serving database and lake folder, everything at it
   daemon's overhead;
 - the sender as `antenna stack up` starts it (stack/alert_sender.py: `antenna alerts deliver --loop` in a
   process of its own), delivering email to an aiosmtpd server and signed webhooks to an HTTP receiver that
-  checks the signature, both in this process (test_alert_delivery's SmtpServer and Receiver);
+  checks the signature, both in this process (antenna_assets_tests/alert_servers.py's SmtpServer and Receiver);
 - N users of their own (not in the background load), hourly quota QUOTA bytes: PREFILL_EVENTS events bring
   each to PREFILL_EVENTS x EVENT_BYTES, below it, PREFILL_LEAD_SECONDS before its crossing; at its crossing
   one more event of EVENT_BYTES puts it over. Crossings are spread over the measured window with random
@@ -56,7 +56,7 @@ from antenna_assets.speed.config import SpeedLayerConfig
 from antenna_assets.speed.layer import SpeedLayer, run_until_stopped
 from antenna_assets.stack.alert_sender import AlertSender
 from antenna_assets_tests.databases import writer_url
-from antenna_assets_tests.test_alert_delivery import Receiver, SmtpServer
+from antenna_assets_tests.alert_servers import Receiver, SmtpServer
 from bench.bench_speed_layer import produce_paced, scratch_folder, scratch_topic, spark_session, targets
 from bench.common import BackgroundLoop, cluster_settings, fresh_database, record_run
 
