@@ -31,7 +31,7 @@ from antenna_assets.definitions import defs
 from antenna_assets.freshness import STREAM_LAG, stream_lag
 from antenna_assets.hours import utc_now
 from antenna_assets.resources import LakeResource, PostgresResource, SparkResource
-from antenna_assets.serving.schema import BYTES_AGG_ANTENNA_1H, STREAMING_TABLES
+from antenna_assets.serving.schema import STREAMING_TABLES
 from antenna_assets.settings import Settings
 from antenna_assets.stack.kafka import ensure_topic
 from antenna_assets.speed.config import SpeedLayerConfig

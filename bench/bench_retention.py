@@ -75,7 +75,7 @@ def _partitioned(conn, start: datetime, days: int) -> None:
         # The serving views read the table (a throw-away database: they are not needed here).
         cur.execute("DROP VIEW IF EXISTS serving_user_1h CASCADE")
         cur.execute("ALTER TABLE bytes_agg_user RENAME TO bytes_agg_user_plain")
-        cur.execute(f"CREATE TABLE bytes_agg_user (LIKE bytes_agg_user_plain INCLUDING ALL) PARTITION BY RANGE (date)")
+        cur.execute("CREATE TABLE bytes_agg_user (LIKE bytes_agg_user_plain INCLUDING ALL) PARTITION BY RANGE (date)")
         for day in range(days):
             first = start + timedelta(days=day)
             cur.execute(f"CREATE TABLE bytes_agg_user_{first:%Y%m%d} PARTITION OF bytes_agg_user "
