@@ -10,9 +10,11 @@ from pyspark.sql import functions as F
 
 from antenna_assets.batch.layer import HOURLY_TABLES, collect_table, compute_hourly_tables
 from antenna_assets.speed.layer import SPEED_TABLES
-from antenna_assets.transforms.aggregates import bytes_per_window, hourly_partials, window_start
+from antenna_assets.transforms.aggregates import (MAX_EVENT_TIME, MESSAGES, bytes_per_window, hourly_partials,
+                                                  window_start)
 from antenna_assets.speed.dead_letters import as_cached
-from antenna_assets.transforms.devices import WATERMARK_TIME, parse_device_messages, valid_events, with_lake_partitions
+from antenna_assets.transforms.devices import (LAKE_PARTITION_COLUMNS, WATERMARK_TIME, parse_device_messages,
+                                               valid_events, with_lake_partitions)
 from antenna_assets.transforms.micro_batch import PER_PARTITION, micro_batch_summary, rejected_bytes, rejected_count
 
 GOOD = '{"bytes":9082,"timestamp":1600545287,"app":"SKYPE","id":"u1","antenna_id":"a0"}'
@@ -218,8 +220,9 @@ def test_hourly_tables_equal_a_plain_reading_of_the_events(spark):
         unique = {(user, h): (user, email, quota, datetime(2026, 1, 1, h)) for user, email, quota, h in snapshot_rows}
         snapshot = list(unique.values())
         events = [(base + t, *rest) for t, *rest in rows]
-        first_hour = [e for e in events if (e[0] - base) // 3600 == (events[0][0] - base) // 3600]
-        for hours, chosen in ((None, events), ([datetime(2026, 1, 1, (events[0][0] - base) // 3600)], first_hour)):
+        first = (events[0][0] - base) // 3600
+        first_hour = [e for e in events if (e[0] - base) // 3600 == first]
+        for hours, chosen in ((None, events), ([datetime(2026, 1, 1, first)], first_hour)):
             tables = compute_hourly_tables(_events(spark, chosen), snapshot, list(HOURLY_TABLES), hours)
             expected = _hourly_oracle(chosen, snapshot)
             for name in ("bytes_agg_antenna_1h", "bytes_agg_app_1h", "bytes_agg_user_1h", "unknown_users"):
@@ -237,11 +240,11 @@ def test_one_hour_of_the_lake_is_summed_per_key_without_reading_event_times(spar
     hour = datetime(2026, 1, 1, 5)
     rows = [(1767243600 + 7, "u1", "a0", 3, "SKYPE"), (1767243600 + 3599, "u1", "a1", 4, "TELEGRAM")]
     lake = str(tmp_path / "lake")
-    with_lake_partitions(_events(spark, rows)).write.partitionBy("year", "month", "day", "hour").parquet(lake)
+    with_lake_partitions(_events(spark, rows)).write.partitionBy(*LAKE_PARTITION_COLUMNS).parquet(lake)
     events = read_hours(spark, lake, [hour])
 
     def scanned(partials) -> str:
-        plans = [frame.select(*(c for c in frame.columns if c not in ("messages", "max_event_time")))
+        plans = [frame.select(*(c for c in frame.columns if c not in (MESSAGES, MAX_EVENT_TIME)))
                  ._jdf.queryExecution().executedPlan().toString() for frame in partials.values()]
         return "\n".join(line for plan in plans for line in plan.splitlines() if "ReadSchema" in line)
 

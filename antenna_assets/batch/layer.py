@@ -147,11 +147,12 @@ def compute_hourly_tables(events: DataFrame, snapshot: hourly.Snapshot, tables: 
     need, submitted together: each one's stage boundaries and collect leave a core idle that the other's
     tasks fill (8% of the job on 10M events, BENCHMARKS.md, Batch layer). The tables derive from their
     few thousand rows on the driver."""
+    hour = hours[0] if hours is not None and len(hours) == 1 else None
+
     def partial(name: str, columns: Sequence[str]) -> list[tuple]:
         return collect_exact_totals(lambda exact: collect_table(hourly_partials(events, exact, hour)[name], columns),
                                     len(columns) - 1)
 
-    hour = hours[0] if hours is not None and len(hours) == 1 else None
     wanted = {"per_antenna_app": (*ANTENNA_APP, "date", "bytes"), "per_user": UNKNOWN_USERS_COLUMNS}
     if not {"bytes_agg_antenna_1h", "bytes_agg_app_1h"} & set(tables):
         del wanted["per_antenna_app"]
